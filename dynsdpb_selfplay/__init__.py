@@ -1,0 +1,21 @@
+"""dynsdpb-selfplay: small language models that improve themselves.
+
+DynSDPB (dynamic self-distillation from the previous mini-batch) for TRL's SFTTrainer:
+
+    from dynsdpb_selfplay import attach_dynsdpb
+    attach_dynsdpb(trainer, alpha=1.0, temperature=3.0, schedule="dynamic")
+"""
+
+from ._compat import check_versions
+
+check_versions()
+
+from .distill import (  # noqa: E402
+    DistillationArguments,
+    DynSDPBConfig,
+    DynSDPBTrainer,
+    attach_dynsdpb,
+)
+
+__version__ = "0.1.0"
+__all__ = ["DistillationArguments", "DynSDPBConfig", "DynSDPBTrainer", "__version__", "attach_dynsdpb"]

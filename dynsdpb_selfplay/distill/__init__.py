@@ -1,0 +1,27 @@
+"""DynSDPB: dynamic self-distillation from the previous mini-batch (losses, schedules, sampler, store, trainer)."""
+
+from .config import DistillationArguments, DynSDPBConfig
+from .losses import Targets, TeacherStats, build_targets, distillation_loss, kl_to_targets, teacher_stats
+from .sampler import OverlapSampler
+from .schedules import DynamicSchedule, Schedule, StaticSchedule, make_schedule
+from .store import TargetStore
+from .trainer import DynSDPBTrainer, attach_dynsdpb
+
+__all__ = [
+    "DistillationArguments",
+    "DynSDPBConfig",
+    "DynSDPBTrainer",
+    "DynamicSchedule",
+    "OverlapSampler",
+    "Schedule",
+    "StaticSchedule",
+    "TargetStore",
+    "Targets",
+    "TeacherStats",
+    "attach_dynsdpb",
+    "build_targets",
+    "distillation_loss",
+    "kl_to_targets",
+    "make_schedule",
+    "teacher_stats",
+]

@@ -1,0 +1,107 @@
+"""Configuration of DynSDPB: the distillation fields, and :class:`DynSDPBConfig` = TRL's ``SFTConfig`` + those fields.
+
+The same dataclasses load from Python, CLI flags and YAML (``dynsdpb sft --config recipe.yaml``), as TRL's do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from trl import SFTConfig
+
+__all__ = ["DistillationArguments", "DynSDPBConfig"]
+
+
+@dataclass
+class DistillationArguments:
+    """The DynSDPB fields; validated on construction, errors name the field."""
+
+    distillation_alpha: float = field(
+        default=1.0,
+        metadata={"help": "Base weight alpha0 of the distillation term (0 disables it: plain cross-entropy)."},
+    )
+    distillation_temperature: float = field(
+        default=3.0,
+        metadata={
+            "help": "Base temperature tau0 (> 0). Under the dynamic schedule each token's temperature lies in "
+            "[distillation_min_temperature, tau0]. With distillation_topk, temperatures above 1 lose most of the "
+            "KL over large vocabularies (see docs/dynsdpb.md); the default full store is exact."
+        },
+    )
+    distillation_schedule: str = field(
+        default="dynamic",
+        metadata={
+            "help": "'dynamic': per-token alpha and tau from the stored prediction's uncertainty and discrimination "
+            "(docs/dynsdpb.md); 'static': fixed alpha0 and tau0 (DLB)."
+        },
+    )
+    distillation_min_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Dynamic schedule: temperature of a stored prediction with zero top-1/top-2 margin."},
+    )
+    distillation_wrong_top1_weight: float = field(
+        default=0.5,
+        metadata={"help": "Dynamic schedule: factor in [0, 1] on alpha where the stored top-1 is not the label."},
+    )
+    distillation_topk: int | None = field(
+        default=None,
+        metadata={
+            "help": "None: store the full-vocabulary fp32 distribution (exact). k >= 1: store the top-k fp32 "
+            "log-probs with a tail bucket (compact: 8 * k + 12 bytes per token; accurate at temperature ~1 only)."
+        },
+    )
+    distillation_store_mb: float = field(
+        default=4096.0,
+        metadata={"help": "Memory budget in MiB for stored targets (two optimizer steps' fresh halves, per rank)."},
+    )
+    distillation_chunk_size: int = field(
+        default=256,
+        metadata={"help": "Tokens per chunk of the fused LM-head + CE + KL kernel; memory is O(chunk * vocab)."},
+    )
+    distillation_id_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optional column of unique example ids to validate and carry for provenance. Rows are keyed "
+            "by their position in the prepared training set either way."
+        },
+    )
+
+    def validate_distillation(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"{name}={getattr(self, name)!r}: {why}")
+
+        if not self.distillation_alpha >= 0:
+            raise bad("distillation_alpha", "must be >= 0")
+        if not self.distillation_temperature > 0:
+            raise bad("distillation_temperature", "must be > 0")
+        if not 0 < self.distillation_min_temperature <= self.distillation_temperature:
+            raise bad("distillation_min_temperature", "must be in (0, distillation_temperature]")
+        if not 0 <= self.distillation_wrong_top1_weight <= 1:
+            raise bad("distillation_wrong_top1_weight", "must be in [0, 1]")
+        if isinstance(self.distillation_schedule, str) and self.distillation_schedule not in ("static", "dynamic"):
+            raise bad("distillation_schedule", "must be 'static' or 'dynamic' (or a Schedule / callable in Python)")
+        if self.distillation_topk is not None and not (
+            isinstance(self.distillation_topk, int) and self.distillation_topk >= 1
+        ):
+            raise bad("distillation_topk", "must be None (full vocabulary) or an integer >= 1")
+        if not self.distillation_store_mb > 0:
+            raise bad("distillation_store_mb", "must be > 0")
+        if not (isinstance(self.distillation_chunk_size, int) and self.distillation_chunk_size >= 1):
+            raise bad("distillation_chunk_size", "must be an integer >= 1")
+
+    def __post_init__(self) -> None:
+        self.validate_distillation()
+
+    @classmethod
+    def from_object(cls, obj) -> DistillationArguments:
+        """The distillation fields of any object carrying them (e.g. a :class:`DynSDPBConfig`)."""
+        return cls(**{f.name: getattr(obj, f.name) for f in fields(cls)})
+
+
+@dataclass
+class DynSDPBConfig(SFTConfig, DistillationArguments):
+    """``SFTConfig`` plus the ``distillation_*`` fields of :class:`DistillationArguments`."""
+
+    def __post_init__(self) -> None:
+        SFTConfig.__post_init__(self)
+        self.validate_distillation()

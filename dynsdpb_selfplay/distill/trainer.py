@@ -1,0 +1,460 @@
+"""DynSDPB as a trainer: overlapping batches, stored targets and the fused CE + KL loss on top of TRL's SFTTrainer.
+
+:class:`DynSDPBMixin` holds all of it; :class:`DynSDPBTrainer` is ``SFTTrainer`` with the mixin and a
+:class:`~.config.DynSDPBConfig`, and :func:`attach_dynsdpb` turns an already-built ``SFTTrainer`` into the same thing
+(its class is swapped for a subclass with the mixin), so an existing recipe gains DynSDPB with one line.
+
+What "previous step" means: the previous *optimizer* step. Under gradient accumulation the effective batch of one
+optimizer step (all its micro-batches, on all ranks) is what overlaps by half with the next one; targets stored while
+accumulating step ``s`` (weights ``w_s``) teach step ``s + 1`` (weights ``w_{s+1}``). The CE is normalized by the
+label tokens of the whole step (``num_items_in_batch``) and the KL by the distilled tokens of the whole step, so
+(micro-batch 8, accumulation 1) and (micro-batch 2, accumulation 4) give the same loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, fields
+
+import torch
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import IterableDataset
+from trl import SFTTrainer
+
+from .config import DistillationArguments, DynSDPBConfig
+from .fused import fused_ce_distill
+from .losses import Targets, build_targets, teacher_stats_from_softmax
+from .sampler import OverlapSampler, is_fresh_position
+from .schedules import make_schedule
+from .store import StoredSample, TargetStore, align_positions
+
+__all__ = ["INDEX_COLUMN", "DynSDPBMixin", "DynSDPBTrainer", "attach_dynsdpb"]
+
+logger = logging.getLogger(__name__)
+
+INDEX_COLUMN = "dynsdpb_index"
+TARGETS_FILE = "dynsdpb_targets_rank{rank}.safetensors"
+_PLAN = "dynsdpb_plan"
+# Mean tail mass of top-k targets above which the stored KL is known to be badly underestimated (bench_cache).
+_TAIL_WARN = 0.2
+
+
+@dataclass
+class _Plan:
+    """What one micro-batch distills and stores (built in ``get_batch_samples``, used in ``compute_loss``)."""
+
+    kd_rows: torch.Tensor  # [D] flat indices into the micro-batch's label tokens
+    kd_targets: Targets | None
+    store_rows: torch.Tensor  # [S] flat indices of the tokens to store
+    store_samples: list[tuple[int, torch.Tensor, torch.Tensor]]  # (key, tokens, positions) per stored sample
+    num_distilled: torch.Tensor  # distilled tokens of the whole optimizer step (all ranks when averaged)
+    label_tokens_repeated: int  # label tokens of repeated samples (aligned or not)
+
+
+class _IndexedDataset(TorchDataset):
+    """Adds the row index to each example of a map-style dataset that is not a ``datasets.Dataset``."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[i], INDEX_COLUMN: i}
+
+
+class _IndexCollator:
+    """Runs the trainer's collator on the examples without the index and adds the index as a tensor."""
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+
+    def __call__(self, examples: list[dict]) -> dict:
+        with_index = sum(INDEX_COLUMN in ex for ex in examples)
+        if with_index == 0:  # evaluation batches carry no index
+            return self.collator(examples)
+        if with_index != len(examples):
+            raise KeyError(f"DynSDPB: some examples of a batch lack the '{INDEX_COLUMN}' column")
+        index = torch.tensor([int(ex[INDEX_COLUMN]) for ex in examples], dtype=torch.long)
+        batch = self.collator([{k: v for k, v in ex.items() if k != INDEX_COLUMN} for ex in examples])
+        batch[INDEX_COLUMN] = index
+        return batch
+
+
+def _logit_transform(config) -> tuple[float, float | None]:
+    """``(logit_scale, softcap)`` of a model's LM head, read like TRL's fused head reads them."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale = getattr(text, "logit_scale", None)
+    if scale is None:
+        scale = getattr(text, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(text, "lm_head_multiplier", None)
+    if scale is None and getattr(text, "logits_scaling", None) is not None:
+        scale = text.logits_scaling if text.model_type == "hyperclovax" else 1 / text.logits_scaling
+    return (1.0 if scale is None else float(scale)), getattr(text, "final_logit_softcapping", None)
+
+
+def _real_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """The non-padding tokens of one row and the offset of the first one (padding on either side)."""
+    if attention_mask is None:
+        return input_ids, 0
+    real = attention_mask.bool().nonzero().squeeze(-1)
+    if real.numel() == 0:
+        return input_ids[:0], 0
+    first, last = int(real[0]), int(real[-1])
+    return input_ids[first : last + 1], first
+
+
+class DynSDPBMixin:
+    """Mixin for ``SFTTrainer``; call :meth:`_init_dynsdpb` once the trainer is built."""
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _init_dynsdpb(self, settings: DistillationArguments) -> None:
+        settings.validate_distillation()
+        self.dynsdpb = settings
+        args = self.args
+        unsupported = {
+            "packing": getattr(args, "packing", False),
+            "padding_free": getattr(args, "padding_free", False),
+            "use_liger_kernel": getattr(args, "use_liger_kernel", False),
+        }
+        for name, value in unsupported.items():
+            if value:
+                raise ValueError(
+                    f"{name}=True is not supported by DynSDPB: it mixes several examples into one row, so the "
+                    f"per-example stored targets cannot be kept. Set {name}=False."
+                )
+        if getattr(args, "loss_type", "nll") != "nll":
+            raise ValueError(f"loss_type={args.loss_type!r} is not supported by DynSDPB; use loss_type='nll'")
+        if getattr(args, "label_smoothing_factor", 0.0):
+            raise ValueError("label_smoothing_factor > 0 is not supported by DynSDPB; set it to 0")
+        if getattr(self, "compute_loss_func", None) is not None:
+            raise ValueError("compute_loss_func is set on this trainer; DynSDPB replaces the loss and cannot honour it")
+        strategy = getattr(args, "train_sampling_strategy", "random")
+        if strategy != "random":
+            raise ValueError(
+                f"train_sampling_strategy={strategy!r} is not supported by DynSDPB, which builds overlapping "
+                f"batches itself; use 'random'"
+            )
+        ds = self.train_dataset
+        if ds is None or isinstance(ds, IterableDataset) or not hasattr(ds, "__len__"):
+            raise ValueError(
+                "DynSDPB needs a map-style train_dataset with a length (an IterableDataset or streaming dataset "
+                "cannot repeat a sample in the next step)"
+            )
+        world = args.world_size
+        step_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+        if step_batch % 2 or (world > 1 and args.per_device_train_batch_size % 2):
+            raise ValueError(
+                f"DynSDPB needs an even per_device_train_batch_size * gradient_accumulation_steps * world_size "
+                f"(got {args.per_device_train_batch_size} * {args.gradient_accumulation_steps} * {world}), and an "
+                f"even per_device_train_batch_size with several processes"
+            )
+        if settings.distillation_id_column is not None:
+            self._check_id_column(settings.distillation_id_column)
+
+        model = self.accelerator.unwrap_model(self.model)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is None or not hasattr(head, "weight"):
+            raise ValueError("DynSDPB needs a causal LM with an output embedding (LM head) exposing .weight")
+        self._dynsdpb_vocab = int(head.weight.shape[0])
+        self._dynsdpb_transform = _logit_transform(model.config)
+        self._dynsdpb_schedule = make_schedule(
+            settings.distillation_schedule,
+            settings.distillation_alpha,
+            settings.distillation_temperature,
+            settings.distillation_min_temperature,
+            settings.distillation_wrong_top1_weight,
+        )
+        self._dynsdpb_store = TargetStore(
+            int(settings.distillation_store_mb * 2**20), self._dynsdpb_vocab, settings.distillation_topk
+        )
+        self._dynsdpb_tail_warned = False
+
+        if hasattr(ds, "column_names") and hasattr(ds, "add_column"):
+            if INDEX_COLUMN not in ds.column_names:
+                self.train_dataset = ds.add_column(INDEX_COLUMN, list(range(len(ds))))
+        elif not isinstance(ds, _IndexedDataset):
+            self.train_dataset = _IndexedDataset(ds)
+        if not isinstance(self.data_collator, _IndexCollator):
+            self.data_collator = _IndexCollator(self.data_collator)
+        if self._signature_columns is not None and INDEX_COLUMN not in self._signature_columns:
+            self._signature_columns.append(INDEX_COLUMN)
+        if settings.distillation_topk is not None and settings.distillation_temperature > 1.5:
+            warnings.warn(
+                f"distillation_topk={settings.distillation_topk} with distillation_temperature="
+                f"{settings.distillation_temperature}: over a large vocabulary a softened distribution keeps most "
+                f"of its mass outside the top-k, and the stored KL is underestimated (measured -75..-88% at "
+                f"temperature 3 with k=256 on a 49k vocabulary). Prefer the full store (distillation_topk=None) "
+                f"or a temperature near 1; the logged dynsdpb/tail_mass shows the mass outside the top-k.",
+                stacklevel=3,
+            )
+
+    def _check_id_column(self, name: str) -> None:
+        ds = self.train_dataset
+        columns = getattr(ds, "column_names", None)
+        if columns is None or name not in columns:
+            raise ValueError(
+                f"distillation_id_column={name!r}: no such column in the prepared training set "
+                f"(columns: {columns}); add it to the dataset or unset distillation_id_column"
+            )
+        ids = ds[name]
+        if len(set(ids)) != len(ids):
+            seen, dup = set(), None
+            for i in ids:
+                if i in seen:
+                    dup = i
+                    break
+                seen.add(i)
+            raise ValueError(f"distillation_id_column={name!r}: ids must be unique, {dup!r} appears more than once")
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None and INDEX_COLUMN not in self._signature_columns:
+            self._signature_columns.append(INDEX_COLUMN)
+
+    # --------------------------------------------------------------------------------------------- batches
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        args = self.args
+        step_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        return OverlapSampler(len(dataset), step_batch, seed=seed)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # Called once at the start of every optimizer step: last step's writes become this step's targets.
+        self._dynsdpb_store.advance()
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        plans = [self._plan_micro_batch(b, g) for g, b in enumerate(batches)]
+        total = sum(p.kd_rows.numel() for p in plans)
+        num_distilled = torch.tensor(float(total), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            num_distilled = self.accelerator.gather(num_distilled).sum()
+        for batch, plan in zip(batches, plans, strict=True):
+            plan.num_distilled = num_distilled
+            batch[_PLAN] = plan
+        return batches, num_items
+
+    def _plan_micro_batch(self, batch: dict, micro_index: int) -> _Plan:
+        if "shift_labels" in batch:
+            raise ValueError("DynSDPB does not support pre-shifted labels (context/sequence parallelism)")
+        labels, input_ids = batch["labels"], batch["input_ids"]
+        attention = batch.get("attention_mask")
+        keys = batch[INDEX_COLUMN].tolist()
+        rows, m = labels.shape[0], labels.shape[0]
+        base = (micro_index * self.args.world_size + self.args.process_index) * m
+        counts = (labels[:, 1:] != -100).sum(-1).tolist()
+        offsets = [0]
+        for c in counts:
+            offsets.append(offsets[-1] + c)
+
+        kd_rows, kd_targets, store_rows, store_samples, repeated = [], [], [], [], 0
+        for b in range(rows):
+            tokens, first = _real_tokens(input_ids[b], None if attention is None else attention[b])
+            positions = (labels[b, 1:] != -100).nonzero().squeeze(-1) - first  # t predicts token t + 1
+            record = self._dynsdpb_store.get(keys[b])
+            if record is not None:
+                repeated += positions.numel()
+                cur, prev = align_positions(record, tokens, positions)
+                if cur.numel():
+                    kd_rows.append(cur + offsets[b])
+                    kd_targets.append(record.targets.select(prev.to(record.targets.logp.device)))
+            if is_fresh_position(base + b):
+                store_rows.append(torch.arange(offsets[b], offsets[b + 1], device=labels.device))
+                store_samples.append((keys[b], tokens.detach().clone(), positions.detach().clone()))
+
+        def cat(parts):
+            return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=labels.device)
+
+        return _Plan(
+            kd_rows=cat(kd_rows),
+            kd_targets=Targets.cat(kd_targets) if kd_targets else None,
+            store_rows=cat(store_rows),
+            store_samples=store_samples,
+            num_distilled=torch.zeros(()),
+            label_tokens_repeated=repeated,
+        )
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def _make_targets(self, z, p, lse, labels) -> Targets:
+        alpha, tau = self._dynsdpb_schedule(teacher_stats_from_softmax(z, p, lse, labels))
+        return build_targets(z, tau.to(z.device), alpha.to(z.device), self.dynsdpb.distillation_topk)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        plan: _Plan | None = inputs.pop(_PLAN, None)
+        inputs.pop(INDEX_COLUMN, None)
+        if plan is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        labels = inputs["labels"]
+        forward = {k: v for k, v in inputs.items() if k != "labels"}
+        forward.update(use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        outputs = model(**forward)
+        hidden = outputs.hidden_states[-1][:, :-1]
+        shifted = labels[:, 1:]
+        mask = shifted != -100
+
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        weight, bias = head.weight, head.bias
+        if hasattr(weight, "full_tensor"):  # FSDP2 DTensor: gather the head, as TRL's fused head does
+            weight = weight.full_tensor()
+            bias = None if bias is None else bias.full_tensor()
+        num_items = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        scale, softcap = self._dynsdpb_transform
+        settings = self.dynsdpb
+        loss, out = fused_ce_distill(
+            hidden[mask].to(weight.device),
+            weight,
+            bias,
+            shifted[mask].to(weight.device),
+            num_items=num_items,
+            kd_rows=plan.kd_rows if settings.distillation_alpha > 0 else None,
+            kd_targets=plan.kd_targets if settings.distillation_alpha > 0 else None,
+            num_distilled=plan.num_distilled,
+            store_rows=plan.store_rows if settings.distillation_alpha > 0 else None,
+            make_targets=self._make_targets,
+            logit_scale=scale,
+            softcap=softcap,
+            chunk_size=settings.distillation_chunk_size,
+        )
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+            loss = loss * (self.accelerator.num_processes // tp)
+
+        self._store_new_targets(plan, out.stored)
+        self._log_dynsdpb(plan, out, mask, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _store_new_targets(self, plan: _Plan, stored: list[Targets]) -> None:
+        if not plan.store_samples or not stored:
+            return
+        targets = Targets.cat(stored)
+        start = 0
+        for key, tokens, positions in plan.store_samples:
+            n = positions.numel()
+            rows = torch.arange(start, start + n, device=targets.logp.device)
+            self._dynsdpb_store.put(key, StoredSample(tokens, positions, targets.select(rows)))
+            start += n
+
+    def _log_dynsdpb(self, plan: _Plan, out, mask: torch.Tensor, inputs: dict) -> None:
+        gather = self.accelerator.gather_for_metrics
+        metrics = self._metrics["train"]
+        n_label = gather(mask.sum()).sum().clamp(min=1)
+        n_kd_local = torch.tensor(float(plan.kd_rows.numel()), device=mask.device)
+        n_kd = gather(n_kd_local).sum()
+        per_kd = lambda t: (gather(t.reshape(1)).sum() / n_kd.clamp(min=1)).item()  # noqa: E731
+        metrics["entropy"].append((gather(out.entropy_sum.reshape(1)).sum() / n_label).item())
+        metrics["mean_token_accuracy"].append((gather(out.num_correct.reshape(1).float()).sum() / n_label).item())
+        metrics["dynsdpb/ce"].append((gather(out.ce_sum.reshape(1)).sum() / n_label).item())
+        metrics["dynsdpb/kl"].append(per_kd(out.kl_sum))
+        metrics["dynsdpb/kd_loss"].append(per_kd(out.kd_sum))
+        metrics["dynsdpb/alpha"].append(per_kd(out.alpha_sum))
+        metrics["dynsdpb/temperature"].append(per_kd(out.tau_sum))
+        metrics["dynsdpb/distilled_tokens"].append(n_kd.item())
+        repeated = gather(torch.tensor(float(plan.label_tokens_repeated), device=mask.device)).sum()
+        metrics["dynsdpb/aligned_fraction"].append((n_kd / repeated).item() if repeated > 0 else 1.0)
+        metrics["dynsdpb/store_mib"].append(self._dynsdpb_store.nbytes / 2**20)
+        if self.dynsdpb.distillation_topk is not None:
+            tail = per_kd(out.tail_mass_sum)
+            metrics["dynsdpb/tail_mass"].append(tail)
+            if tail > _TAIL_WARN and n_kd > 0 and not self._dynsdpb_tail_warned:
+                self._dynsdpb_tail_warned = True
+                logger.warning(
+                    "DynSDPB: the top-%d stored targets leave %.0f%% of the teacher mass in the tail bucket; the "
+                    "KL is underestimated. Use distillation_topk=None or a lower distillation_temperature.",
+                    self.dynsdpb.distillation_topk,
+                    100 * tail,
+                )
+        # TRL's own token count, as SFTTrainer.compute_loss keeps it.
+        if "attention_mask" in inputs:
+            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
+            metrics["num_tokens"] = [self._total_train_tokens]
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        # Written before the trainer state, so a checkpoint that has its state has its targets too.
+        self._dynsdpb_store.save(os.path.join(folder, TARGETS_FILE.format(rank=self.args.process_index)))
+        super()._save_checkpoint(model, trial)
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        checkpoint = resume_from_checkpoint
+        if isinstance(checkpoint, bool) and checkpoint:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, str):
+            path = os.path.join(checkpoint, TARGETS_FILE.format(rank=self.args.process_index))
+            if os.path.exists(path):
+                self._dynsdpb_store.load(path, device=self.args.device)
+            else:
+                logger.warning(
+                    "DynSDPB: %s holds no stored targets; warm restart: the first step after resuming distills "
+                    "nothing and stores targets for the next one.",
+                    checkpoint,
+                )
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
+
+
+class DynSDPBTrainer(DynSDPBMixin, SFTTrainer):
+    """``SFTTrainer`` with DynSDPB; takes a :class:`~.config.DynSDPBConfig` (``SFTConfig`` + ``distillation_*``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        config = kwargs.get("args")
+        if config is None and len(args) > 1:
+            config = args[1]
+        if config is not None and not isinstance(config, DynSDPBConfig):
+            raise TypeError(
+                f"DynSDPBTrainer takes args=DynSDPBConfig(...), got {type(config).__name__}; to keep an SFTConfig, "
+                f"build an SFTTrainer and call attach_dynsdpb(trainer, ...)"
+            )
+        super().__init__(*args, **kwargs)
+        if config is None:  # SFTTrainer made a default SFTConfig: take the distillation defaults
+            self._init_dynsdpb(DistillationArguments())
+        else:
+            self._init_dynsdpb(DistillationArguments.from_object(self.args))
+
+
+def attach_dynsdpb(
+    trainer: SFTTrainer,
+    alpha: float = 1.0,
+    temperature: float = 3.0,
+    schedule: str = "dynamic",
+    topk: int | None = None,
+    **distillation_kwargs,
+) -> SFTTrainer:
+    """Turn a built ``SFTTrainer`` into a DynSDPB trainer in place (and return it).
+
+    ``distillation_kwargs`` take the other :class:`~.config.DistillationArguments` fields without their
+    ``distillation_`` prefix (``min_temperature``, ``wrong_top1_weight``, ``store_mb``, ``chunk_size``, ``id_column``).
+    """
+    if isinstance(trainer, DynSDPBMixin):
+        raise ValueError("DynSDPB is already attached to this trainer")
+    if not isinstance(trainer, SFTTrainer):
+        raise TypeError(f"attach_dynsdpb expects a trl.SFTTrainer, got {type(trainer).__name__}")
+    known = {f.name for f in fields(DistillationArguments)}
+    unknown = [k for k in distillation_kwargs if f"distillation_{k}" not in known]
+    if unknown:
+        raise TypeError(f"attach_dynsdpb: unknown option(s) {unknown}; known: {sorted(k[13:] for k in known)}")
+    settings = DistillationArguments(
+        distillation_alpha=alpha,
+        distillation_temperature=temperature,
+        distillation_schedule=schedule,
+        distillation_topk=topk,
+        **{f"distillation_{k}": v for k, v in distillation_kwargs.items()},
+    )
+    cls = type(trainer)
+    trainer.__class__ = type(f"DynSDPB{cls.__name__}", (DynSDPBMixin, cls), {"__module__": cls.__module__})
+    trainer._init_dynsdpb(settings)
+    return trainer

@@ -1,0 +1,95 @@
+"""Tiny offline models, tokenizer and data for the tests: nothing touches the network."""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIALS = ["<pad>", "<s>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+CHARS = list("0123456789+-*=?.,:;!#$%()<>/ abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n")
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer with a chat template, pad and eos tokens."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<|end|>", bos_token="<s>", unk_token="<pad>"
+    )
+    fast.add_special_tokens({"additional_special_tokens": SPECIALS[3:]})
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+def arithmetic_rows(n: int, seed: int = 0) -> list[dict]:
+    """``n`` prompt/completion rows of small additions, with unique ids and varied lengths."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(0, 99), rng.randint(0, 999)
+        pad = " please" * rng.randint(0, 3)
+        rows.append(
+            {"id": f"q{i}", "prompt": f"What is {a}+{b}{pad}?", "completion": f" {a}+{b}={a + b}. #### {a + b}"}
+        )
+    return rows
+
+
+def arithmetic_dataset(n: int, seed: int = 0) -> Dataset:
+    return Dataset.from_list(arithmetic_rows(n, seed))
+
+
+def sft_kwargs(output_dir, **overrides) -> dict:
+    """SFTConfig keyword arguments for fast, deterministic CPU tests."""
+    kw = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=5e-3,
+        lr_scheduler_type="constant",
+        max_steps=4,
+        seed=0,
+        max_length=64,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+    )
+    kw.update(overrides)
+    return kw
