@@ -1,0 +1,39 @@
+"""The ``dynsdpb`` command: one subcommand per module in this package.
+
+Each subcommand module exposes ``add_parser(subparsers)`` (registers its parser and sets ``func``) so that
+``dynsdpb --help`` lists them all; heavy imports happen inside the handlers, keeping ``--help`` fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module under dynsdpb_selfplay.cli; add new subcommands here.
+SUBCOMMANDS = {
+    "sft": "sft",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynsdpb", description="Small language models that improve themselves.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS.values():
+        importlib.import_module(f"{__name__}.{module}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # `dynsdpb sft` hands its arguments to TRL's own parser (YAML config + dataclass flags) untouched.
+    if argv and argv[0] == "sft":
+        from .sft import run
+
+        return run(argv[1:])
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
