@@ -227,6 +227,7 @@ class DynSDPBMixin:
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # Called once at the start of every optimizer step: last step's writes become this step's targets.
         self._dynsdpb_store.advance()
+        self._dynsdpb_steps = getattr(self, "_dynsdpb_steps", 0) + 1
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         plans = [self._plan_micro_batch(b, g) for g, b in enumerate(batches)]
         total = sum(p.kd_rows.numel() for p in plans)
@@ -339,39 +340,54 @@ class DynSDPBMixin:
             self._dynsdpb_store.put(key, StoredSample(tokens, positions, targets.select(rows)))
             start += n
 
+    _SUMS = ("label_tokens", "ce", "distilled", "kl", "kd", "alpha", "tau", "tail", "repeated", "steps")
+
     def _log_dynsdpb(self, plan: _Plan, out, mask: torch.Tensor, inputs: dict) -> None:
+        """Accumulate token sums over the logging window; :meth:`log` turns them into token-weighted means."""
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics["train"]
-        n_label = gather(mask.sum()).sum().clamp(min=1)
-        n_kd_local = torch.tensor(float(plan.kd_rows.numel()), device=mask.device)
-        n_kd = gather(n_kd_local).sum()
-        per_kd = lambda t: (gather(t.reshape(1)).sum() / n_kd.clamp(min=1)).item()  # noqa: E731
-        metrics["entropy"].append((gather(out.entropy_sum.reshape(1)).sum() / n_label).item())
-        metrics["mean_token_accuracy"].append((gather(out.num_correct.reshape(1).float()).sum() / n_label).item())
-        metrics["dynsdpb/ce"].append((gather(out.ce_sum.reshape(1)).sum() / n_label).item())
-        metrics["dynsdpb/kl"].append(per_kd(out.kl_sum))
-        metrics["dynsdpb/kd_loss"].append(per_kd(out.kd_sum))
-        metrics["dynsdpb/alpha"].append(per_kd(out.alpha_sum))
-        metrics["dynsdpb/temperature"].append(per_kd(out.tau_sum))
-        metrics["dynsdpb/distilled_tokens"].append(n_kd.item())
-        repeated = gather(torch.tensor(float(plan.label_tokens_repeated), device=mask.device)).sum()
-        metrics["dynsdpb/aligned_fraction"].append((n_kd / repeated).item() if repeated > 0 else 1.0)
-        metrics["dynsdpb/store_mib"].append(self._dynsdpb_store.nbytes / 2**20)
-        if self.dynsdpb.distillation_topk is not None:
-            tail = per_kd(out.tail_mass_sum)
-            metrics["dynsdpb/tail_mass"].append(tail)
-            if tail > _TAIL_WARN and n_kd > 0 and not self._dynsdpb_tail_warned:
-                self._dynsdpb_tail_warned = True
-                logger.warning(
-                    "DynSDPB: the top-%d stored targets leave %.0f%% of the teacher mass in the tail bucket; the "
-                    "KL is underestimated. Use distillation_topk=None or a lower distillation_temperature.",
-                    self.dynsdpb.distillation_topk,
-                    100 * tail,
-                )
-        # TRL's own token count, as SFTTrainer.compute_loss keeps it.
+        n_label = mask.sum()
+        n_all = gather(n_label.reshape(1)).sum().clamp(min=1)
+        # TRL's per-micro-batch metrics, as SFTTrainer.compute_loss keeps them.
+        metrics["entropy"].append((gather(out.entropy_sum.reshape(1)).sum() / n_all).item())
+        metrics["mean_token_accuracy"].append((gather(out.num_correct.reshape(1).float()).sum() / n_all).item())
         if "attention_mask" in inputs:
             self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
             metrics["num_tokens"] = [self._total_train_tokens]
+        values = (n_label, out.ce_sum, plan.kd_rows.numel(), out.kl_sum, out.kd_sum, out.alpha_sum, out.tau_sum,
+                  out.tail_mass_sum, plan.label_tokens_repeated, 0)  # fmt: skip
+        sums = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=mask.device).reshape(()) for v in values])
+        self._dynsdpb_sums = sums if getattr(self, "_dynsdpb_sums", None) is None else self._dynsdpb_sums + sums
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        sums = getattr(self, "_dynsdpb_sums", None)
+        if sums is not None and self.model.training and "loss" in logs:
+            sums = self.accelerator.reduce(sums, reduction="sum") if self.args.world_size > 1 else sums
+            s = dict(zip(self._SUMS, sums.tolist(), strict=True))
+            kd = max(s["distilled"], 1.0)
+            logs["dynsdpb/ce"] = s["ce"] / max(s["label_tokens"], 1.0)
+            logs["dynsdpb/kl"] = s["kl"] / kd
+            logs["dynsdpb/kd_loss"] = s["kd"] / kd
+            logs["dynsdpb/alpha"] = s["alpha"] / kd
+            logs["dynsdpb/temperature"] = s["tau"] / kd
+            logs["dynsdpb/distilled_tokens"] = s["distilled"] / max(self._dynsdpb_steps, 1)
+            logs["dynsdpb/aligned_fraction"] = s["distilled"] / s["repeated"] if s["repeated"] else 1.0
+            logs["dynsdpb/store_mib"] = self._dynsdpb_store.nbytes / 2**20
+            if self.dynsdpb.distillation_topk is not None:
+                logs["dynsdpb/tail_mass"] = s["tail"] / kd
+                self._warn_tail_mass(logs["dynsdpb/tail_mass"], s["distilled"])
+            self._dynsdpb_sums, self._dynsdpb_steps = None, 0
+        super().log(logs, start_time)
+
+    def _warn_tail_mass(self, tail: float, distilled: float) -> None:
+        if tail > _TAIL_WARN and distilled > 0 and not self._dynsdpb_tail_warned:
+            self._dynsdpb_tail_warned = True
+            logger.warning(
+                "DynSDPB: the top-%d stored targets leave %.0f%% of the teacher mass in the tail bucket; the KL is "
+                "underestimated. Use distillation_topk=None or a lower distillation_temperature.",
+                self.dynsdpb.distillation_topk,
+                100 * tail,
+            )
 
     # ------------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):

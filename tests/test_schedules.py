@@ -1,0 +1,41 @@
+"""The alpha/tau rules on hand-made teacher statistics."""
+
+import pytest
+import torch
+
+from dynsdpb_selfplay.distill.losses import TeacherStats
+from dynsdpb_selfplay.distill.schedules import DynamicSchedule, StaticSchedule, make_schedule
+
+
+def stats(entropy, margin, correct):
+    return TeacherStats(torch.tensor(entropy), torch.tensor(margin), torch.tensor(correct))
+
+
+def test_static_is_constant():
+    alpha, tau = StaticSchedule(0.7, 2.5)(stats([0.1, 0.9], [0.8, 0.0], [True, False]))
+    assert alpha.tolist() == pytest.approx([0.7, 0.7]) and tau.tolist() == pytest.approx([2.5, 2.5])
+
+
+def test_dynamic_hand_computed():
+    # alpha = a0 (1 - u) c, tau = tmin + (t0 - tmin) m, with a0 = 2, t0 = 3, tmin = 1, c = 1 or 0.5.
+    s = stats([0.0, 0.25, 1.0, 0.5], [1.0, 0.5, 0.0, 0.2], [True, False, True, False])
+    alpha, tau = DynamicSchedule(alpha0=2.0, tau0=3.0, tau_min=1.0, wrong_top1_weight=0.5)(s)
+    assert alpha.tolist() == pytest.approx([2.0, 2 * 0.75 * 0.5, 0.0, 2 * 0.5 * 0.5])
+    assert tau.tolist() == pytest.approx([3.0, 2.0, 1.0, 1.4])
+
+
+def test_dynamic_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="tau_min"):
+        DynamicSchedule(tau0=1.0, tau_min=2.0)
+    with pytest.raises(ValueError, match="wrong_top1_weight"):
+        DynamicSchedule(wrong_top1_weight=1.5)
+
+
+def test_make_schedule_names_and_callables():
+    assert isinstance(make_schedule("static", 1.0, 2.0), StaticSchedule)
+    assert isinstance(make_schedule("dynamic", 1.0, 2.0), DynamicSchedule)
+    custom = make_schedule(lambda st, a0, t0: (st.margin * a0, st.margin * 0 + t0), 3.0, 2.0)
+    alpha, tau = custom(stats([0.1], [0.5], [True]))
+    assert alpha.tolist() == [1.5] and tau.tolist() == [2.0]
+    with pytest.raises(ValueError, match="distillation_schedule"):
+        make_schedule("sometimes", 1.0, 2.0)
