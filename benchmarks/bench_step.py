@@ -1,0 +1,202 @@
+"""Step cost of DynSDPB against plain ``SFTTrainer``: same model, data and batch shape, measured side by side.
+
+    python benchmarks/bench_step.py --model smollm2-135m-shape --steps 8 --repeats 2 --out benchmarks/results/step.json
+
+Each configuration trains through the real trainer (``trainer.train()``); a callback times every optimizer step and
+the first ``--warmup`` steps are dropped. Configurations are interleaved (plain, dynsdpb, plain, dynsdpb, ...) so
+that load on a shared machine hits them alike; the result is the ratio of median step times. Peak memory is the peak
+RSS of a separate child process per configuration on CPU (``torch.cuda.max_memory_allocated`` on GPU). Weights are
+random: step time does not depend on their values, so ``smollm2-135m-shape`` (SmolLM2-135M's exact architecture)
+needs no download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+MODELS = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=49152),
+    "smollm2-135m-shape": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                               num_key_value_heads=3, vocab_size=49152, head_dim=64),
+}  # fmt: skip
+VARIANTS = {
+    "plain": None,
+    "dynsdpb-full": dict(alpha=1.0, temperature=3.0, schedule="dynamic", topk=None),
+    "dynsdpb-top64": dict(alpha=1.0, temperature=1.0, schedule="dynamic", topk=64),
+}
+
+
+def build_trainer(args, variant: str, output_dir: str):
+    import torch
+    from datasets import Dataset
+    from fixtures import make_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from dynsdpb_selfplay import attach_dynsdpb
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**MODELS[args.model], max_position_embeddings=1024, tie_word_embeddings=True,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    model = LlamaForCausalLM(cfg)
+    # Rows of exactly seq_len tokens (char tokenizer): prompt_frac of them masked as prompt.
+    n_prompt = int(args.seq_len * args.prompt_frac)
+    rows = []
+    for i in range(args.batch * (args.steps + 2)):
+        body = "".join(str((i * 7 + j) % 10) for j in range(args.seq_len))
+        rows.append({"prompt": body[:n_prompt], "completion": body[n_prompt : args.seq_len - 1]})
+    peft = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"])
+    sft = SFTConfig(
+        output_dir=output_dir, use_cpu=not torch.cuda.is_available(), bf16=args.bf16, report_to="none",
+        per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=1e-5, logging_steps=1000,
+        save_strategy="no", max_length=args.seq_len, disable_tqdm=True, gradient_checkpointing=args.grad_ckpt,
+        dataloader_num_workers=0, seed=0,
+    )  # fmt: skip
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=peft)  # fmt: skip
+    if VARIANTS[variant] is not None:
+        attach_dynsdpb(trainer, **VARIANTS[variant])
+    return trainer
+
+
+def time_steps(args, variant: str, output_dir: str) -> list[float]:
+    import torch
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.times, self.t0 = [], None
+
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self.t0)
+
+    trainer = build_trainer(args, variant, output_dir)
+    timer = Timer()
+    trainer.add_callback(timer)
+    trainer.train()
+    return timer.times[args.warmup :]
+
+
+class RssSampler:
+    """Peak resident memory of this process while a block runs, sampled from /proc every 2 ms."""
+
+    def __enter__(self):
+        import threading
+
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child_peak(args, variant: str) -> dict:
+    """Peak memory (MiB) of one configuration, trained alone in a child process."""
+    cmd = [sys.executable, __file__, "--child", variant] + sys.argv[1:]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("workload")
+    g.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    g.add_argument("--batch", type=int, default=4)
+    g.add_argument("--seq-len", type=int, default=256)
+    g.add_argument("--prompt-frac", type=float, default=0.25, help="share of each row masked as prompt")
+    g.add_argument("--lora", action="store_true", help="LoRA r=16 on q,v instead of full fine-tuning")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast (SFTConfig bf16=True)")
+    g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
+    g = p.add_argument_group("measurement")
+    g.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    g.add_argument("--steps", type=int, default=8)
+    g.add_argument("--warmup", type=int, default=2)
+    g.add_argument("--repeats", type=int, default=2, help="interleaved rounds over the variants")
+    g.add_argument("--no-memory", action="store_true", help="skip the per-variant child processes for peak memory")
+    g.add_argument("--out", default=None, help="write the JSON result here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    import tempfile
+
+    import torch
+
+    if args.child:
+        with tempfile.TemporaryDirectory() as d:
+            trainer = build_trainer(args, args.child, d)
+            with RssSampler() as rss:
+                trainer.train()
+        if torch.cuda.is_available():
+            print(json.dumps({"peak": torch.cuda.max_memory_allocated() / 2**20, "during_training": None}))
+        else:
+            print(json.dumps({"peak": rss.peak / 2**20, "during_training": (rss.peak - rss.base) / 2**20}))
+        return
+
+    times = {v: [] for v in args.variants}
+    with tempfile.TemporaryDirectory() as d:
+        for r in range(args.repeats):
+            for v in args.variants:
+                times[v] += time_steps(args, v, os.path.join(d, f"{v}-{r}"))
+                print(f"[{r}] {v}: median {statistics.median(times[v]):.3f} s/step", flush=True)
+    memory = {} if args.no_memory else {v: child_peak(args, v) for v in args.variants}
+    base = statistics.median(times["plain"]) if "plain" in times else None
+    result = {
+        "benchmark": "bench_step",
+        "config": vars(args),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "trl", "peft")},
+        "median_step_s": {v: statistics.median(t) for v, t in times.items()},
+        "step_times_s": times,
+        "time_ratio_vs_plain": {v: statistics.median(t) / base for v, t in times.items()} if base else None,
+        "peak_memory_mib": memory or None,
+        "memory_ratio_vs_plain": {v: m["peak"] / memory["plain"]["peak"] for v, m in memory.items()}
+        if "plain" in memory
+        else None,
+        # Every example is seen twice per epoch under DynSDPB: twice the steps at equal batch shape.
+        "epoch_cost_ratio_vs_plain": {v: (1 if v == "plain" else 2) * statistics.median(t) / base
+                                      for v, t in times.items()} if base else None,
+    }  # fmt: skip
+    print(json.dumps({k: result[k] for k in ("median_step_s", "time_ratio_vs_plain", "memory_ratio_vs_plain")}))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
