@@ -12,7 +12,7 @@ setup:
 	bash scripts/setup.sh
 
 test: setup
-	$(PY) -m ruff check dynsdpb_selfplay pipelines tests benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 lint: setup
