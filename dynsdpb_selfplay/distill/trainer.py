@@ -13,6 +13,7 @@ label tokens of the whole step (``num_items_in_batch``) and the KL by the distil
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import warnings
@@ -46,7 +47,7 @@ class _Plan:
     """What one micro-batch distills and stores (built in ``get_batch_samples``, used in ``compute_loss``)."""
 
     kd_rows: torch.Tensor  # [D] flat indices into the micro-batch's label tokens
-    kd_targets: Targets | None
+    kd_sources: list[tuple[Targets, torch.Tensor]]  # (stored targets, rows of them) per sample, in kd_rows order
     store_rows: torch.Tensor  # [S] flat indices of the tokens to store
     store_samples: list[tuple[int, torch.Tensor, torch.Tensor]]  # (key, tokens, positions) per stored sample
     num_distilled: torch.Tensor  # distilled tokens of the whole optimizer step (all ranks when averaged)
@@ -161,6 +162,10 @@ class DynSDPBMixin:
         if head is None or not hasattr(head, "weight"):
             raise ValueError("DynSDPB needs a causal LM with an output embedding (LM head) exposing .weight")
         self._dynsdpb_vocab = int(head.weight.shape[0])
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # The model projects only the last position itself; the fused kernel projects the label positions.
+        accepts = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self._dynsdpb_forward_kwargs = {"logits_to_keep": 1} if accepts else {}
         self._dynsdpb_transform = _logit_transform(model.config)
         self._dynsdpb_schedule = make_schedule(
             settings.distillation_schedule,
@@ -252,7 +257,7 @@ class DynSDPBMixin:
         for c in counts:
             offsets.append(offsets[-1] + c)
 
-        kd_rows, kd_targets, store_rows, store_samples, repeated = [], [], [], [], 0
+        kd_rows, kd_sources, store_rows, store_samples, repeated = [], [], [], [], 0
         for b in range(rows):
             tokens, first = _real_tokens(input_ids[b], None if attention is None else attention[b])
             positions = (labels[b, 1:] != -100).nonzero().squeeze(-1) - first  # t predicts token t + 1
@@ -262,7 +267,7 @@ class DynSDPBMixin:
                 cur, prev = align_positions(record, tokens, positions)
                 if cur.numel():
                     kd_rows.append(cur + offsets[b])
-                    kd_targets.append(record.targets.select(prev.to(record.targets.logp.device)))
+                    kd_sources.append((record.targets, prev.to(record.targets.logp.device)))
             if is_fresh_position(base + b):
                 store_rows.append(torch.arange(offsets[b], offsets[b + 1], device=labels.device))
                 store_samples.append((keys[b], tokens.detach().clone(), positions.detach().clone()))
@@ -272,7 +277,7 @@ class DynSDPBMixin:
 
         return _Plan(
             kd_rows=cat(kd_rows),
-            kd_targets=Targets.cat(kd_targets) if kd_targets else None,
+            kd_sources=kd_sources,
             store_rows=cat(store_rows),
             store_samples=store_samples,
             num_distilled=torch.zeros(()),
@@ -292,7 +297,7 @@ class DynSDPBMixin:
 
         labels = inputs["labels"]
         forward = {k: v for k, v in inputs.items() if k != "labels"}
-        forward.update(use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        forward.update(use_cache=False, output_hidden_states=True, **self._dynsdpb_forward_kwargs)
         outputs = model(**forward)
         hidden = outputs.hidden_states[-1][:, :-1]
         shifted = labels[:, 1:]
@@ -306,6 +311,8 @@ class DynSDPBMixin:
         num_items = mask.sum() if num_items_in_batch is None else num_items_in_batch
         scale, softcap = self._dynsdpb_transform
         settings = self.dynsdpb
+        # Gathered here, not when planning, so accumulation does not hold every micro-batch's copy at once.
+        kd_targets = Targets.cat([t.select(rows) for t, rows in plan.kd_sources]) if plan.kd_sources else None
         loss, out = fused_ce_distill(
             hidden[mask].to(weight.device),
             weight,
@@ -313,7 +320,7 @@ class DynSDPBMixin:
             shifted[mask].to(weight.device),
             num_items=num_items,
             kd_rows=plan.kd_rows if settings.distillation_alpha > 0 else None,
-            kd_targets=plan.kd_targets if settings.distillation_alpha > 0 else None,
+            kd_targets=kd_targets if settings.distillation_alpha > 0 else None,
             num_distilled=plan.num_distilled,
             store_rows=plan.store_rows if settings.distillation_alpha > 0 else None,
             make_targets=self._make_targets,
