@@ -153,7 +153,8 @@ class TargetStore:
                 f"{path}: targets were stored with distillation_topk={json.loads(meta['topk'])}, the run now uses "
                 f"distillation_topk={self.topk}"
             )
-        tensors = load_file(path, device=str(device))
+        # safetensors accepts "cpu" but not the "cpu:0" a distributed run reports: load on CPU, then move.
+        tensors = {k: v.to(device) for k, v in load_file(path, device="cpu").items()}
         self.current, self._bytes["current"] = {}, 0
         for key in json.loads(meta["keys"]):
             parts = {name: tensors.get(f"{key}.{name}") for name in _FIELDS}

@@ -1,0 +1,39 @@
+"""Run by tests/test_distributed.py under `accelerate launch --cpu --num_processes 2`: trains DynSDPB on the tiny
+fixture model and writes, per rank, the dataset rows of every micro-batch and the logged metrics."""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from fixtures import arithmetic_dataset, make_model, make_tokenizer, sft_kwargs  # noqa: E402
+
+from dynsdpb_selfplay import DynSDPBConfig, DynSDPBTrainer  # noqa: E402
+from dynsdpb_selfplay.distill.trainer import INDEX_COLUMN  # noqa: E402
+
+
+class Recording(DynSDPBTrainer):
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training and INDEX_COLUMN in inputs:
+            self.seen = getattr(self, "seen", []) + [inputs[INDEX_COLUMN].tolist()]
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+def main(out_dir: str, max_steps: int, resume: str | None) -> None:
+    tok = make_tokenizer()
+    kw = sft_kwargs(os.path.join(out_dir, "run"), per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                    max_steps=max_steps, save_strategy="steps", save_steps=4, ddp_backend="gloo")  # fmt: skip
+    trainer = Recording(model=make_model(len(tok)), args=DynSDPBConfig(**kw), train_dataset=arithmetic_dataset(16),
+                        processing_class=tok)  # fmt: skip
+    trainer.train(resume_from_checkpoint=resume)
+    rank = trainer.args.process_index
+    record = {"rank": rank, "world": trainer.args.world_size, "seen": trainer.seen,
+              "logs": [h for h in trainer.state.log_history if "loss" in h]}  # fmt: skip
+    tag = "resumed" if resume else "full"
+    with open(os.path.join(out_dir, f"{tag}-rank{rank}.json"), "w") as f:
+        json.dump(record, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else None)
