@@ -169,6 +169,14 @@ def resolve_model(spec: str | os.PathLike, prepare_missing: bool = True) -> str:
     if path.exists():
         raise UserInputError(f"model {text!r} is a file but not a .gguf file; give a directory, a .gguf or a hub id")
     if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(text, "config.json"), str):
+                raise UserInputError(
+                    f"hub model {text!r} is not in the local cache and HF_HUB_OFFLINE=1; go online once, or use "
+                    f"a local directory / .gguf / known name ({', '.join(KNOWN_MODELS)})"
+                )
         return text
     raise UserInputError(
         f"model {text!r} not found: give a known name ({', '.join(KNOWN_MODELS)}), a checkpoint directory, "

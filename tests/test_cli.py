@@ -86,3 +86,9 @@ def test_models_list_and_unknown(capsys):
     assert "smollm2-135m-instruct" in capsys.readouterr().out
     assert main(["models", "prepare", "gpt-17"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_uncached_hub_id_offline_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(_eval("--model", "nobody-here/not-a-model", "--task", "arith")) == 2
+    assert "not in the local cache" in capsys.readouterr().err
