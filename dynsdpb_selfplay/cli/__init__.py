@@ -13,6 +13,8 @@ import sys
 # name -> module under dynsdpb_selfplay.cli; add new subcommands here.
 SUBCOMMANDS = {
     "sft": "sft",
+    "models": "models",
+    "eval": "eval",
 }
 
 

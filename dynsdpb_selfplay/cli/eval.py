@@ -1,0 +1,108 @@
+"""``dynsdpb eval``: accuracy of a model on a task, with per-sample JSONL.
+
+    dynsdpb eval --model smollm2-135m-instruct --task gsm8k --split test --limit 100 --backend vllm --shots 0
+
+Prints strict and flexible accuracy with 95% Wilson intervals, tokens/s and wall time; writes one JSON line per
+completion (prompt, output, extracted answers, gold, correctness) to ``--output`` and the summary next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from ..errors import EngineUnavailableError, UserInputError
+
+
+def _task_args(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"--task-arg {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="accuracy of a model on gsm8k/arith (strict + flexible), per-sample JSONL")
+    p.add_argument("--model", required=True, help="known name (smollm2-135m-instruct), directory, .gguf or hub id")
+    p.add_argument("--task", default="gsm8k", help="registered task (gsm8k, arith) or module:Class")
+    p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
+    p.add_argument("--data-dir", help="gsm8k: folder with train.jsonl/test.jsonl (default: $DYNSDPB_GSM8K_DIR)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, help="first N examples of the split (default: all)")
+    p.add_argument("--backend", default="auto", choices=["auto", "vllm", "hf"])
+    p.add_argument("--shots", type=int, default=0, choices=[0, 5, 8], help="0: chat; 5: lm-eval gsm8k; 8: gsm8k_cot")
+    p.add_argument("--format", help="prompt format by name (overrides --shots), e.g. lmeval-gsm8k-5shot")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--n", type=int, default=1, help="completions per question (needs --temperature > 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument("--batch-size", type=int, default=32, help="hf backend: prompts per batch")
+    p.add_argument("--max-model-len", type=int, help="vllm: context length (default: the model's)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--no-prefix-caching", action="store_true", help="vllm: disable prefix caching")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    p.add_argument("--output", help="per-sample JSONL (default: runs/eval/<task>-<split>-<backend>-<time>.jsonl)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (UserInputError, EngineUnavailableError, ValueError) as e:
+        print(f"dynsdpb eval: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..engines import EngineConfig, SamplingConfig, make_engine
+    from ..evaluate import evaluate, write_jsonl
+    from ..tasks import get_task
+
+    if args.limit is not None and args.limit < 1:
+        raise UserInputError(f"--limit {args.limit}: must be >= 1")
+    options = _task_args(args.task_arg)
+    if args.data_dir is not None:
+        options["data_dir"] = args.data_dir
+    task = get_task(args.task, **options)
+    fmt = task.get_format(shots=args.shots, name=args.format)
+    examples = task.load(args.split, limit=args.limit)
+    if not examples:
+        raise UserInputError(f"{args.task} {args.split}: no examples")
+    sampling = SamplingConfig(
+        n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, max_new_tokens=args.max_new_tokens
+    )
+    config = EngineConfig(
+        backend=args.backend,
+        dtype=args.dtype,
+        seed=args.seed,
+        trust_remote_code=args.trust_remote_code,
+        batch_size=args.batch_size,
+        tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len,
+        enable_prefix_caching=not args.no_prefix_caching,
+    )
+    load_start = time.perf_counter()
+    with make_engine(args.model, config) as engine:
+        load_s = time.perf_counter() - load_start
+        result = evaluate(engine, task, examples, fmt, sampling, model_name=args.model, split=args.split)
+    result.summary["load_s"] = load_s
+    stem = re.sub(r"[^\w.-]", "_", f"{args.task}-{args.split}-{engine.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    output = Path(args.output or f"runs/eval/{stem}")
+    output = output if output.suffix == ".jsonl" else output.with_suffix(".jsonl")
+    write_jsonl(output, result.records)
+    summary_path = output.with_suffix(".summary.json")
+    summary_path.write_text(json.dumps(result.summary, indent=2) + "\n")
+    print(result.report())
+    print(f"  per-sample records: {output}\n  summary: {summary_path}")
+    return 0

@@ -1,0 +1,155 @@
+"""The generation interface shared by the vLLM and transformers backends, and its configuration.
+
+Contract of :meth:`Engine.generate`: prompts (chat message lists or plain strings) are turned into token ids by
+:meth:`Engine.encode` with the engine's tokenizer, identically for every backend, so two engines on the same weights
+see the same ids. Each prompt yields ``sampling.n`` completions in input order. A completion's ``text`` excludes the
+EOS token and is cut before the first stop string (vLLM's convention); ``token_ids`` are the generated ids;
+``finish_reason`` is ``"stop"`` (EOS or stop string) or ``"length"`` (hit ``max_new_tokens``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+__all__ = ["Completion", "Engine", "EngineConfig", "Generation", "SamplingConfig", "resolve_dtype"]
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass
+class SamplingConfig:
+    """How to sample; ``temperature=0`` is greedy."""
+
+    n: int = field(default=1, metadata={"help": "Completions per prompt."})
+    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 means greedy decoding."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass in (0, 1]."})
+    seed: int | None = field(default=None, metadata={"help": "Random seed of the sampling (None: engine default)."})
+    stop: list[str] = field(default_factory=list, metadata={"help": "Stop strings (excluded from the text)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Maximum number of generated tokens."})
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n={self.n}: must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature}: must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(f"n={self.n} with temperature=0 would repeat the same greedy completion")
+        self.stop = [s for s in self.stop if s]
+
+
+@dataclass
+class EngineConfig:
+    """Backend choice and settings; vLLM-only fields are ignored by the transformers backend and vice versa."""
+
+    backend: str = field(default="auto", metadata={"help": "'vllm', 'hf', or 'auto' (vLLM when importable)."})
+    dtype: str = field(
+        default="auto", metadata={"help": "'auto' (bf16 where supported, else fp32), 'bfloat16', 'float16', 'float32'."}
+    )
+    seed: int = field(default=0, metadata={"help": "Engine seed (vLLM) / torch seed before sampling (hf)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub (off: safer)."})
+    batch_size: int = field(default=32, metadata={"help": "hf: prompts per generate() call (length-sorted)."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs to shard the model over."})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use."})
+    max_model_len: int | None = field(default=None, metadata={"help": "vllm: context length (None: the model's)."})
+    enable_prefix_caching: bool = field(default=True, metadata={"help": "vllm: reuse KV cache of shared prefixes."})
+    enforce_eager: bool | None = field(
+        default=None, metadata={"help": "vllm: disable CUDA graphs / compilation (None: True on CPU, else False)."}
+    )
+    cpu_kvcache_space_gb: int = field(
+        default=2, metadata={"help": "vllm on CPU: KV cache GiB (VLLM_CPU_KVCACHE_SPACE, unless already set)."}
+    )
+    enable_lora: bool = field(default=False, metadata={"help": "vllm: allow LoRA adapters per request."})
+    max_lora_rank: int = field(default=16, metadata={"help": "vllm: largest LoRA rank to serve."})
+
+    def __post_init__(self):
+        if self.backend not in ("auto", "vllm", "hf"):
+            raise ValueError(f"backend={self.backend!r}: expected 'auto', 'vllm' or 'hf'")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: expected one of {DTYPES}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size}: must be >= 1")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size}: must be >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization}: must be in (0, 1]")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ValueError(f"max_model_len={self.max_model_len}: must be >= 16")
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` -> bfloat16 on a GPU that supports it or a CPU with AVX-512/AMX, else float32."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return "bfloat16" if capability.startswith(("AVX512", "AMX")) else "float32"
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+
+
+@dataclass
+class Generation:
+    prompt_token_ids: list[int]
+    completions: list[Completion]
+
+
+class Engine(ABC):
+    """A loaded model that generates. Use as a context manager, or call :meth:`close` to free it."""
+
+    name = "engine"
+    tokenizer = None
+    model_path: str = ""
+
+    def encode(self, prompt) -> list[int]:
+        """Token ids of a prompt: a message list goes through the chat template (with the generation prompt, no
+        extra special tokens); a plain string is tokenized as the tokenizer does by default (BOS if it adds one)."""
+        if isinstance(prompt, str):
+            return list(self.tokenizer(prompt).input_ids)
+        text = self.render(prompt)
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def render(self, prompt) -> str:
+        """The prompt as text (the chat template applied to a message list)."""
+        if isinstance(prompt, str):
+            return prompt
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.model_path or 'the model'} has no chat template; use a plain-text prompt format")
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts: list, sampling: SamplingConfig | None = None, lora_path: str | None = None):
+        """One :class:`Generation` per prompt, in order (see the module docstring)."""
+        sampling = sampling or SamplingConfig()
+        return self.generate_ids([self.encode(p) for p in prompts], sampling, lora_path=lora_path)
+
+    @abstractmethod
+    def generate_ids(
+        self, prompt_ids: list[list[int]], sampling: SamplingConfig, lora_path: str | None = None
+    ) -> list[Generation]:
+        """Generate from token ids (the backends implement this)."""
+
+    @abstractmethod
+    def update_weights(self, checkpoint_dir: str) -> None:
+        """Load new weights of the same architecture from a safetensors checkpoint directory, in place."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the engine's resources (idempotent)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

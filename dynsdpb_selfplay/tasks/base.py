@@ -1,0 +1,111 @@
+"""The task contract: examples, named prompt formats, and a verifier.
+
+A task turns a split into :class:`Example` rows, renders one as a prompt in a named, versioned
+:class:`PromptFormat` (a chat message list or a plain completion string), and scores a model's response against the
+example's gold answer. The evaluator and the round orchestrator only use this interface, so a new task (see
+``registry.register_task``) needs no change elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserInputError
+from .scoring import Score, score_response
+
+__all__ = ["Example", "Prompt", "PromptFormat", "Task", "read_jsonl"]
+
+# A chat prompt is a list of {"role", "content"} messages (the engine applies the model's chat template); a plain
+# string is used as-is (few-shot completion formats).
+Prompt = str | list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem: ``answer`` is the gold final answer (a number as a string for GSM8K-style tasks)."""
+
+    id: str
+    question: str
+    answer: str
+    solution: str = ""  # reference worked solution, if the data has one
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """A named prompt format. Bump ``version`` whenever the rendered text changes, so results stay comparable."""
+
+    name: str
+    version: int
+    shots: int
+    chat: bool  # True: message list through the chat template; False: plain completion text
+    strict: str  # strict extraction pattern: "hashes" (#### N) or "answer_is" (The answer is N.)
+    stop: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+
+class Task(ABC):
+    """Subclass and register (``registry.register_task``); see ``tasks/arith.py`` for a complete small example."""
+
+    name: str = "task"
+    formats: dict[str, PromptFormat] = {}
+
+    @abstractmethod
+    def load(self, split: str, limit: int | None = None) -> list[Example]:
+        """The first ``limit`` examples of ``split`` (all when None), in a fixed order."""
+
+    @abstractmethod
+    def build_prompt(self, example: Example, fmt: PromptFormat) -> Prompt:
+        """Render ``example`` in format ``fmt``."""
+
+    def score(self, response: str, example: Example, fmt: PromptFormat) -> Score:
+        """Verify one response; the default extracts a number lm-eval style and compares it with math-verify."""
+        return score_response(response, example.answer, strict=fmt.strict)
+
+    def get_format(self, shots: int | None = None, name: str | None = None) -> PromptFormat:
+        """The format called ``name``, else the one with ``shots`` examples, else the first one."""
+        if name is not None:
+            base = name.split("@")[0]
+            if base not in self.formats:
+                raise UserInputError(f"task {self.name}: no prompt format {name!r}; formats: {', '.join(self.formats)}")
+            return self.formats[base]
+        if shots is None:
+            return next(iter(self.formats.values()))
+        for fmt in self.formats.values():
+            if fmt.shots == shots:
+                return fmt
+        have = sorted({f.shots for f in self.formats.values()})
+        raise UserInputError(f"task {self.name}: no prompt format with {shots} shots; available: {have}")
+
+
+def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a JSONL file; a missing file, a malformed line or a row without ``required`` fields raises
+    :class:`UserInputError` naming the file and line. Blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"data file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserInputError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise UserInputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in required if not isinstance(row.get(k), str)]
+            if missing:
+                raise UserInputError(f"{path}:{lineno}: missing or non-string field(s) {missing}")
+            rows.append(row)
+    return rows

