@@ -18,3 +18,6 @@ test: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+demo: setup
+	bash pipelines/demo.sh

@@ -297,3 +297,10 @@ def test_attach_twice_and_unknown_options_are_refused(tmp_path, tokenizer):
         attach_dynsdpb(trainer)
     with pytest.raises(TypeError, match="unknown option"):
         attach_dynsdpb(_sft_trainer(tmp_path / "b", tokenizer), temprature=2.0)
+
+
+def test_a_training_set_emptied_by_max_length_is_refused_with_the_reason(tmp_path, tokenizer):
+    from dynsdpb_selfplay.distill.trainer import DatasetTooSmallError
+
+    with pytest.raises(DatasetTooSmallError, match="max_length=12"):
+        attach_dynsdpb(_sft_trainer(tmp_path, tokenizer, max_length=12))

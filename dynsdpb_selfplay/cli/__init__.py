@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "sft": "sft",
     "models": "models",
     "eval": "eval",
+    "run": "run",
 }
 
 

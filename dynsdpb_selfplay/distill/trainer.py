@@ -31,7 +31,7 @@ from .sampler import OverlapSampler, is_fresh_position
 from .schedules import make_schedule
 from .store import StoredSample, TargetStore, align_positions
 
-__all__ = ["INDEX_COLUMN", "DynSDPBMixin", "DynSDPBTrainer", "attach_dynsdpb"]
+__all__ = ["INDEX_COLUMN", "DatasetTooSmallError", "DynSDPBMixin", "DynSDPBTrainer", "attach_dynsdpb"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ class _Plan:
     store_samples: list[tuple[int, torch.Tensor, torch.Tensor]]  # (key, tokens, positions) per stored sample
     num_distilled: torch.Tensor  # distilled tokens of the whole optimizer step (all ranks when averaged)
     label_tokens_repeated: int  # label tokens of repeated samples (aligned or not)
+
+
+class DatasetTooSmallError(ValueError):
+    """The (prepared) training set cannot fill one overlapping step."""
 
 
 class _IndexedDataset(TorchDataset):
@@ -148,6 +152,12 @@ class DynSDPBMixin:
             )
         world = args.world_size
         step_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+        if len(ds) < step_batch // 2:
+            raise DatasetTooSmallError(
+                f"the prepared training set has {len(ds)} rows, fewer than half an effective batch "
+                f"({step_batch // 2}); SFTTrainer drops rows whose completion does not fit max_length="
+                f"{getattr(args, 'max_length', None)}"
+            )
         if step_batch % 2 or (world > 1 and args.per_device_train_batch_size % 2):
             raise ValueError(
                 f"DynSDPB needs an even per_device_train_batch_size * gradient_accumulation_steps * world_size "

@@ -1,0 +1,51 @@
+"""``dynsdpb run``: start a self-training / self-correction run from a YAML config, or resume one.
+
+dynsdpb run pipelines/configs/demo.yaml            # runs/demo/
+dynsdpb run --resume runs/demo                     # after a crash or Ctrl-C: finished phases are kept
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import EngineUnavailableError, UserInputError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="self-improvement rounds from a YAML config (or --resume RUN_DIR)")
+    p.add_argument("config", nargs="?", help="run config (YAML); see pipelines/configs/")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--run-dir", help="output folder (default: the config's run_dir, else runs/<config stem>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in the output folder")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..rounds import RunDir, load_config, run
+    from ..rounds.config import to_dict
+
+    try:
+        if args.resume:
+            if args.config or args.run_dir or args.overwrite:
+                raise UserInputError("--resume takes only the run folder (its config.yaml is reused)")
+            run_dir = RunDir.open(args.resume)
+        elif args.config:
+            config = load_config(args.config)
+            path = args.run_dir or config.run_dir or str(Path("runs") / Path(args.config).stem)
+            config.run_dir = str(Path(path))
+            run_dir = RunDir.create(path, to_dict(config), overwrite=args.overwrite)
+        else:
+            raise UserInputError("give a config file, or --resume RUN_DIR")
+        with run_dir:
+            print(f"run folder: {run_dir.path}", flush=True)
+            run(run_dir)
+    except (UserInputError, EngineUnavailableError) as e:
+        print(f"dynsdpb run: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dynsdpb run: interrupted; finished phases are saved. Continue with "
+              f"`dynsdpb run --resume {run_dir.path}`", file=sys.stderr)  # fmt: skip
+        return 130
+    return 0

@@ -1,0 +1,237 @@
+"""The run configuration: one YAML file per run, validated on load (unknown keys and wrong types name the key).
+
+Sections mirror the phases of a round: ``task`` (what to solve), ``generation`` (how to sample training data),
+``filtering`` (what to keep), ``training`` (how to fine-tune), ``evaluation`` (held-out scoring), ``engine``
+(vLLM or transformers). ``pipeline`` picks self-training or self-correction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..engines.base import EngineConfig, SamplingConfig
+from ..errors import UserInputError
+
+__all__ = ["RunConfig", "load_config", "to_dict"]
+
+PIPELINES = ("self_training", "self_correction")
+
+
+@dataclass
+class TaskSection:
+    name: str = field(default="arith", metadata={"help": "Registered task name or module:Class."})
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Task constructor options."})
+    format: str | None = field(default=None, metadata={"help": "Prompt format name (default: the task's first)."})
+    train_split: str = field(default="train", metadata={"help": "Split the rounds generate training data from."})
+    train_limit: int | None = field(default=None, metadata={"help": "Questions per round from train_split."})
+    eval_split: str = field(default="test", metadata={"help": "Held-out split for evaluation."})
+    eval_limit: int | None = field(default=None, metadata={"help": "Questions evaluated each round."})
+    new_questions_each_round: bool = field(
+        default=True, metadata={"help": "Round r takes the r-th block of train_limit questions (False: same ones)."}
+    )
+
+
+@dataclass
+class GenerationSection:
+    samples: int = field(default=4, metadata={"help": "Solutions sampled per question (k)."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of training data."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest generated solution."})
+    chunk_size: int = field(default=64, metadata={"help": "Questions per saved chunk (the unit of resumption)."})
+    rationalize: bool = field(
+        default=False, metadata={"help": "Self-training: retry unsolved questions with the gold answer as a hint."}
+    )
+    correction_prompt: str = field(
+        default="Review your solution step by step. If you find a mistake, correct it. "
+        "End with the final answer as #### <number>.",
+        metadata={"help": "Self-correction: the user turn asking the model to review its first answer."},
+    )
+
+
+@dataclass
+class FilteringSection:
+    verify: str = field(default="strict", metadata={"help": "'strict' (#### N format) or 'flexible' extraction."})
+    max_per_question: int = field(default=2, metadata={"help": "Kept solutions per question, after deduplication."})
+    labels: str = field(
+        default="gold", metadata={"help": "'gold' answers, or 'majority' vote of the samples (unlabeled data)."}
+    )
+    min_agreement: float = field(default=0.6, metadata={"help": "labels=majority: share of samples that must agree."})
+    keep_right_to_right: bool = field(
+        default=True, metadata={"help": "Self-correction: also keep correct answers confirmed by the review."}
+    )
+
+
+@dataclass
+class LoraSection:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TrainingSection:
+    trainer: str = field(default="dynsdpb", metadata={"help": "'dynsdpb' or 'sft' (plain SFTTrainer, for ablations)."})
+    init: str = field(default="continue", metadata={"help": "'continue' from last round's weights or 'base' model."})
+    accumulate_data: bool = field(default=False, metadata={"help": "Train on all rounds' data so far (else new)."})
+    lora: LoraSection | None = field(default=None, metadata={"help": "LoRA settings; null for full fine-tuning."})
+    learning_rate: float = 1e-5
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
+    bf16: bool | None = field(default=None, metadata={"help": "None: bf16 where the machine supports it."})
+    save_steps: int = field(default=20, metadata={"help": "Checkpoint every N steps (the unit of resumption)."})
+    distillation: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "distillation_* fields of DynSDPBConfig, without the prefix."}
+    )
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "More SFTConfig fields, as-is."})
+
+
+@dataclass
+class EvaluationSection:
+    enabled: bool = True
+    max_new_tokens: int = 256
+
+
+@dataclass
+class RunConfig:
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "Known name, directory, .gguf or hub id."})
+    pipeline: str = field(default="self_training", metadata={"help": "'self_training' or 'self_correction'."})
+    rounds: int = field(default=2, metadata={"help": "Generation + training rounds."})
+    seed: int = 0
+    run_dir: str | None = field(default=None, metadata={"help": "Output folder (default: runs/<config file stem>)."})
+    task: TaskSection = field(default_factory=TaskSection)
+    generation: GenerationSection = field(default_factory=GenerationSection)
+    filtering: FilteringSection = field(default_factory=FilteringSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def validate(self) -> None:
+        def check(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise UserInputError(f"{key}: {why}")
+
+        check(self.pipeline in PIPELINES, "pipeline", f"{self.pipeline!r} is not one of {PIPELINES}")
+        check(self.rounds >= 1, "rounds", "must be >= 1")
+        check(self.generation.samples >= 1, "generation.samples", "must be >= 1")
+        check(self.generation.chunk_size >= 1, "generation.chunk_size", "must be >= 1")
+        check(self.generation.temperature >= 0, "generation.temperature", "must be >= 0")
+        check(self.filtering.verify in ("strict", "flexible"), "filtering.verify", "must be 'strict' or 'flexible'")
+        check(self.filtering.labels in ("gold", "majority"), "filtering.labels", "must be 'gold' or 'majority'")
+        check(0 < self.filtering.min_agreement <= 1, "filtering.min_agreement", "must be in (0, 1]")
+        check(self.filtering.max_per_question >= 1, "filtering.max_per_question", "must be >= 1")
+        check(self.training.trainer in ("dynsdpb", "sft"), "training.trainer", "must be 'dynsdpb' or 'sft'")
+        check(self.training.init in ("continue", "base"), "training.init", "must be 'continue' or 'base'")
+        check(self.training.learning_rate > 0, "training.learning_rate", "must be > 0")
+        check(self.training.save_steps >= 1, "training.save_steps", "must be >= 1")
+        if self.pipeline == "self_correction":
+            check(self.filtering.labels == "gold", "filtering.labels", "self-correction needs gold labels")
+        try:
+            SamplingConfig(n=self.generation.samples, temperature=self.generation.temperature,
+                           top_p=self.generation.top_p, max_new_tokens=self.generation.max_new_tokens)  # fmt: skip
+        except ValueError as e:
+            raise UserInputError(f"generation: {e}") from None
+        if self.training.trainer == "dynsdpb":
+            from ..distill.config import DistillationArguments
+
+            known = {f.name[len("distillation_") :] for f in dataclasses.fields(DistillationArguments)}
+            for key in self.training.distillation:
+                check(key in known, f"training.distillation.{key}", f"unknown key; known: {', '.join(sorted(known))}")
+            try:
+                DistillationArguments(**{f"distillation_{k}": v for k, v in self.training.distillation.items()})
+            except ValueError as e:
+                raise UserInputError(f"training.distillation: {e}") from None
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp`` (recursing into dataclasses, lists, dicts, optionals)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, key)
+            except UserInputError as e:
+                errors.append(str(e))
+        raise UserInputError(errors[0] if len(errors) == 1 else f"{key}: expected {tp}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserInputError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserInputError(f"{key}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise UserInputError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise UserInputError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise UserInputError(f"{where}: unknown key; known: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise UserInputError(f"{prefix or 'config'}: {e}") from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Parse and validate a run config; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserInputError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: expected a mapping at the top level")
+    data.update(overrides or {})
+    try:
+        config = _build(RunConfig, data)
+        config.validate()
+    except UserInputError as e:
+        raise UserInputError(f"{path}: {e}") from None
+    return config
+
+
+def from_dict(data: dict) -> RunConfig:
+    config = _build(RunConfig, data)
+    config.validate()
+    return config
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,166 @@
+"""The round loop: evaluate the start model, then per round generate -> filter -> train -> evaluate; then report.
+
+Each phase is skipped when ``state.json`` marks it done, so ``run(run_dir)`` both starts and resumes a run. One
+generation engine lives for the whole run; after a training phase its weights are replaced in place
+(``engine.update_weights``) instead of starting a new engine.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..engines import make_engine
+from ..engines.base import Engine, SamplingConfig
+from ..evaluate import evaluate, wilson_interval
+from ..models import resolve_model
+from ..tasks import get_task
+from .config import RunConfig, from_dict
+from .faults import maybe_fault
+from .filtering import filter_self_correction, filter_self_training, transitions
+from .generation import chunk_seed, run_chunked, self_correction_records, self_training_records
+from .report import round_line, write_report
+from .rundir import RunDir, read_jsonl_records, write_json, write_jsonl
+from .training import train_round
+
+__all__ = ["Orchestrator", "run"]
+
+
+class _EngineHolder:
+    """Creates the engine on first use and moves new weights into it."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg, self.engine, self.weights = cfg, None, None
+
+    def get(self, weights: str) -> Engine:
+        if self.engine is None:
+            self.engine = make_engine(weights, self.cfg.engine)
+        elif weights != self.weights:
+            self.engine.update_weights(weights)
+        self.weights = weights
+        return self.engine
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+class Orchestrator:
+    def __init__(self, run_dir: RunDir, log=print) -> None:
+        self.run_dir, self.log = run_dir, log
+        self.cfg: RunConfig = from_dict(run_dir.config())
+        self.task = get_task(self.cfg.task.name, **self.cfg.task.options)
+        self.fmt = self.task.get_format(name=self.cfg.task.format)
+        self.base = resolve_model(self.cfg.model)
+        self.engines = _EngineHolder(self.cfg)
+
+    # ------------------------------------------------------------------------------------------- phases
+    def _phase(self, name: str, fn, **kw) -> dict:
+        """Run ``fn`` unless ``name`` is done; record its info and duration; return the info."""
+        if self.run_dir.is_done(name):
+            return self.run_dir.phase_info(name)
+        start = time.perf_counter()
+        info = fn(**kw)
+        info["seconds"] = info.get("seconds", 0.0) + time.perf_counter() - start
+        self.run_dir.mark_done(name, **info)
+        maybe_fault(name, point="done")
+        return info
+
+    def _questions(self, r: int):
+        t = self.cfg.task
+        if t.train_limit is None:
+            return self.task.load(t.train_split)
+        block = r - 1 if t.new_questions_each_round else 0
+        examples = self.task.load(t.train_split, limit=(block + 1) * t.train_limit)
+        return examples[block * t.train_limit :]
+
+    def _generate(self, r: int, weights: str) -> dict:
+        cfg, g = self.cfg, self.cfg.generation
+        engine = self.engines.get(weights)
+        sampling = SamplingConfig(n=g.samples, temperature=g.temperature, top_p=g.top_p,
+                                  max_new_tokens=g.max_new_tokens, stop=list(self.fmt.stop))  # fmt: skip
+        if cfg.pipeline == "self_training":
+            make = self_training_records(engine, self.task, self.fmt, sampling, g.rationalize, cfg.filtering.verify)
+        else:
+            make = self_correction_records(engine, self.task, self.fmt, sampling, g.correction_prompt,
+                                           cfg.filtering.verify)  # fmt: skip
+        examples = self._questions(r)
+        out = self.run_dir.round(r)
+        records = run_chunked(examples, out / "generations", g.chunk_size, make,
+                              lambda i: chunk_seed(cfg.seed, r, i), f"round {r} generation",
+                              fault_phase=f"round_{r}/generate")  # fmt: skip
+        write_jsonl(out / "generations.jsonl", records)
+        return {"questions": len(examples), "records": len(records)}
+
+    def _filter(self, r: int) -> dict:
+        cfg, out = self.cfg, self.run_dir.round(r)
+        records = read_jsonl_records(out / "generations.jsonl")
+        f = cfg.filtering
+        if cfg.pipeline == "self_training":
+            rows, stats = filter_self_training(records, f.verify, f.max_per_question, f.labels, f.min_agreement)
+        else:
+            rows, stats = filter_self_correction(records, cfg.generation.correction_prompt, f.keep_right_to_right)
+        write_jsonl(out / "train.jsonl", rows)
+        write_json(out / "filter_summary.json", stats)
+        return stats
+
+    def _train(self, r: int, weights: str) -> dict:
+        cfg, out = self.cfg, self.run_dir.round(r)
+        rows = []
+        first = 1 if cfg.training.accumulate_data else r
+        for k in range(first, r + 1):
+            rows += read_jsonl_records(self.run_dir.round(k) / "train.jsonl")
+        init = weights if cfg.training.init == "continue" else self.base
+        return train_round(rows, init, out / "model", out / "trainer", cfg, phase=f"round_{r}/train")
+
+    def _evaluate(self, r: int, weights: str) -> dict:
+        cfg, out = self.cfg, self.run_dir.round(r)
+        engine = self.engines.get(weights)
+        examples = self.task.load(cfg.task.eval_split, limit=cfg.task.eval_limit)
+        greedy = SamplingConfig(max_new_tokens=cfg.evaluation.max_new_tokens, seed=cfg.seed)
+        result = evaluate(engine, self.task, examples, self.fmt, greedy, model_name=weights, split=cfg.task.eval_split)
+        summary, records = dict(result.summary), result.records
+        if cfg.pipeline == "self_correction":
+            make = self_correction_records(engine, self.task, self.fmt, greedy, cfg.generation.correction_prompt,
+                                           cfg.filtering.verify)  # fmt: skip
+            corr = make(examples, cfg.seed)
+            trans = transitions(corr)
+            n = len(corr)
+            summary.update(trans)
+            summary["revised_ci95"] = wilson_interval(round(trans["revised_accuracy"] * n), n)
+            write_jsonl(out / "eval_correction.jsonl", corr)
+        write_jsonl(out / "eval.jsonl", records)
+        write_json(out / "eval_summary.json", summary)
+        keep = ("strict_accuracy", "strict_ci95", "flexible_accuracy", "flexible_ci95", "n_samples", "tokens_per_s",
+                "first_accuracy", "revised_accuracy", "wrong_to_right", "right_to_wrong", "revised_ci95")  # fmt: skip
+        return {k: summary[k] for k in keep if k in summary}
+
+    # ---------------------------------------------------------------------------------------------- run
+    def run(self) -> Path:
+        cfg, rd = self.cfg, self.run_dir
+        rounds: dict[int, dict] = {}
+        weights = self.base
+        try:
+            if cfg.evaluation.enabled:
+                rounds[0] = {"eval": self._phase("round_0/eval", self._evaluate, r=0, weights=weights)}
+                self.log(round_line(0, rounds[0]))
+            for r in range(1, cfg.rounds + 1):
+                info = rounds[r] = {}
+                info["generate"] = self._phase(f"round_{r}/generate", self._generate, r=r, weights=weights)
+                info["filter"] = self._phase(f"round_{r}/filter", self._filter, r=r)
+                info["train"] = self._phase(f"round_{r}/train", self._train, r=r, weights=weights)
+                weights = info["train"]["model"]
+                if cfg.evaluation.enabled:
+                    info["eval"] = self._phase(f"round_{r}/eval", self._evaluate, r=r, weights=weights)
+                self.log(round_line(r, info))
+        finally:
+            self.engines.close()
+        md, png = write_report(rd.path, rd.config(), rounds)
+        rd.mark_done("report", report=str(md), plot=str(png) if png else None)
+        self.log(f"report: {md}" + (f" (plot: {png})" if png else ""))
+        return md
+
+
+def run(run_dir: RunDir, log=print) -> Path:
+    return Orchestrator(run_dir, log=log).run()

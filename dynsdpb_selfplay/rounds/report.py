@@ -1,0 +1,110 @@
+"""The run report: a Markdown table per round and a PNG of held-out accuracy across rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .rundir import atomic_write_text
+
+__all__ = ["round_line", "write_report"]
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _acc(summary: dict, kind: str) -> str:
+    if not summary:
+        return "-"
+    lo, hi = summary[f"{kind}_ci95"]
+    return f"{_pct(summary[f'{kind}_accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def round_line(r: int, info: dict) -> str:
+    """The one-line summary printed after each round."""
+    parts = [f"round {r}:"]
+    filt, train, ev = info.get("filter", {}), info.get("train", {}), info.get("eval", {})
+    if filt:
+        parts.append(f"kept {filt.get('rows', 0)} rows from {filt.get('questions_kept', 0)} questions |")
+    if train:
+        parts.append(
+            f"train skipped ({train['skipped']}) |" if "skipped" in train
+            else f"train {train['steps']} steps, loss {train['train_loss']:.3f} |"
+        )  # fmt: skip
+    if ev:
+        parts.append(f"eval strict {_acc(ev, 'strict')}, flexible {_acc(ev, 'flexible')}")
+        if "revised_accuracy" in ev:
+            parts.append(f"| after review {_pct(ev['revised_accuracy'])}")
+    parts.append(f"| {sum(v.get('seconds', 0) for v in info.values()):.0f} s")
+    return " ".join(parts)
+
+
+def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[Path, Path | None]:
+    """``rounds[r]`` maps phase name (generate, filter, train, eval) to its saved info."""
+    pipeline = config["pipeline"]
+    lines = [
+        f"# Run report: {run_dir.name}",
+        "",
+        f"- model: `{config['model']}`, pipeline: `{pipeline}`, trainer: `{config['training']['trainer']}`, "
+        f"task: `{config['task']['name']}` {config['task']['options'] or ''}, rounds: {config['rounds']}, "
+        f"seed: {config['seed']}",
+        f"- engine: `{config['engine']['backend']}`; evaluation: greedy on `{config['task']['eval_split']}` "
+        f"(intervals: Wilson 95%)",
+        "",
+        "| round | generated | kept rows | questions kept | train steps | train loss | strict accuracy | "
+        "flexible accuracy |"
+        + (" first → revised | w→r | r→w |" if pipeline == "self_correction" else "")
+        + " generate s | filter s | train s | eval s |",
+        "|---" * (12 if pipeline == "self_correction" else 9) + "|",
+    ]
+    for r in sorted(rounds):
+        info = rounds[r]
+        g, f, t, e = (info.get(k, {}) for k in ("generate", "filter", "train", "eval"))
+        steps = "skipped" if "skipped" in t else t.get("steps", "-")
+        loss = f"{t['train_loss']:.3f}" if t.get("train_loss") is not None else "-"
+        row = [str(r), str(g.get("records", "-")), str(f.get("rows", "-")), str(f.get("questions_kept", "-")),
+               str(steps), loss, _acc(e, "strict"), _acc(e, "flexible")]  # fmt: skip
+        if pipeline == "self_correction":
+            row += [
+                f"{_pct(e.get('first_accuracy'))} → {_pct(e.get('revised_accuracy'))}" if e else "-",
+                _pct(e.get("wrong_to_right")) if e else "-",
+                _pct(e.get("right_to_wrong")) if e else "-",
+            ]
+        row += [f"{info[k]['seconds']:.0f}" if k in info else "-" for k in ("generate", "filter", "train", "eval")]
+        lines.append("| " + " | ".join(row) + " |")
+    png = _plot(run_dir, rounds)
+    if png is not None:
+        lines += ["", f"![held-out accuracy by round]({png.name})"]
+    lines += ["", "Round 0 is the starting model, evaluated before any training.", ""]
+    md = atomic_write_text(run_dir / "report.md", "\n".join(lines))
+    return md, png
+
+
+def _plot(run_dir: Path, rounds: dict[int, dict]) -> Path | None:
+    points = [(r, info["eval"]) for r, info in sorted(rounds.items()) if info.get("eval")]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for kind, marker in (("strict", "o"), ("flexible", "s")):
+        xs = [r for r, _ in points]
+        ys = [100 * e[f"{kind}_accuracy"] for _, e in points]
+        err = [[100 * (e[f"{kind}_accuracy"] - e[f"{kind}_ci95"][0]) for _, e in points],
+               [100 * (e[f"{kind}_ci95"][1] - e[f"{kind}_accuracy"]) for _, e in points]]  # fmt: skip
+        ax.errorbar(xs, ys, yerr=err, marker=marker, capsize=3, label=f"{kind} match")
+    ax.set_xlabel("round (0 = before training)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_xticks([r for r, _ in points])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = run_dir / ".accuracy.png.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    out = run_dir / "accuracy.png"
+    tmp.replace(out)
+    return out

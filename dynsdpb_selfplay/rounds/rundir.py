@@ -1,0 +1,156 @@
+"""The run folder: atomic files, a lock, and the state file that says which phases are finished.
+
+Layout::
+
+    RUN_DIR/
+      config.yaml            the resolved config (written once, at creation)
+      state.json             {"done": ["round_0/eval", "round_1/generate", ...], ...}
+      .lock                  held by the process running the job
+      round_0/eval.jsonl, eval_summary.json
+      round_1/generations/chunk-00000.jsonl ...   one file per finished chunk of questions
+      round_1/generations.jsonl, train.jsonl, filter_summary.json
+      round_1/trainer/checkpoint-N/               the trainer's own checkpoints (resumption)
+      round_1/model/                              the round's final weights (safetensors)
+      round_1/eval.jsonl, eval_summary.json
+      report.md, accuracy.png
+
+Every file is written to a temporary name and renamed into place, so a file that exists is complete; a phase is
+marked done in ``state.json`` only after all its files exist. Resuming skips done phases and redoes the others from
+their own saved pieces (generation chunks, trainer checkpoints).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserInputError
+
+__all__ = ["RunDir", "atomic_write_text", "read_jsonl_records", "write_json", "write_jsonl"]
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_jsonl_records(path: Path) -> list[dict]:
+    """Records of a file this module wrote (complete by construction); a corrupt line names file and line."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    msg = f"{path}:{lineno}: corrupt record ({e.msg}); delete the file to redo it"
+                    raise UserInputError(msg) from None
+    return records
+
+
+class RunDir:
+    """A run folder, locked by this process while open."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = None
+
+    # ------------------------------------------------------------------------------------- life cycle
+    @classmethod
+    def create(cls, path: str | Path, config: dict, overwrite: bool = False) -> RunDir:
+        path = Path(path)
+        if (path / "state.json").exists() or (path / "config.yaml").exists():
+            if not overwrite:
+                raise UserInputError(
+                    f"run folder {path} already holds a run; continue it with `dynsdpb run --resume {path}`, "
+                    f"or pass --overwrite to start over"
+                )
+            run = cls(path).lock()
+            for child in path.iterdir():
+                if child.name != ".lock":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            run = cls(path).lock()
+        atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        write_json(path / "state.json", {"done": []})
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        path = Path(path)
+        if not (path / "config.yaml").is_file() or not (path / "state.json").is_file():
+            raise UserInputError(f"{path} is not a run folder (no config.yaml or state.json); see `dynsdpb run -h`")
+        return cls(path).lock()
+
+    def lock(self) -> RunDir:
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            f.close()
+            raise UserInputError(f"run folder {self.path} is in use by {owner}; wait for it or stop it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        self._lock = f
+        return self
+
+    def close(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ state
+    def config(self) -> dict:
+        return yaml.safe_load((self.path / "config.yaml").read_text())
+
+    def state(self) -> dict:
+        return json.loads((self.path / "state.json").read_text())
+
+    def is_done(self, phase: str) -> bool:
+        return phase in self.state()["done"]
+
+    def mark_done(self, phase: str, **info) -> None:
+        state = self.state()
+        if phase not in state["done"]:
+            state["done"].append(phase)
+        state.setdefault("info", {})[phase] = info
+        write_json(self.path / "state.json", state)
+
+    def phase_info(self, phase: str) -> dict:
+        return self.state().get("info", {}).get(phase, {})
+
+    def round(self, r: int) -> Path:
+        return self.path / f"round_{r}"

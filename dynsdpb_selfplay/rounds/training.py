@@ -1,0 +1,110 @@
+"""The training phase of a round: DynSDPB (or plain SFT for ablations) on the round's rows, resumable.
+
+The trainer checkpoints into ``round_r/trainer`` every ``save_steps``; an interrupted phase resumes from the last
+checkpoint (DynSDPB restores its stored targets too). The round's final weights are saved, merged if LoRA was used,
+as a plain safetensors directory ``round_r/model`` that every engine can load or reload in place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import UserInputError
+from .config import RunConfig
+from .faults import maybe_fault
+
+__all__ = ["train_round"]
+
+
+def _bf16(setting: bool | None) -> bool:
+    import torch
+
+    if setting is not None:
+        return setting
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
+
+
+def train_round(
+    rows: list[dict], init_model: str, out_dir: Path, trainer_dir: Path, cfg: RunConfig, phase: str
+) -> dict:
+    """Fine-tune ``init_model`` on ``rows``; returns a summary (``model`` is the directory of the new weights)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    from ..distill.config import DynSDPBConfig
+    from ..distill.trainer import DatasetTooSmallError, DynSDPBTrainer
+
+    t = cfg.training
+    step_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    if len(rows) < max(step_batch // 2, 1):
+        return {"skipped": f"{len(rows)} training rows, fewer than half a batch ({step_batch})", "model": init_model,
+                "rows": len(rows)}  # fmt: skip
+
+    tokenizer = AutoTokenizer.from_pretrained(init_model)
+    model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32, use_safetensors=True)
+    bf16 = _bf16(t.bf16)
+    common = dict(
+        output_dir=str(trainer_dir), learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length, bf16=bf16,
+        use_cpu=not torch.cuda.is_available(), seed=cfg.seed, save_strategy="steps", save_steps=t.save_steps,
+        save_total_limit=2, logging_steps=5, report_to="none", gradient_checkpointing=False,
+        dataloader_num_workers=0, disable_tqdm=False,
+    )  # fmt: skip
+    common.update(t.extra)
+    try:
+        if t.trainer == "dynsdpb":
+            args = DynSDPBConfig(**common, **{f"distillation_{k}": v for k, v in t.distillation.items()})
+        else:
+            args = SFTConfig(**common)
+    except (TypeError, ValueError) as e:
+        raise UserInputError(f"training: {e}") from None
+    peft_config = None
+    if t.lora is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
+                                 target_modules=t.lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+    cls = DynSDPBTrainer if t.trainer == "dynsdpb" else SFTTrainer
+    try:
+        trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                      peft_config=peft_config)  # fmt: skip
+    except DatasetTooSmallError as e:
+        return {"skipped": str(e), "model": init_model, "rows": len(rows)}
+    if len(trainer.train_dataset) == 0:
+        return {"skipped": f"no row fits max_length={t.max_length}", "model": init_model, "rows": len(rows)}
+
+    class Fault(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            maybe_fault(phase, step=state.global_step)
+
+    trainer.add_callback(Fault())
+    last = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    final = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    final.to(torch.bfloat16 if bf16 else torch.float32).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "model": str(out_dir),
+        "rows": len(rows),
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "last_loss": logs[-1]["loss"] if logs else None,
+        "resumed_from": last,
+        "train_s": time.perf_counter() - start,
+        "trainer": t.trainer,
+    }

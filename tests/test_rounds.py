@@ -1,0 +1,170 @@
+"""Rounds end to end on the tiny model with the transformers engine: both pipelines, config errors, crash + resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import save_tiny_model
+
+from dynsdpb_selfplay.cli import main
+from dynsdpb_selfplay.errors import UserInputError
+from dynsdpb_selfplay.rounds.config import load_config
+from dynsdpb_selfplay.rounds.rundir import RunDir
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(save_tiny_model(tmp_path_factory.mktemp("round-model") / "m"))
+
+
+def config(model: str, **overrides) -> dict:
+    cfg = {
+        "model": model,
+        "pipeline": "self_training",
+        "rounds": 2,
+        "seed": 0,
+        "task": {"name": "round_fixtures:EchoTask", "train_limit": 8, "eval_limit": 6},
+        "generation": {"samples": 2, "temperature": 1.0, "max_new_tokens": 12, "chunk_size": 4},
+        "filtering": {"max_per_question": 2},
+        "training": {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_steps": 4, "save_steps": 2,
+                     "max_length": 64, "bf16": False},
+        "engine": {"backend": "hf", "dtype": "float32"},
+    }  # fmt: skip
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        if field:
+            cfg[section] = {**cfg[section], field: value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def write(tmp_path, cfg, name="run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def read(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("pipeline", ["self_training", "self_correction"])
+def test_two_rounds_end_to_end(tmp_path, tiny, pipeline, capsys):
+    run_dir = tmp_path / "run"
+    cfg = config(tiny, pipeline=pipeline, **{"training.max_length": 256})  # the review turn is long in characters
+    assert main(["run", str(write(tmp_path, cfg)), "--run-dir", str(run_dir)]) == 0
+    state = json.loads((run_dir / "state.json").read_text())
+    expected = ["round_0/eval"] + [f"round_{r}/{p}" for r in (1, 2) for p in ("generate", "filter", "train", "eval")]
+    assert state["done"] == expected + ["report"]
+    for r in (1, 2):
+        gens = read(run_dir / f"round_{r}" / "generations.jsonl")
+        assert len(gens) == 8 * 2  # 8 questions x 2 samples, nothing lost or duplicated
+        assert len({(g["id"], g["sample"]) for g in gens}) == len(gens)
+        rows = read(run_dir / f"round_{r}" / "train.jsonl")
+        assert rows and len({row["id"] for row in rows}) == len(rows)
+        assert (run_dir / f"round_{r}" / "model" / "model.safetensors").exists()
+        assert state["info"][f"round_{r}/train"]["steps"] == 4
+    # Round 2 generated from new questions with round 1's weights.
+    assert {g["id"] for g in read(run_dir / "round_1/generations.jsonl")}.isdisjoint(
+        {g["id"] for g in read(run_dir / "round_2/generations.jsonl")}
+    )
+    report = (run_dir / "report.md").read_text()
+    assert report.count("\n| ") >= 4 and (run_dir / "accuracy.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "round 2:" in out and f"report: {run_dir / 'report.md'}" in out
+    if pipeline == "self_correction":
+        summary = json.loads((run_dir / "round_2" / "eval_summary.json").read_text())
+        assert {"first_accuracy", "revised_accuracy", "wrong_to_right", "right_to_wrong"} <= set(summary)
+        assert "w→r" in report
+        for row in rows:  # the loss falls on the revision: first answer and review request are in the prompt
+            assert [m["role"] for m in row["prompt"]] == ["user", "assistant", "user"]
+
+
+def test_sft_baseline_trains_on_the_same_data(tmp_path, tiny):
+    dyn, sft = tmp_path / "dyn", tmp_path / "sft"
+    cfg = config(tiny, rounds=1)
+    assert main(["run", str(write(tmp_path, cfg, "a.yaml")), "--run-dir", str(dyn)]) == 0
+    cfg["training"]["trainer"] = "sft"
+    assert main(["run", str(write(tmp_path, cfg, "b.yaml")), "--run-dir", str(sft)]) == 0
+    assert read(dyn / "round_1/train.jsonl") == read(sft / "round_1/train.jsonl")
+    info = json.loads((sft / "state.json").read_text())["info"]["round_1/train"]
+    assert info["trainer"] == "sft" and info["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"trainng": {}}, "trainng: unknown key"),
+        ({"training.lora_rank": 8}, "training.lora_rank: unknown key"),
+        ({"rounds": "two"}, "rounds: expected int"),
+        ({"generation.samples": 0}, "generation.samples: must be >= 1"),
+        ({"training.trainer": "ppo"}, "training.trainer"),
+        ({"training.distillation": {"temprature": 2}}, "training.distillation.temprature: unknown key"),
+        ({"training.distillation": {"temperature": -1}}, "distillation_temperature"),
+        ({"engine": {"backend": "tgi"}}, "backend"),
+        ({"pipeline": "rlhf"}, "pipeline"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, overrides, match):
+    path = write(tmp_path, config("m", **overrides))
+    with pytest.raises(UserInputError, match=match) as e:
+        load_config(path)
+    assert str(path) in str(e.value)
+
+
+def test_existing_run_folder_is_not_overwritten_and_is_locked(tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    RunDir.create(run_dir, config(tiny)).close()
+    path = write(tmp_path, config(tiny))
+    assert main(["run", str(path), "--run-dir", str(run_dir)]) == 2
+    with RunDir.open(run_dir):
+        with pytest.raises(UserInputError, match="in use by pid"):
+            RunDir.open(run_dir)
+
+
+def run_cli(args, fault=None, sig="KILL"):
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1"}
+    if fault:
+        env.update(DYNSDPB_FAULT=fault, DYNSDPB_FAULT_SIGNAL=sig)
+    return subprocess.run([sys.executable, "-m", "dynsdpb_selfplay.cli", "run", *args], env=env, cwd=TESTS,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny):
+    """An uninterrupted run, as a subprocess like the crashed ones."""
+    tmp = tmp_path_factory.mktemp("ref")
+    proc = run_cli([str(write(tmp, config(tiny))), "--run-dir", str(tmp / "run")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run"
+
+
+@pytest.mark.parametrize(
+    "fault,sig",
+    [
+        ("round_1/generate:chunk=0", "KILL"),  # mid-generation: chunk 0 saved, chunk 1 not
+        ("round_1/train:step=3", "KILL"),  # mid-training: checkpoint-2 saved
+        ("round_2/filter:point=done", "INT"),  # Ctrl-C right after a phase is marked done
+    ],
+)
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny, reference, fault, sig):
+    run_dir = tmp_path / "run"
+    crashed = run_cli([str(write(tmp_path, config(tiny))), "--run-dir", str(run_dir)], fault=fault, sig=sig)
+    assert crashed.returncode == (-signal.SIGKILL if sig == "KILL" else 130), crashed.stderr[-2000:]
+    assert "report" not in json.loads((run_dir / "state.json").read_text())["done"]
+    resumed = run_cli(["--resume", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for r in (1, 2):
+        for name in ("generations.jsonl", "train.jsonl", "eval.jsonl"):
+            assert read(run_dir / f"round_{r}" / name) == read(reference / f"round_{r}" / name), (r, name)
+    if "train" in fault:
+        info = json.loads((run_dir / "state.json").read_text())["info"]["round_1/train"]
+        assert info["resumed_from"].endswith("checkpoint-2")
