@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..engines import make_engine
 from ..engines.base import Engine, SamplingConfig
+from ..errors import UserInputError
 from ..evaluate import evaluate, wilson_interval
 from ..models import resolve_model
 from ..tasks import get_task
@@ -52,6 +53,9 @@ class Orchestrator:
         self.cfg: RunConfig = from_dict(run_dir.config())
         self.task = get_task(self.cfg.task.name, **self.cfg.task.options)
         self.fmt = self.task.get_format(name=self.cfg.task.format)
+        if not self.fmt.chat and (self.cfg.pipeline == "self_correction" or self.cfg.generation.rationalize):
+            what = "pipeline: self_correction" if self.cfg.pipeline == "self_correction" else "generation.rationalize"
+            raise UserInputError(f"{what} needs a chat prompt format; task.format={self.fmt.name!r} is plain text")
         self.base = resolve_model(self.cfg.model)
         self.engines = _EngineHolder(self.cfg)
 
