@@ -21,11 +21,14 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+from common import save  # noqa: E402
 
 
 def load_model(spec: str | None):
@@ -126,8 +129,6 @@ def main() -> None:
     result = {
         "benchmark": "bench_cache",
         "config": vars(args),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "versions": {m: __import__(m).__version__ for m in ("torch", "transformers")},
         "distilled_tokens": n_tok,
         "vocab_size": vocab,
         "mean_exact_kl": {t: exact[t] / n_tok for t in temps},
@@ -143,10 +144,7 @@ def main() -> None:
     for m in modes:
         errs = " ".join(f"{100 * result['relative_error_of_mean_kl'][t][m]:>+9.1f}%" for t in temps)
         print(f"{m:>10} {bytes_per_token[m]:>10} {errs}")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.dirname(__file__))
 
 MODELS = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -35,6 +35,9 @@ VARIANTS = {
     "dynsdpb-full": dict(alpha=1.0, temperature=3.0, schedule="dynamic", topk=None),
     "dynsdpb-top64": dict(alpha=1.0, temperature=1.0, schedule="dynamic", topk=64),
 }
+
+
+from common import save  # noqa: E402
 
 
 def build_trainer(args, variant: str, output_dir: str):
@@ -177,9 +180,6 @@ def main() -> None:
     result = {
         "benchmark": "bench_step",
         "config": vars(args),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-        "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "trl", "peft")},
         "median_step_s": {v: statistics.median(t) for v, t in times.items()},
         "step_times_s": times,
         "time_ratio_vs_plain": {v: statistics.median(t) / base for v, t in times.items()} if base else None,
@@ -192,10 +192,7 @@ def main() -> None:
                                       for v, t in times.items()} if base else None,
     }  # fmt: skip
     print(json.dumps({k: result[k] for k in ("median_step_s", "time_ratio_vs_plain", "memory_ratio_vs_plain")}))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    save(result, args.out)
 
 
 if __name__ == "__main__":
