@@ -168,3 +168,19 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny, reference, fault,
     if "train" in fault:
         info = json.loads((run_dir / "state.json").read_text())["info"]["round_1/train"]
         assert info["resumed_from"].endswith("checkpoint-2")
+
+
+@pytest.mark.vllm
+def test_one_round_with_the_vllm_engine(tmp_path, tiny):
+    """The main engine, for real on CPU: one engine for the run, round 1's weights moved into it in place."""
+    run_dir = tmp_path / "run"
+    cfg = config(tiny, rounds=1, engine={"backend": "vllm", "dtype": "float32", "max_model_len": 256})
+    proc = run_cli([str(write(tmp_path, cfg)), "--run-dir", str(run_dir)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["done"][-1] == "report" and state["info"]["round_1/train"]["steps"] == 4
+    assert json.loads((run_dir / "round_0/eval_summary.json").read_text())["backend"] == "vllm"
+    after = json.loads((run_dir / "round_1/eval_summary.json").read_text())
+    assert after["model"] == str(run_dir / "round_1" / "model")
+    assert len(read(run_dir / "round_1/generations.jsonl")) == 16
+    assert proc.stdout.count("run folder:") == 1 and "report:" in proc.stdout
