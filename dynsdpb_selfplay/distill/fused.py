@@ -26,7 +26,7 @@ import torch
 
 from .losses import Targets
 
-__all__ = ["FusedOutputs", "fused_ce_distill"]
+__all__ = ["FusedOutputs", "fused_ce_distill", "logit_transform"]
 
 
 @dataclass
@@ -208,3 +208,16 @@ def fused_ce_distill(
     out = FusedOutputs(*(zero,) * 8)
     loss = _FusedCEDistill.apply(hidden, weight, bias, labels.long(), plan, out)
     return loss, out
+
+
+def logit_transform(config) -> tuple[float, float | None]:
+    """``(logit_scale, softcap)`` of a model's LM head, read like TRL's fused head reads them."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    scale = getattr(text, "logit_scale", None)
+    if scale is None:
+        scale = getattr(text, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(text, "lm_head_multiplier", None)
+    if scale is None and getattr(text, "logits_scaling", None) is not None:
+        scale = text.logits_scaling if text.model_type == "hyperclovax" else 1 / text.logits_scaling
+    return (1.0 if scale is None else float(scale)), getattr(text, "final_logit_softcapping", None)

@@ -17,100 +17,33 @@ import inspect
 import logging
 import os
 import warnings
-from dataclasses import dataclass, fields
+from collections import Counter
+from dataclasses import fields
 
 import torch
-from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset
 from trl import SFTTrainer
 
+from .batching import INDEX_COLUMN, IndexCollator, IndexedDataset, MicroBatchPlan, plan_micro_batch
 from .config import DistillationArguments, DynSDPBConfig
-from .fused import fused_ce_distill
+from .fused import fused_ce_distill, logit_transform
 from .losses import Targets, build_targets, teacher_stats_from_softmax
-from .sampler import OverlapSampler, is_fresh_position
+from .sampler import OverlapSampler
 from .schedules import make_schedule
-from .store import StoredSample, TargetStore, align_positions
+from .store import StoredSample, TargetStore
 
 __all__ = ["INDEX_COLUMN", "DatasetTooSmallError", "DynSDPBMixin", "DynSDPBTrainer", "attach_dynsdpb"]
 
 logger = logging.getLogger(__name__)
 
-INDEX_COLUMN = "dynsdpb_index"
 TARGETS_FILE = "dynsdpb_targets_rank{rank}.safetensors"
 _PLAN = "dynsdpb_plan"
 # Mean tail mass of top-k targets above which the stored KL is known to be badly underestimated (bench_cache).
 _TAIL_WARN = 0.2
 
 
-@dataclass
-class _Plan:
-    """What one micro-batch distills and stores (built in ``get_batch_samples``, used in ``compute_loss``)."""
-
-    kd_rows: torch.Tensor  # [D] flat indices into the micro-batch's label tokens
-    kd_sources: list[tuple[Targets, torch.Tensor]]  # (stored targets, rows of them) per sample, in kd_rows order
-    store_rows: torch.Tensor  # [S] flat indices of the tokens to store
-    store_samples: list[tuple[int, torch.Tensor, torch.Tensor]]  # (key, tokens, positions) per stored sample
-    num_distilled: torch.Tensor  # distilled tokens of the whole optimizer step (all ranks when averaged)
-    label_tokens_repeated: int  # label tokens of repeated samples (aligned or not)
-
-
 class DatasetTooSmallError(ValueError):
     """The (prepared) training set cannot fill one overlapping step."""
-
-
-class _IndexedDataset(TorchDataset):
-    """Adds the row index to each example of a map-style dataset that is not a ``datasets.Dataset``."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict:
-        return {**self.dataset[i], INDEX_COLUMN: i}
-
-
-class _IndexCollator:
-    """Runs the trainer's collator on the examples without the index and adds the index as a tensor."""
-
-    def __init__(self, collator) -> None:
-        self.collator = collator
-
-    def __call__(self, examples: list[dict]) -> dict:
-        with_index = sum(INDEX_COLUMN in ex for ex in examples)
-        if with_index == 0:  # evaluation batches carry no index
-            return self.collator(examples)
-        if with_index != len(examples):
-            raise KeyError(f"DynSDPB: some examples of a batch lack the '{INDEX_COLUMN}' column")
-        index = torch.tensor([int(ex[INDEX_COLUMN]) for ex in examples], dtype=torch.long)
-        batch = self.collator([{k: v for k, v in ex.items() if k != INDEX_COLUMN} for ex in examples])
-        batch[INDEX_COLUMN] = index
-        return batch
-
-
-def _logit_transform(config) -> tuple[float, float | None]:
-    """``(logit_scale, softcap)`` of a model's LM head, read like TRL's fused head reads them."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    scale = getattr(text, "logit_scale", None)
-    if scale is None:
-        scale = getattr(text, "output_multiplier", None)
-    if scale is None:
-        scale = getattr(text, "lm_head_multiplier", None)
-    if scale is None and getattr(text, "logits_scaling", None) is not None:
-        scale = text.logits_scaling if text.model_type == "hyperclovax" else 1 / text.logits_scaling
-    return (1.0 if scale is None else float(scale)), getattr(text, "final_logit_softcapping", None)
-
-
-def _real_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """The non-padding tokens of one row and the offset of the first one (padding on either side)."""
-    if attention_mask is None:
-        return input_ids, 0
-    real = attention_mask.bool().nonzero().squeeze(-1)
-    if real.numel() == 0:
-        return input_ids[:0], 0
-    first, last = int(real[0]), int(real[-1])
-    return input_ids[first : last + 1], first
 
 
 class DynSDPBMixin:
@@ -150,8 +83,7 @@ class DynSDPBMixin:
                 "DynSDPB needs a map-style train_dataset with a length (an IterableDataset or streaming dataset "
                 "cannot repeat a sample in the next step)"
             )
-        world = args.world_size
-        step_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+        world, step_batch = args.world_size, self._dynsdpb_step_batch()
         if len(ds) < step_batch // 2:
             raise DatasetTooSmallError(
                 f"the prepared training set has {len(ds)} rows, fewer than half an effective batch "
@@ -176,7 +108,7 @@ class DynSDPBMixin:
         # The model projects only the last position itself; the fused kernel projects the label positions.
         accepts = "logits_to_keep" in inspect.signature(base.forward).parameters
         self._dynsdpb_forward_kwargs = {"logits_to_keep": 1} if accepts else {}
-        self._dynsdpb_transform = _logit_transform(model.config)
+        self._dynsdpb_transform = logit_transform(model.config)
         self._dynsdpb_schedule = make_schedule(
             settings.distillation_schedule,
             settings.distillation_alpha,
@@ -188,16 +120,16 @@ class DynSDPBMixin:
             int(settings.distillation_store_mb * 2**20), self._dynsdpb_vocab, settings.distillation_topk
         )
         self._dynsdpb_tail_warned = False
+        self._dynsdpb_sums, self._dynsdpb_steps = None, 0
 
         if hasattr(ds, "column_names") and hasattr(ds, "add_column"):
             if INDEX_COLUMN not in ds.column_names:
                 self.train_dataset = ds.add_column(INDEX_COLUMN, list(range(len(ds))))
-        elif not isinstance(ds, _IndexedDataset):
-            self.train_dataset = _IndexedDataset(ds)
-        if not isinstance(self.data_collator, _IndexCollator):
-            self.data_collator = _IndexCollator(self.data_collator)
-        if self._signature_columns is not None and INDEX_COLUMN not in self._signature_columns:
-            self._signature_columns.append(INDEX_COLUMN)
+        elif not isinstance(ds, IndexedDataset):
+            self.train_dataset = IndexedDataset(ds)
+        if not isinstance(self.data_collator, IndexCollator):
+            self.data_collator = IndexCollator(self.data_collator)
+        self._keep_index_column()
         if settings.distillation_topk is not None and settings.distillation_temperature > 1.5:
             warnings.warn(
                 f"distillation_topk={settings.distillation_topk} with distillation_temperature="
@@ -216,33 +148,34 @@ class DynSDPBMixin:
                 f"distillation_id_column={name!r}: no such column in the prepared training set "
                 f"(columns: {columns}); add it to the dataset or unset distillation_id_column"
             )
-        ids = ds[name]
-        if len(set(ids)) != len(ids):
-            seen, dup = set(), None
-            for i in ids:
-                if i in seen:
-                    dup = i
-                    break
-                seen.add(i)
+        dup = next((i for i, n in Counter(ds[name]).items() if n > 1), None)
+        if dup is not None:
             raise ValueError(f"distillation_id_column={name!r}: ids must be unique, {dup!r} appears more than once")
+
+    def _keep_index_column(self) -> None:
+        """``remove_unused_columns`` keeps only the signature columns: add the index to them."""
+        if self._signature_columns is not None and INDEX_COLUMN not in self._signature_columns:
+            self._signature_columns.append(INDEX_COLUMN)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if self._signature_columns is not None and INDEX_COLUMN not in self._signature_columns:
-            self._signature_columns.append(INDEX_COLUMN)
+        self._keep_index_column()
+
+    def _dynsdpb_step_batch(self) -> int:
+        """Rows of one optimizer step across accumulation and processes."""
+        a = self.args
+        return a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
 
     # --------------------------------------------------------------------------------------------- batches
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        args = self.args
-        step_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        seed = args.data_seed if args.data_seed is not None else args.seed
-        return OverlapSampler(len(dataset), step_batch, seed=seed)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return OverlapSampler(len(dataset), self._dynsdpb_step_batch(), seed=seed)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # Called once at the start of every optimizer step: last step's writes become this step's targets.
         self._dynsdpb_store.advance()
-        self._dynsdpb_steps = getattr(self, "_dynsdpb_steps", 0) + 1
+        self._dynsdpb_steps += 1
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         plans = [self._plan_micro_batch(b, g) for g, b in enumerate(batches)]
         total = sum(p.kd_rows.numel() for p in plans)
@@ -254,45 +187,9 @@ class DynSDPBMixin:
             batch[_PLAN] = plan
         return batches, num_items
 
-    def _plan_micro_batch(self, batch: dict, micro_index: int) -> _Plan:
-        if "shift_labels" in batch:
-            raise ValueError("DynSDPB does not support pre-shifted labels (context/sequence parallelism)")
-        labels, input_ids = batch["labels"], batch["input_ids"]
-        attention = batch.get("attention_mask")
-        keys = batch[INDEX_COLUMN].tolist()
-        rows, m = labels.shape[0], labels.shape[0]
-        base = (micro_index * self.args.world_size + self.args.process_index) * m
-        counts = (labels[:, 1:] != -100).sum(-1).tolist()
-        offsets = [0]
-        for c in counts:
-            offsets.append(offsets[-1] + c)
-
-        kd_rows, kd_sources, store_rows, store_samples, repeated = [], [], [], [], 0
-        for b in range(rows):
-            tokens, first = _real_tokens(input_ids[b], None if attention is None else attention[b])
-            positions = (labels[b, 1:] != -100).nonzero().squeeze(-1) - first  # t predicts token t + 1
-            record = self._dynsdpb_store.get(keys[b])
-            if record is not None:
-                repeated += positions.numel()
-                cur, prev = align_positions(record, tokens, positions)
-                if cur.numel():
-                    kd_rows.append(cur + offsets[b])
-                    kd_sources.append((record.targets, prev.to(record.targets.logp.device)))
-            if is_fresh_position(base + b):
-                store_rows.append(torch.arange(offsets[b], offsets[b + 1], device=labels.device))
-                store_samples.append((keys[b], tokens.detach().clone(), positions.detach().clone()))
-
-        def cat(parts):
-            return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=labels.device)
-
-        return _Plan(
-            kd_rows=cat(kd_rows),
-            kd_sources=kd_sources,
-            store_rows=cat(store_rows),
-            store_samples=store_samples,
-            num_distilled=torch.zeros(()),
-            label_tokens_repeated=repeated,
-        )
+    def _plan_micro_batch(self, batch: dict, micro_index: int) -> MicroBatchPlan:
+        first = (micro_index * self.args.world_size + self.args.process_index) * batch["labels"].shape[0]
+        return plan_micro_batch(batch, self._dynsdpb_store, first)
 
     # ------------------------------------------------------------------------------------------------ loss
     def _make_targets(self, z, p, lse, labels) -> Targets:
@@ -300,7 +197,7 @@ class DynSDPBMixin:
         return build_targets(z, tau.to(z.device), alpha.to(z.device), self.dynsdpb.distillation_topk)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        plan: _Plan | None = inputs.pop(_PLAN, None)
+        plan: MicroBatchPlan | None = inputs.pop(_PLAN, None)
         inputs.pop(INDEX_COLUMN, None)
         if plan is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -346,7 +243,7 @@ class DynSDPBMixin:
         self._log_dynsdpb(plan, out, mask, inputs)
         return (loss, outputs) if return_outputs else loss
 
-    def _store_new_targets(self, plan: _Plan, stored: list[Targets]) -> None:
+    def _store_new_targets(self, plan: MicroBatchPlan, stored: list[Targets]) -> None:
         if not plan.store_samples or not stored:
             return
         targets = Targets.cat(stored)
@@ -359,7 +256,7 @@ class DynSDPBMixin:
 
     _SUMS = ("label_tokens", "ce", "distilled", "kl", "kd", "alpha", "tau", "tail", "repeated", "steps")
 
-    def _log_dynsdpb(self, plan: _Plan, out, mask: torch.Tensor, inputs: dict) -> None:
+    def _log_dynsdpb(self, plan: MicroBatchPlan, out, mask: torch.Tensor, inputs: dict) -> None:
         """Accumulate token sums over the logging window; :meth:`log` turns them into token-weighted means."""
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics["train"]
@@ -374,10 +271,10 @@ class DynSDPBMixin:
         values = (n_label, out.ce_sum, plan.kd_rows.numel(), out.kl_sum, out.kd_sum, out.alpha_sum, out.tau_sum,
                   out.tail_mass_sum, plan.label_tokens_repeated, 0)  # fmt: skip
         sums = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=mask.device).reshape(()) for v in values])
-        self._dynsdpb_sums = sums if getattr(self, "_dynsdpb_sums", None) is None else self._dynsdpb_sums + sums
+        self._dynsdpb_sums = sums if self._dynsdpb_sums is None else self._dynsdpb_sums + sums
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
-        sums = getattr(self, "_dynsdpb_sums", None)
+        sums = getattr(self, "_dynsdpb_sums", None)  # log() may run before _init_dynsdpb (attach after train)
         if sums is not None and self.model.training and "loss" in logs:
             sums = self.accelerator.reduce(sums, reduction="sum") if self.args.world_size > 1 else sums
             s = dict(zip(self._SUMS, sums.tolist(), strict=True))
