@@ -31,7 +31,7 @@ def test_greedy_is_independent_of_batching(tiny_model_dirs):
     engine = _engine(tiny_model_dirs[0], batch_size=1)
     one = engine.generate(PROMPTS, sampling)
     three = _engine(tiny_model_dirs[0], batch_size=3).generate(PROMPTS, sampling)
-    capped = _engine(tiny_model_dirs[0], batch_size=8, max_batch_tokens=40)  # longest prompt alone, the rest paired
+    capped = _engine(tiny_model_dirs[0], batch_size=8, max_batch_tokens=40)  # splits these prompts into batches
     assert [
         len(b)
         for b in capped._batches(
