@@ -31,7 +31,14 @@ def test_greedy_is_independent_of_batching(tiny_model_dirs):
     engine = _engine(tiny_model_dirs[0], batch_size=1)
     one = engine.generate(PROMPTS, sampling)
     three = _engine(tiny_model_dirs[0], batch_size=3).generate(PROMPTS, sampling)
-    assert _ids(one) == _ids(three)
+    capped = _engine(tiny_model_dirs[0], batch_size=8, max_batch_tokens=40)  # splits these prompts into batches
+    assert [
+        len(b)
+        for b in capped._batches(
+            sorted(range(5), key=lambda i: -len(one[i].prompt_token_ids)), [g.prompt_token_ids for g in one]
+        )
+    ] != [5]
+    assert _ids(one) == _ids(three) == _ids(capped.generate(PROMPTS, sampling))
     assert len({tuple(g.completions[0].token_ids) for g in one}) > 1  # not one degenerate output for all prompts
     for prompt, g in zip(PROMPTS, one, strict=True):
         c = g.completions[0]

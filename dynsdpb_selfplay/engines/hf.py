@@ -81,8 +81,7 @@ class HFEngine(Engine):
         order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
         results: list[Generation | None] = [None] * len(prompt_ids)
         try:
-            for start in range(0, len(order), self.config.batch_size):
-                batch = order[start : start + self.config.batch_size]
+            for batch in self._batches(order, prompt_ids):
                 width = max(len(prompt_ids[i]) for i in batch)
                 input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
                 attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -99,6 +98,20 @@ class HFEngine(Engine):
             if lora_path is not None:
                 self.model.disable_adapters()
         return results
+
+    def _batches(self, order: list[int], prompt_ids) -> list[list[int]]:
+        """Consecutive groups of the length-sorted ``order``: at most ``batch_size`` prompts and, unless a single
+        prompt exceeds it, at most ``max_batch_tokens`` padded prompt tokens (longest first, so the first is widest)."""
+        batches: list[list[int]] = []
+        for i in order:
+            if batches:
+                batch = batches[-1]
+                width = len(prompt_ids[batch[0]])
+                if len(batch) < self.config.batch_size and (len(batch) + 1) * width <= self.config.max_batch_tokens:
+                    batch.append(i)
+                    continue
+            batches.append([i])
+        return batches
 
     def _use_adapter(self, lora_path: str | None) -> None:
         """Serve a PEFT LoRA adapter directory for this call (loaded once, then switched on/off)."""
