@@ -42,6 +42,11 @@ def round_line(r: int, info: dict) -> str:
 def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[Path, Path | None]:
     """``rounds[r]`` maps phase name (generate, filter, train, eval) to its saved info."""
     pipeline = config["pipeline"]
+    header = ["round", "generated", "kept rows", "questions kept", "train steps", "train loss", "strict accuracy",
+              "flexible accuracy"]  # fmt: skip
+    if pipeline == "self_correction":
+        header += ["first → revised", "w→r", "r→w"]
+    header += ["generate s", "filter s", "train s", "eval s"]
     lines = [
         f"# Run report: {run_dir.name}",
         "",
@@ -51,11 +56,8 @@ def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[
         f"- engine: `{config['engine']['backend']}`; evaluation: greedy on `{config['task']['eval_split']}` "
         f"(intervals: Wilson 95%)",
         "",
-        "| round | generated | kept rows | questions kept | train steps | train loss | strict accuracy | "
-        "flexible accuracy |"
-        + (" first → revised | w→r | r→w |" if pipeline == "self_correction" else "")
-        + " generate s | filter s | train s | eval s |",
-        "|---" * (12 if pipeline == "self_correction" else 9) + "|",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
     ]
     for r in sorted(rounds):
         info = rounds[r]
@@ -71,6 +73,7 @@ def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[
                 _pct(e.get("right_to_wrong")) if e else "-",
             ]
         row += [f"{info[k]['seconds']:.0f}" if k in info else "-" for k in ("generate", "filter", "train", "eval")]
+        assert len(row) == len(header)
         lines.append("| " + " | ".join(row) + " |")
     png = _plot(run_dir, rounds)
     if png is not None:
