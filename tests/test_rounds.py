@@ -187,3 +187,14 @@ def test_one_round_with_the_vllm_engine(tmp_path, tiny):
     assert after["model"] == str(run_dir / "round_1" / "model")
     assert len(read(run_dir / "round_1/generations.jsonl")) == 16
     assert proc.stdout.count("run folder:") == 1 and "report:" in proc.stdout
+
+
+def test_two_generation_shards_merge_to_the_unsharded_data(tmp_path, tiny, reference):
+    """Two engine processes, each over every other chunk, give the very same generations as one engine."""
+    run_dir = tmp_path / "run"
+    cfg = config(tiny, rounds=1, evaluation={"enabled": False}, **{"generation.shards": 2})
+    proc = run_cli([str(write(tmp_path, cfg)), "--run-dir", str(run_dir)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "state.json").read_text())["info"]["round_1/generate"]["shards"] == 2
+    assert read(run_dir / "round_1/generations.jsonl") == read(reference / "round_1/generations.jsonl")
+    assert len(list((run_dir / "round_1/generations").glob("chunk-*.jsonl"))) == 2

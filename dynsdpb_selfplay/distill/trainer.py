@@ -23,6 +23,7 @@ from dataclasses import fields
 import torch
 from torch.utils.data import IterableDataset
 from trl import SFTTrainer
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .batching import INDEX_COLUMN, IndexCollator, IndexedDataset, MicroBatchPlan, plan_micro_batch
 from .config import DistillationArguments, DynSDPBConfig
@@ -220,21 +221,23 @@ class DynSDPBMixin:
         settings = self.dynsdpb
         # Gathered here, not when planning, so accumulation does not hold every micro-batch's copy at once.
         kd_targets = Targets.cat([t.select(rows) for t, rows in plan.kd_sources]) if plan.kd_sources else None
-        loss, out = fused_ce_distill(
-            hidden[mask].to(weight.device),
-            weight,
-            bias,
-            shifted[mask].to(weight.device),
-            num_items=num_items,
-            kd_rows=plan.kd_rows if settings.distillation_alpha > 0 else None,
-            kd_targets=kd_targets if settings.distillation_alpha > 0 else None,
-            num_distilled=plan.num_distilled,
-            store_rows=plan.store_rows if settings.distillation_alpha > 0 else None,
-            make_targets=self._make_targets,
-            logit_scale=scale,
-            softcap=softcap,
-            chunk_size=settings.distillation_chunk_size,
-        )
+        # ZeRO-3 partitions the head outside its module's forward: gather it for the kernel, as TRL's fused head does.
+        with maybe_gather_lm_head_ctx(weight, bias):
+            loss, out = fused_ce_distill(
+                hidden[mask].to(weight.device),
+                weight,
+                bias,
+                shifted[mask].to(weight.device),
+                num_items=num_items,
+                kd_rows=plan.kd_rows if settings.distillation_alpha > 0 else None,
+                kd_targets=kd_targets if settings.distillation_alpha > 0 else None,
+                num_distilled=plan.num_distilled,
+                store_rows=plan.store_rows if settings.distillation_alpha > 0 else None,
+                make_targets=self._make_targets,
+                logit_scale=scale,
+                softcap=softcap,
+                chunk_size=settings.distillation_chunk_size,
+            )
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
             loss = loss * (self.accelerator.num_processes // tp)

@@ -62,6 +62,9 @@ class EngineConfig:
         },
     )
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs to shard the model over."})
+    distributed_executor_backend: str | None = field(
+        default=None, metadata={"help": "vllm: 'mp' (one node) or 'ray' (several nodes); None: vLLM's choice."}
+    )
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use."})
     max_model_len: int | None = field(default=None, metadata={"help": "vllm: context length (None: the model's)."})
     enable_prefix_caching: bool = field(default=True, metadata={"help": "vllm: reuse KV cache of shared prefixes."})

@@ -62,6 +62,8 @@ class VLLMEngine(Engine):
             kwargs.update(enable_chunked_prefill=False)
             if config.max_model_len is not None:
                 kwargs.update(max_num_batched_tokens=max(config.max_model_len, 2048))
+        if config.distributed_executor_backend is not None:
+            kwargs.update(distributed_executor_backend=config.distributed_executor_backend)
         if config.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank)
         self.llm = LLM(**kwargs)

@@ -45,6 +45,13 @@ class GenerationSection:
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest generated solution."})
     chunk_size: int = field(default=64, metadata={"help": "Questions per saved chunk (the unit of resumption)."})
+    shards: int = field(
+        default=1,
+        metadata={
+            "help": "Independent engine processes generating every shards-th chunk (one per GPU when there are as "
+            "many); merged in chunk order, so the data do not depend on the shard count."
+        },
+    )
     rationalize: bool = field(
         default=False, metadata={"help": "Self-training: retry unsolved questions with the gold answer as a hint."}
     )
@@ -125,6 +132,7 @@ class RunConfig:
         check(self.rounds >= 1, "rounds", "must be >= 1")
         check(self.generation.samples >= 1, "generation.samples", "must be >= 1")
         check(self.generation.chunk_size >= 1, "generation.chunk_size", "must be >= 1")
+        check(self.generation.shards >= 1, "generation.shards", "must be >= 1")
         check(self.generation.temperature >= 0, "generation.temperature", "must be >= 0")
         check(self.filtering.verify in ("strict", "flexible"), "filtering.verify", "must be 'strict' or 'flexible'")
         check(self.filtering.labels in ("gold", "majority"), "filtering.labels", "must be 'gold' or 'majority'")

@@ -31,19 +31,28 @@ def run_chunked(
     examples: list[Example],
     out_dir: Path,
     chunk_size: int,
-    make_records: Callable[[list[Example], int], list[dict]],
+    make_records: Callable[[list[Example], int], list[dict]] | None,
     seed_of: Callable[[int], int],
     desc: str,
     fault_phase: str = "",
+    select: Callable[[int], bool] | None = None,
 ) -> list[dict]:
-    """``make_records(chunk, seed)`` for every chunk not on disk yet; all records, in question order."""
+    """``make_records(chunk, seed)`` for every chunk not on disk yet; all records, in question order.
+
+    With ``select``, only chunks ``i`` with ``select(i)`` are generated (a shard) and only their records returned.
+    Chunk ``i``'s records depend only on its questions and ``seed_of(i)``, so shards merged in chunk order equal
+    an unsharded run."""
     chunks = [examples[i : i + chunk_size] for i in range(0, len(examples), chunk_size)]
     records: list[dict] = []
     for i, chunk in enumerate(tqdm(chunks, desc=desc, unit="chunk", leave=False)):
+        if select is not None and not select(i):
+            continue
         path = out_dir / f"chunk-{i:05d}.jsonl"
         if path.exists():
             records += read_jsonl_records(path)
             continue
+        if make_records is None:
+            raise RuntimeError(f"{path} is missing after the generation shards finished")
         new = make_records(chunk, seed_of(i))
         write_jsonl(path, new)
         records += new

@@ -22,6 +22,7 @@ from .filtering import filter_self_correction, filter_self_training, transitions
 from .generation import chunk_seed, run_chunked, self_correction_records, self_training_records
 from .report import round_line, write_report
 from .rundir import RunDir, read_jsonl_records, write_json, write_jsonl
+from .shards import run_shards
 from .training import train_round
 
 __all__ = ["Orchestrator", "run"]
@@ -79,9 +80,9 @@ class Orchestrator:
         examples = self.task.load(t.train_split, limit=(block + 1) * t.train_limit)
         return examples[block * t.train_limit :]
 
-    def _generate(self, r: int, weights: str) -> dict:
+    def _generation_chunks(self, r: int, engine, shard: tuple[int, int] | None = None) -> list[dict]:
+        """Generate round ``r``'s missing chunks (only shard ``k`` of ``n`` when given: chunks ``i % n == k``)."""
         cfg, g = self.cfg, self.cfg.generation
-        engine = self.engines.get(weights)
         sampling = SamplingConfig(n=g.samples, temperature=g.temperature, top_p=g.top_p,
                                   max_new_tokens=g.max_new_tokens, stop=list(self.fmt.stop))  # fmt: skip
         if cfg.pipeline == "self_training":
@@ -89,13 +90,22 @@ class Orchestrator:
         else:
             make = self_correction_records(engine, self.task, self.fmt, sampling, g.correction_prompt,
                                            cfg.filtering.verify)  # fmt: skip
-        examples = self._questions(r)
-        out = self.run_dir.round(r)
-        records = run_chunked(examples, out / "generations", g.chunk_size, make,
-                              lambda i: chunk_seed(cfg.seed, r, i), f"round {r} generation",
-                              fault_phase=f"round_{r}/generate")  # fmt: skip
-        write_jsonl(out / "generations.jsonl", records)
-        return {"questions": len(examples), "records": len(records)}
+        select = None if shard is None else (lambda i: i % shard[1] == shard[0])
+        return run_chunked(self._questions(r), self.run_dir.round(r) / "generations", g.chunk_size, make,
+                           lambda i: chunk_seed(cfg.seed, r, i), f"round {r} generation",
+                           fault_phase=f"round_{r}/generate", select=select)  # fmt: skip
+
+    def _generate(self, r: int, weights: str) -> dict:
+        shards = self.cfg.generation.shards
+        if shards > 1:
+            # Independent engine processes, one per shard of the chunks; this process only merges their files.
+            self.engines.close()
+            run_shards(self.run_dir.path, r, weights, shards)
+            records = self._generation_chunks(r, engine=None)  # every chunk is on disk now: read in order
+        else:
+            records = self._generation_chunks(r, self.engines.get(weights))
+        write_jsonl(self.run_dir.round(r) / "generations.jsonl", records)
+        return {"questions": len(self._questions(r)), "records": len(records), "shards": shards}
 
     def _filter(self, r: int) -> dict:
         cfg, out = self.cfg, self.run_dir.round(r)
