@@ -11,6 +11,8 @@ from trl import SFTConfig
 
 __all__ = ["DistillationArguments", "DynSDPBConfig"]
 
+_PREFIX = "distillation_"
+
 
 @dataclass
 class DistillationArguments:
@@ -91,6 +93,21 @@ class DistillationArguments:
 
     def __post_init__(self) -> None:
         self.validate_distillation()
+
+    # Short option names (without the ``distillation_`` prefix), as attach_dynsdpb and run configs take them.
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return sorted(f.name.removeprefix(_PREFIX) for f in fields(cls))
+
+    @classmethod
+    def unknown_options(cls, options) -> list[str]:
+        known = set(cls.option_names())
+        return [k for k in options if k not in known]
+
+    @staticmethod
+    def prefixed(options: dict) -> dict:
+        """``{"temperature": 2}`` -> ``{"distillation_temperature": 2}``."""
+        return {f"{_PREFIX}{k}": v for k, v in options.items()}
 
     @classmethod
     def from_object(cls, obj) -> DistillationArguments:

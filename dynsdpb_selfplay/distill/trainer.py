@@ -18,7 +18,6 @@ import logging
 import os
 import warnings
 from collections import Counter
-from dataclasses import fields
 
 import torch
 from torch.utils.data import IterableDataset
@@ -376,16 +375,15 @@ def attach_dynsdpb(
         raise ValueError("DynSDPB is already attached to this trainer")
     if not isinstance(trainer, SFTTrainer):
         raise TypeError(f"attach_dynsdpb expects a trl.SFTTrainer, got {type(trainer).__name__}")
-    known = {f.name for f in fields(DistillationArguments)}
-    unknown = [k for k in distillation_kwargs if f"distillation_{k}" not in known]
+    unknown = DistillationArguments.unknown_options(distillation_kwargs)
     if unknown:
-        raise TypeError(f"attach_dynsdpb: unknown option(s) {unknown}; known: {sorted(k[13:] for k in known)}")
+        raise TypeError(f"attach_dynsdpb: unknown option(s) {unknown}; known: {DistillationArguments.option_names()}")
     settings = DistillationArguments(
         distillation_alpha=alpha,
         distillation_temperature=temperature,
         distillation_schedule=schedule,
         distillation_topk=topk,
-        **{f"distillation_{k}": v for k, v in distillation_kwargs.items()},
+        **DistillationArguments.prefixed(distillation_kwargs),
     )
     cls = type(trainer)
     trainer.__class__ = type(f"DynSDPB{cls.__name__}", (DynSDPBMixin, cls), {"__module__": cls.__module__})

@@ -152,11 +152,11 @@ class RunConfig:
         if self.training.trainer == "dynsdpb":
             from ..distill.config import DistillationArguments
 
-            known = {f.name[len("distillation_") :] for f in dataclasses.fields(DistillationArguments)}
-            for key in self.training.distillation:
-                check(key in known, f"training.distillation.{key}", f"unknown key; known: {', '.join(sorted(known))}")
+            known = ", ".join(DistillationArguments.option_names())
+            for key in DistillationArguments.unknown_options(self.training.distillation):
+                check(False, f"training.distillation.{key}", f"unknown key; known: {known}")
             try:
-                DistillationArguments(**{f"distillation_{k}": v for k, v in self.training.distillation.items()})
+                DistillationArguments(**DistillationArguments.prefixed(self.training.distillation))
             except ValueError as e:
                 raise UserInputError(f"training.distillation: {e}") from None
 

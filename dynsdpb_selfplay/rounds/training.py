@@ -39,7 +39,7 @@ def train_round(
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
-    from ..distill.config import DynSDPBConfig
+    from ..distill.config import DistillationArguments, DynSDPBConfig
     from ..distill.trainer import DatasetTooSmallError, DynSDPBTrainer
 
     t = cfg.training
@@ -62,7 +62,7 @@ def train_round(
     common.update(t.extra)
     try:
         if t.trainer == "dynsdpb":
-            args = DynSDPBConfig(**common, **{f"distillation_{k}": v for k, v in t.distillation.items()})
+            args = DynSDPBConfig(**common, **DistillationArguments.prefixed(t.distillation))
         else:
             args = SFTConfig(**common)
     except (TypeError, ValueError) as e:
