@@ -74,6 +74,12 @@ def _score(task: Task, fmt: PromptFormat, ex: Example, text: str) -> dict:
             "flexible_correct": bool(s.flexible_correct)}  # fmt: skip
 
 
+def _solution_record(task: Task, fmt: PromptFormat, ex: Example, k: int, source: str, prompt, completion) -> dict:
+    return {"id": ex.id, "sample": k, "source": source, "gold": ex.answer, "prompt": prompt,
+            "response": completion.text, "finish_reason": completion.finish_reason,
+            **_score(task, fmt, ex, completion.text)}  # fmt: skip
+
+
 def self_training_records(
     engine: Engine, task: Task, fmt: PromptFormat, sampling: SamplingConfig, rationalize: bool, verify: str
 ) -> Callable[[list[Example], int], list[dict]]:
@@ -84,22 +90,19 @@ def self_training_records(
         gens = engine.generate(prompts, SamplingConfig(**{**vars(sampling), "seed": seed}))
         records = []
         for ex, prompt, gen in zip(chunk, prompts, gens, strict=True):
-            for k, c in enumerate(gen.completions):
-                records.append({"id": ex.id, "sample": k, "source": "sample", "gold": ex.answer, "prompt": prompt,
-                                "response": c.text, "finish_reason": c.finish_reason,
-                                **_score(task, fmt, ex, c.text)})  # fmt: skip
+            records += [_solution_record(task, fmt, ex, k, "sample", prompt, c) for k, c in enumerate(gen.completions)]
         if rationalize:
             solved = {r["id"] for r in records if r[f"{verify}_correct"]}
             todo = [(ex, p) for ex, p in zip(chunk, prompts, strict=True) if ex.id not in solved]
             if todo:
                 hinted = [_with_hint(p, ex.answer) for ex, p in todo]
                 gens = engine.generate(hinted, SamplingConfig(**{**vars(sampling), "seed": seed + 1}))
+                # Recorded with the original prompt: the hint is removed from what the model will be trained on.
                 for (ex, prompt), gen in zip(todo, gens, strict=True):
-                    for k, c in enumerate(gen.completions):
-                        # Trained on the original prompt: the hint is removed from what the model will see.
-                        records.append({"id": ex.id, "sample": k, "source": "rationalized", "gold": ex.answer,
-                                        "prompt": prompt, "response": c.text, "finish_reason": c.finish_reason,
-                                        **_score(task, fmt, ex, c.text)})  # fmt: skip
+                    records += [
+                        _solution_record(task, fmt, ex, k, "rationalized", prompt, c)
+                        for k, c in enumerate(gen.completions)
+                    ]
         return records
 
     return make

@@ -105,7 +105,8 @@ class Orchestrator:
         else:
             records = self._generation_chunks(r, self.engines.get(weights))
         write_jsonl(self.run_dir.round(r) / "generations.jsonl", records)
-        return {"questions": len(self._questions(r)), "records": len(records), "shards": shards}
+        # Every question yields at least one record, so the ids count the questions without loading them again.
+        return {"questions": len({rec["id"] for rec in records}), "records": len(records), "shards": shards}
 
     def _filter(self, r: int) -> dict:
         cfg, out = self.cfg, self.run_dir.round(r)
