@@ -26,6 +26,7 @@ def main(args: argparse.Namespace) -> int:
     from ..rounds import RunDir, load_config, run
     from ..rounds.config import to_dict
 
+    run_dir = None
     try:
         if args.resume:
             if args.config or args.run_dir or args.overwrite:
@@ -45,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"dynsdpb run: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dynsdpb run: interrupted; finished phases are saved. Continue with "
-              f"`dynsdpb run --resume {run_dir.path}`", file=sys.stderr)  # fmt: skip
+        hint = f"; finished phases are saved. Continue with `dynsdpb run --resume {run_dir.path}`" if run_dir else ""
+        print(f"dynsdpb run: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
