@@ -228,9 +228,10 @@ class DynSDPBMixin:
                 bias,
                 shifted[mask].to(weight.device),
                 num_items=num_items,
-                kd_rows=plan.kd_rows if settings.distillation_alpha > 0 else None,
-                kd_targets=kd_targets if settings.distillation_alpha > 0 else None,
+                kd_rows=plan.kd_rows,
+                kd_targets=kd_targets,
                 num_distilled=plan.num_distilled,
+                # alpha = 0 stores nothing, so nothing is ever distilled: plain CE at no extra cost.
                 store_rows=plan.store_rows if settings.distillation_alpha > 0 else None,
                 make_targets=self._make_targets,
                 logit_scale=scale,
@@ -256,7 +257,7 @@ class DynSDPBMixin:
             self._dynsdpb_store.put(key, StoredSample(tokens, positions, targets.select(rows)))
             start += n
 
-    _SUMS = ("label_tokens", "ce", "distilled", "kl", "kd", "alpha", "tau", "tail", "repeated", "steps")
+    _SUMS = ("label_tokens", "ce", "distilled", "kl", "kd", "alpha", "tau", "tail", "repeated")
 
     def _log_dynsdpb(self, plan: MicroBatchPlan, out, mask: torch.Tensor, inputs: dict) -> None:
         """Accumulate token sums over the logging window; :meth:`log` turns them into token-weighted means."""
@@ -271,7 +272,7 @@ class DynSDPBMixin:
             self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
             metrics["num_tokens"] = [self._total_train_tokens]
         values = (n_label, out.ce_sum, plan.kd_rows.numel(), out.kl_sum, out.kd_sum, out.alpha_sum, out.tau_sum,
-                  out.tail_mass_sum, plan.label_tokens_repeated, 0)  # fmt: skip
+                  out.tail_mass_sum, plan.label_tokens_repeated)  # fmt: skip
         sums = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=mask.device).reshape(()) for v in values])
         self._dynsdpb_sums = sums if self._dynsdpb_sums is None else self._dynsdpb_sums + sums
 
