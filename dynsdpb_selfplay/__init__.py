@@ -12,10 +12,20 @@ check_versions()
 
 from .distill import (  # noqa: E402
     DistillationArguments,
+    DynSDPBClassificationConfig,
+    DynSDPBClassificationTrainer,
     DynSDPBConfig,
     DynSDPBTrainer,
     attach_dynsdpb,
 )
 
 __version__ = "0.1.0"
-__all__ = ["DistillationArguments", "DynSDPBConfig", "DynSDPBTrainer", "__version__", "attach_dynsdpb"]
+__all__ = [
+    "DistillationArguments",
+    "DynSDPBClassificationConfig",
+    "DynSDPBClassificationTrainer",
+    "DynSDPBConfig",
+    "DynSDPBTrainer",
+    "__version__",
+    "attach_dynsdpb",
+]

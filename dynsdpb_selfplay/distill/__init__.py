@@ -1,5 +1,7 @@
-"""DynSDPB: dynamic self-distillation from the previous mini-batch (losses, schedules, sampler, store, trainer)."""
+"""DynSDPB: dynamic self-distillation from the previous mini-batch (losses, schedules, sampler, store, trainers for
+causal LMs and sequence classifiers)."""
 
+from .classification import DynSDPBClassificationConfig, DynSDPBClassificationTrainer
 from .config import DistillationArguments, DynSDPBConfig
 from .losses import Targets, TeacherStats, build_targets, distillation_loss, kl_to_targets, teacher_stats
 from .sampler import OverlapSampler
@@ -9,6 +11,8 @@ from .trainer import DynSDPBTrainer, attach_dynsdpb
 
 __all__ = [
     "DistillationArguments",
+    "DynSDPBClassificationConfig",
+    "DynSDPBClassificationTrainer",
     "DynSDPBConfig",
     "DynSDPBTrainer",
     "DynamicSchedule",

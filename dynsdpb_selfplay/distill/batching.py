@@ -17,7 +17,14 @@ from .losses import Targets
 from .sampler import is_fresh_position
 from .store import TargetStore, align_positions
 
-__all__ = ["INDEX_COLUMN", "IndexCollator", "IndexedDataset", "MicroBatchPlan", "plan_micro_batch"]
+__all__ = [
+    "INDEX_COLUMN",
+    "IndexCollator",
+    "IndexedDataset",
+    "MicroBatchPlan",
+    "plan_classification_batch",
+    "plan_micro_batch",
+]
 
 INDEX_COLUMN = "dynsdpb_index"
 
@@ -32,6 +39,7 @@ class MicroBatchPlan:
     store_samples: list[tuple[int, torch.Tensor, torch.Tensor]]  # (key, tokens, positions) per stored sample
     num_distilled: torch.Tensor  # distilled tokens of the whole optimizer step (all ranks when averaged)
     label_tokens_repeated: int  # label tokens of repeated samples (aligned or not)
+    num_items: torch.Tensor | None = None  # CE normalizer of the whole step, where the trainer does not give one
 
 
 class IndexedDataset(TorchDataset):
@@ -113,6 +121,46 @@ def plan_micro_batch(batch: dict, store: TargetStore, first_position: int) -> Mi
         kd_rows=cat(kd_rows),
         kd_sources=kd_sources,
         store_rows=cat(store_rows),
+        store_samples=store_samples,
+        num_distilled=torch.zeros(()),
+        label_tokens_repeated=repeated,
+    )
+
+
+def plan_classification_batch(batch: dict, store: TargetStore, first_position: int) -> MicroBatchPlan:
+    """:func:`plan_micro_batch` for sequence classification: each row carries one distribution (position 0, its
+    class logits), distilled when the row's sample is in ``store`` with exactly the same real tokens."""
+    labels, input_ids = batch["labels"], batch.get("input_ids")
+    if input_ids is None:
+        raise ValueError("DynSDPB needs input_ids in each batch to recognise a repeated sample (got inputs_embeds?)")
+    if labels.dim() != 1:
+        raise ValueError(
+            f"DynSDPB classification needs one class index per sample (labels of shape [batch]), got labels of "
+            f"shape {tuple(labels.shape)}; multi-label and token classification are not supported"
+        )
+    attention = batch.get("attention_mask")
+    keys = batch[INDEX_COLUMN].tolist()
+    position = torch.zeros(1, dtype=torch.long)
+    kd_rows, kd_sources, store_rows, store_samples, repeated = [], [], [], [], 0
+    for b in range(labels.shape[0]):
+        tokens, _ = real_tokens(input_ids[b], None if attention is None else attention[b])
+        record = store.get(keys[b])
+        if record is not None:
+            repeated += 1
+            if torch.equal(record.tokens.to(tokens.device), tokens):
+                kd_rows.append(b)
+                kd_sources.append((record.targets, position.to(record.targets.logp.device)))
+        if is_fresh_position(first_position + b):
+            store_rows.append(b)
+            store_samples.append((keys[b], tokens.detach().clone(), position))
+
+    def rows(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=labels.device)
+
+    return MicroBatchPlan(
+        kd_rows=rows(kd_rows),
+        kd_sources=kd_sources,
+        store_rows=rows(store_rows),
         store_samples=store_samples,
         num_distilled=torch.zeros(()),
         label_tokens_repeated=repeated,

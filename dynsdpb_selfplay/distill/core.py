@@ -1,0 +1,271 @@
+"""What every DynSDPB trainer shares, whatever carries the distributions: overlapping batches, the stored-target
+cache, step-level normalizers, token-weighted metrics and checkpointed targets.
+
+:class:`DynSDPBCore` is a mixin for any ``transformers.Trainer``. A concrete mixin adds the model-specific part,
+*which positions carry a distribution*: :class:`~.trainer.DynSDPBMixin` (causal LMs: every label token, through the
+fused LM-head kernel) and :class:`~.classification.DynSDPBClassificationMixin` (sequence classifiers: one class
+distribution per sample). It implements ``_plan_micro_batch`` and ``compute_loss`` and calls
+:meth:`DynSDPBCore._init_core` once the trainer is built.
+
+What "previous step" means: the previous *optimizer* step. Under gradient accumulation the effective batch of one
+optimizer step (all its micro-batches, on all ranks) is what overlaps by half with the next one; targets stored while
+accumulating step ``s`` (weights ``w_s``) teach step ``s + 1`` (weights ``w_{s+1}``). The KL is normalized by the
+distilled positions of the whole step, so (micro-batch 8, accumulation 1) and (micro-batch 2, accumulation 4) give
+the same loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import Counter
+
+import torch
+from torch.utils.data import IterableDataset
+
+from .batching import INDEX_COLUMN, IndexCollator, IndexedDataset, MicroBatchPlan
+from .config import DistillationArguments
+from .losses import Targets
+from .sampler import OverlapSampler
+from .schedules import make_schedule
+from .store import StoredSample, TargetStore
+
+__all__ = ["PLAN_KEY", "TARGETS_FILE", "DatasetTooSmallError", "DynSDPBCore"]
+
+logger = logging.getLogger(__name__)
+
+TARGETS_FILE = "dynsdpb_targets_rank{rank}.safetensors"
+PLAN_KEY = "dynsdpb_plan"
+# Mean tail mass of top-k targets above which the stored KL is known to be badly underestimated (bench_cache).
+_TAIL_WARN = 0.2
+
+
+class DatasetTooSmallError(ValueError):
+    """The (prepared) training set cannot fill one overlapping step."""
+
+
+class DynSDPBCore:
+    """Mixin for a ``transformers.Trainer``; see the module docstring for what a subclass adds."""
+
+    # Names of the per-window sums behind the logged ``dynsdpb/*`` means (see :meth:`_add_dynsdpb_sums`).
+    _SUMS = ("label_tokens", "ce", "distilled", "kl", "kd", "alpha", "tau", "tail", "repeated")
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _init_core(self, settings: DistillationArguments, num_outcomes: int, too_small_hint: str = "") -> None:
+        """Validate the trainer for DynSDPB and build the schedule, the store and the indexed data.
+
+        Args:
+            settings: the distillation fields.
+            num_outcomes: size of each stored distribution (vocabulary size, or number of classes).
+            too_small_hint: appended to the "dataset too small" message (why rows may have been dropped).
+        """
+        settings.validate_distillation()
+        self.dynsdpb = settings
+        args = self.args
+        if getattr(args, "label_smoothing_factor", 0.0):
+            raise ValueError("label_smoothing_factor > 0 is not supported by DynSDPB; set it to 0")
+        if getattr(self, "compute_loss_func", None) is not None:
+            raise ValueError("compute_loss_func is set on this trainer; DynSDPB replaces the loss and cannot honour it")
+        strategy = getattr(args, "train_sampling_strategy", "random")
+        if strategy != "random":
+            raise ValueError(
+                f"train_sampling_strategy={strategy!r} is not supported by DynSDPB, which builds overlapping "
+                f"batches itself; use 'random'"
+            )
+        ds = self.train_dataset
+        if ds is None or isinstance(ds, IterableDataset) or not hasattr(ds, "__len__"):
+            raise ValueError(
+                "DynSDPB needs a map-style train_dataset with a length (an IterableDataset or streaming dataset "
+                "cannot repeat a sample in the next step)"
+            )
+        world, step_batch = args.world_size, self._dynsdpb_step_batch()
+        if len(ds) < step_batch // 2:
+            raise DatasetTooSmallError(
+                f"the prepared training set has {len(ds)} rows, fewer than half an effective batch "
+                f"({step_batch // 2}){too_small_hint}"
+            )
+        if step_batch % 2 or (world > 1 and args.per_device_train_batch_size % 2):
+            raise ValueError(
+                f"DynSDPB needs an even per_device_train_batch_size * gradient_accumulation_steps * world_size "
+                f"(got {args.per_device_train_batch_size} * {args.gradient_accumulation_steps} * {world}), and an "
+                f"even per_device_train_batch_size with several processes"
+            )
+        if settings.distillation_id_column is not None:
+            self._check_id_column(settings.distillation_id_column)
+
+        self._dynsdpb_schedule = make_schedule(
+            settings.distillation_schedule,
+            settings.distillation_alpha,
+            settings.distillation_temperature,
+            settings.distillation_min_temperature,
+            settings.distillation_wrong_top1_weight,
+        )
+        self._dynsdpb_store = TargetStore(
+            int(settings.distillation_store_mb * 2**20), num_outcomes, settings.distillation_topk
+        )
+        self._dynsdpb_tail_warned = False
+        self._dynsdpb_sums, self._dynsdpb_steps = None, 0
+
+        if hasattr(ds, "column_names") and hasattr(ds, "add_column"):
+            if INDEX_COLUMN not in ds.column_names:
+                self.train_dataset = ds.add_column(INDEX_COLUMN, list(range(len(ds))))
+        elif not isinstance(ds, IndexedDataset):
+            self.train_dataset = IndexedDataset(ds)
+        if not isinstance(self.data_collator, IndexCollator):
+            self.data_collator = IndexCollator(self.data_collator)
+        self._keep_index_column()
+
+    def _warn_topk_temperature(self, vocabulary: str) -> None:
+        settings = self.dynsdpb
+        if settings.distillation_topk is not None and settings.distillation_temperature > 1.5:
+            warnings.warn(
+                f"distillation_topk={settings.distillation_topk} with distillation_temperature="
+                f"{settings.distillation_temperature}: over {vocabulary} a softened distribution keeps most "
+                f"of its mass outside the top-k, and the stored KL is underestimated (measured -75..-88% at "
+                f"temperature 3 with k=256 on a 49k vocabulary). Prefer the full store (distillation_topk=None) "
+                f"or a temperature near 1; the logged dynsdpb/tail_mass shows the mass outside the top-k.",
+                stacklevel=4,
+            )
+
+    def _check_id_column(self, name: str) -> None:
+        ds = self.train_dataset
+        columns = getattr(ds, "column_names", None)
+        if columns is None or name not in columns:
+            raise ValueError(
+                f"distillation_id_column={name!r}: no such column in the prepared training set "
+                f"(columns: {columns}); add it to the dataset or unset distillation_id_column"
+            )
+        dup = next((i for i, n in Counter(ds[name]).items() if n > 1), None)
+        if dup is not None:
+            raise ValueError(f"distillation_id_column={name!r}: ids must be unique, {dup!r} appears more than once")
+
+    def _keep_index_column(self) -> None:
+        """``remove_unused_columns`` keeps only the signature columns: add the index to them."""
+        if self._signature_columns is not None and INDEX_COLUMN not in self._signature_columns:
+            self._signature_columns.append(INDEX_COLUMN)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._keep_index_column()
+
+    def _dynsdpb_step_batch(self) -> int:
+        """Rows of one optimizer step across accumulation and processes."""
+        a = self.args
+        return a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+
+    # --------------------------------------------------------------------------------------------- batches
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return OverlapSampler(len(dataset), self._dynsdpb_step_batch(), seed=seed)
+
+    def _plan_micro_batch(self, batch: dict, micro_index: int) -> MicroBatchPlan:
+        raise NotImplementedError
+
+    def _first_position(self, micro_index: int, rows: int) -> int:
+        """Position of a micro-batch's first row in the optimizer step's effective batch."""
+        return (micro_index * self.args.world_size + self.args.process_index) * rows
+
+    def _step_total(self, value: float, device) -> torch.Tensor:
+        """``value`` summed over the step's processes when losses are averaged across devices."""
+        total = torch.tensor(float(value), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total).sum()
+        return total
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # Called once at the start of every optimizer step: last step's writes become this step's targets.
+        self._dynsdpb_store.advance()
+        self._dynsdpb_steps += 1
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        plans = [self._plan_micro_batch(b, g) for g, b in enumerate(batches)]
+        num_distilled = self._step_total(sum(p.kd_rows.numel() for p in plans), device)
+        for batch, plan in zip(batches, plans, strict=True):
+            plan.num_distilled = num_distilled
+            batch[PLAN_KEY] = plan
+        return batches, num_items
+
+    def _gathered_targets(self, plan: MicroBatchPlan) -> Targets | None:
+        # Gathered here, not when planning, so accumulation does not hold every micro-batch's copy at once.
+        return Targets.cat([t.select(rows) for t, rows in plan.kd_sources]) if plan.kd_sources else None
+
+    def _store_new_targets(self, plan: MicroBatchPlan, stored: list[Targets]) -> None:
+        if not plan.store_samples or not stored:
+            return
+        targets = Targets.cat(stored)
+        start = 0
+        for key, tokens, positions in plan.store_samples:
+            n = positions.numel()
+            rows = torch.arange(start, start + n, device=targets.logp.device)
+            self._dynsdpb_store.put(key, StoredSample(tokens, positions, targets.select(rows)))
+            start += n
+
+    # ---------------------------------------------------------------------------------------------- metrics
+    def _add_dynsdpb_sums(self, values, device) -> None:
+        """Accumulate one micro-batch's sums (in :attr:`_SUMS` order) over the logging window."""
+        sums = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
+        self._dynsdpb_sums = sums if self._dynsdpb_sums is None else self._dynsdpb_sums + sums
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        sums = getattr(self, "_dynsdpb_sums", None)  # log() may run before _init_core (attach after train)
+        if sums is not None and self.model.training and "loss" in logs:
+            sums = self.accelerator.reduce(sums, reduction="sum") if self.args.world_size > 1 else sums
+            s = dict(zip(self._SUMS, sums.tolist(), strict=True))
+            kd = max(s["distilled"], 1.0)
+            logs["dynsdpb/ce"] = s["ce"] / max(s["label_tokens"], 1.0)
+            logs["dynsdpb/kl"] = s["kl"] / kd
+            logs["dynsdpb/kd_loss"] = s["kd"] / kd
+            logs["dynsdpb/alpha"] = s["alpha"] / kd
+            logs["dynsdpb/temperature"] = s["tau"] / kd
+            logs["dynsdpb/distilled_tokens"] = s["distilled"] / max(self._dynsdpb_steps, 1)
+            logs["dynsdpb/aligned_fraction"] = s["distilled"] / s["repeated"] if s["repeated"] else 1.0
+            logs["dynsdpb/store_mib"] = self._dynsdpb_store.nbytes / 2**20
+            if self.dynsdpb.distillation_topk is not None:
+                logs["dynsdpb/tail_mass"] = s["tail"] / kd
+                self._warn_tail_mass(logs["dynsdpb/tail_mass"], s["distilled"])
+            self._dynsdpb_sums, self._dynsdpb_steps = None, 0
+        super().log(logs, start_time)
+
+    def _warn_tail_mass(self, tail: float, distilled: float) -> None:
+        if tail > _TAIL_WARN and distilled > 0 and not self._dynsdpb_tail_warned:
+            self._dynsdpb_tail_warned = True
+            logger.warning(
+                "DynSDPB: the top-%d stored targets leave %.0f%% of the teacher mass in the tail bucket; the KL is "
+                "underestimated. Use distillation_topk=None or a lower distillation_temperature.",
+                self.dynsdpb.distillation_topk,
+                100 * tail,
+            )
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        # Written before the trainer state, so a checkpoint that has its state has its targets too.
+        self._dynsdpb_store.save(os.path.join(folder, TARGETS_FILE.format(rank=self.args.process_index)))
+        super()._save_checkpoint(model, trial)
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        checkpoint = resume_from_checkpoint
+        if isinstance(checkpoint, bool) and checkpoint:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, str):
+            path = os.path.join(checkpoint, TARGETS_FILE.format(rank=self.args.process_index))
+            if os.path.exists(path):
+                self._dynsdpb_store.load(path, device=self.args.device)
+            else:
+                logger.warning(
+                    "DynSDPB: %s holds no stored targets; warm restart: the first step after resuming distills "
+                    "nothing and stores targets for the next one.",
+                    checkpoint,
+                )
+        return super().train(
+            resume_from_checkpoint=resume_from_checkpoint,
+            trial=trial,
+            ignore_keys_for_eval=ignore_keys_for_eval,
+            **kwargs,
+        )
