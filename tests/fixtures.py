@@ -93,3 +93,40 @@ def sft_kwargs(output_dir, **overrides) -> dict:
     )
     kw.update(overrides)
     return kw
+
+
+def make_classifier(vocab_size: int, num_labels: int = 3, seed: int = 0, **config):
+    """A tiny random BERT sequence classifier without dropout (so runs are comparable step for step)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    kw = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=num_labels,
+        pad_token_id=0,
+    )
+    kw.update(config)
+    return BertForSequenceClassification(BertConfig(**kw))
+
+
+def classification_rows(n: int, seed: int = 0) -> list[dict]:
+    """``n`` strings over ``abc`` of varied length, labelled by their most frequent letter (ties: first)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(4, 20)))
+        rows.append({"id": f"s{i}", "text": text, "label": max(range(3), key=lambda c: text.count("abc"[c]))})
+    return rows
+
+
+def classification_dataset(tokenizer, n: int, seed: int = 0) -> Dataset:
+    """Tokenized :func:`classification_rows` (``input_ids``, ``attention_mask``, ``label``)."""
+    ds = Dataset.from_list(classification_rows(n, seed))
+    return ds.map(lambda row: tokenizer(row["text"]), remove_columns=["text"])

@@ -152,7 +152,8 @@ def plan_classification_batch(batch: dict, store: TargetStore, first_position: i
                 kd_sources.append((record.targets, position.to(record.targets.logp.device)))
         if is_fresh_position(first_position + b):
             store_rows.append(b)
-            store_samples.append((keys[b], tokens.detach().clone(), position))
+            # A tensor of its own per sample: safetensors refuses to save tensors that share memory.
+            store_samples.append((keys[b], tokens.detach().clone(), position.clone()))
 
     def rows(values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=labels.device)
