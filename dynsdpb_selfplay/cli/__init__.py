@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "models": "models",
     "eval": "eval",
     "run": "run",
+    "classify": "classify",
 }
 
 
@@ -29,11 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # `dynsdpb sft` hands its arguments to TRL's own parser (YAML config + dataclass flags) untouched.
-    if argv and argv[0] == "sft":
-        from .sft import run
-
-        return run(argv[1:])
+    # `dynsdpb sft` and `dynsdpb classify` hand their arguments to TRL's own parser (YAML config + dataclass flags).
+    if argv and argv[0] in ("sft", "classify"):
+        module = importlib.import_module(f"{__name__}.{SUBCOMMANDS[argv[0]]}")
+        return module.run(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
