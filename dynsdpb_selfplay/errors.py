@@ -13,3 +13,7 @@ class UserInputError(ValueError):
 
 class EngineUnavailableError(ImportError):
     """A generation backend whose package is not installed; the message says how to install it."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss was NaN or inf and the run is configured to stop (the state before the step is saved)."""

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import EngineUnavailableError, UserInputError
+from ..errors import EngineUnavailableError, NonFiniteLossError, UserInputError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +45,10 @@ def main(args: argparse.Namespace) -> int:
     except (UserInputError, EngineUnavailableError) as e:
         print(f"dynsdpb run: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        hint = f" Finished phases are saved; continue with `dynsdpb run --resume {run_dir.path}`." if run_dir else ""
+        print(f"dynsdpb run: error: {e}{hint}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         hint = f"; finished phases are saved. Continue with `dynsdpb run --resume {run_dir.path}`" if run_dir else ""
         print(f"dynsdpb run: interrupted{hint}", file=sys.stderr)

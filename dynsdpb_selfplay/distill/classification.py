@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from transformers import Trainer, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
@@ -92,12 +93,12 @@ class DynSDPBClassificationMixin(DynSDPBCore):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         plan: MicroBatchPlan | None = inputs.pop(PLAN_KEY, None)
-        inputs.pop(INDEX_COLUMN, None)
         if plan is None or not model.training:
+            inputs.pop(INDEX_COLUMN, None)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         labels = inputs["labels"]
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        outputs = model(**{k: v for k, v in inputs.items() if k not in ("labels", INDEX_COLUMN)})
         logits = outputs.logits
         if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
             raise ValueError(f"expected class logits of shape [batch, classes], got {tuple(logits.shape)}")
@@ -105,6 +106,8 @@ class DynSDPBClassificationMixin(DynSDPBCore):
         loss, sums = distillation_loss(
             logits, labels, plan.kd_rows, targets, num_items=plan.num_items, num_distilled=plan.num_distilled
         )
+        if not torch.isfinite(loss):
+            return self._nonfinite_loss(model, loss, inputs, plan)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks; the sums are global
 

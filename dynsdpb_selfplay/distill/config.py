@@ -60,6 +60,14 @@ class DistillationArguments:
         default=256,
         metadata={"help": "Tokens per chunk of the fused LM-head + CE + KL kernel; memory is O(chunk * vocab)."},
     )
+    distillation_on_nonfinite: str = field(
+        default="stop",
+        metadata={
+            "help": "When a micro-batch's loss is NaN or inf: 'stop' saves a checkpoint of the state before the step "
+            "and raises NonFiniteLossError naming the step and rows; 'skip' gives that micro-batch zero gradient, "
+            "stores no targets from it, counts it in dynsdpb/skipped_nonfinite and goes on."
+        },
+    )
     distillation_id_column: str | None = field(
         default=None,
         metadata={
@@ -88,6 +96,8 @@ class DistillationArguments:
             raise bad("distillation_topk", "must be None (full vocabulary) or an integer >= 1")
         if not self.distillation_store_mb > 0:
             raise bad("distillation_store_mb", "must be > 0")
+        if self.distillation_on_nonfinite not in ("stop", "skip"):
+            raise bad("distillation_on_nonfinite", "must be 'stop' or 'skip'")
         if not (isinstance(self.distillation_chunk_size, int) and self.distillation_chunk_size >= 1):
             raise bad("distillation_chunk_size", "must be an integer >= 1")
 

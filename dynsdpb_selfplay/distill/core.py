@@ -24,6 +24,7 @@ from collections import Counter
 import torch
 from torch.utils.data import IterableDataset
 
+from ..errors import NonFiniteLossError
 from .batching import INDEX_COLUMN, IndexCollator, IndexedDataset, MicroBatchPlan
 from .config import DistillationArguments
 from .losses import Targets
@@ -31,7 +32,7 @@ from .sampler import OverlapSampler
 from .schedules import make_schedule
 from .store import StoredSample, TargetStore
 
-__all__ = ["PLAN_KEY", "TARGETS_FILE", "DatasetTooSmallError", "DynSDPBCore"]
+__all__ = ["PLAN_KEY", "TARGETS_FILE", "DatasetTooSmallError", "DynSDPBCore", "NonFiniteLossError"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class DynSDPBCore:
     """Mixin for a ``transformers.Trainer``; see the module docstring for what a subclass adds."""
 
     # Names of the per-window sums behind the logged ``dynsdpb/*`` means (see :meth:`_add_dynsdpb_sums`).
-    _SUMS = ("label_tokens", "ce", "distilled", "kl", "kd", "alpha", "tau", "tail", "repeated")
+    _SUMS = ("label_tokens", "ce", "distilled", "kl", "kd", "alpha", "tau", "tail", "repeated", "skipped")
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _init_core(self, settings: DistillationArguments, num_outcomes: int, too_small_hint: str = "") -> None:
@@ -201,9 +202,42 @@ class DynSDPBCore:
             self._dynsdpb_store.put(key, StoredSample(tokens, positions, targets.select(rows)))
             start += n
 
+    def _nonfinite_loss(self, model, loss: torch.Tensor, inputs: dict, plan: MicroBatchPlan) -> torch.Tensor:
+        """Handle a NaN/inf micro-batch loss: stop with a saved state, or skip it with zero gradient."""
+        rows = inputs.get(INDEX_COLUMN)
+        rows = rows.tolist() if rows is not None else "?"
+        step = self.state.global_step + 1
+        if self.dynsdpb.distillation_on_nonfinite == "stop":
+            folder = self._save_state_before_step()
+            raise NonFiniteLossError(
+                f"DynSDPB: loss is {loss.item()} at optimizer step {step} (training-set rows {rows}). The state "
+                f"before this step is saved in {folder} (resume_from_checkpoint resumes from it). Look for "
+                f"inf/NaN in the data or lower the learning rate; distillation_on_nonfinite='skip' skips such "
+                f"micro-batches instead."
+            )
+        logger.warning("DynSDPB: loss is %s at step %d (rows %s); micro-batch skipped", loss.item(), step, rows)
+        self._add_dynsdpb_sums([0.0] * (len(self._SUMS) - 1) + [1.0], loss.device)
+        # Zero gradient on every trainable parameter (not a detached zero): DDP expects a gradient for each.
+        return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+
+    def _save_state_before_step(self) -> str:
+        """A checkpoint of the weights, optimizer and schedule before the step in progress (nothing of it has been
+        applied) with the targets that step reads, so resuming replays it exactly."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        self._dynsdpb_saving_buffer = "previous"
+        try:
+            self._save_checkpoint(self.model, trial=None)
+        finally:
+            self._dynsdpb_saving_buffer = "current"
+        return folder
+
     # ---------------------------------------------------------------------------------------------- metrics
     def _add_dynsdpb_sums(self, values, device) -> None:
         """Accumulate one micro-batch's sums (in :attr:`_SUMS` order) over the logging window."""
+        if len(values) == len(self._SUMS) - 1:
+            values = [*values, 0.0]  # not a skipped micro-batch
         sums = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
         self._dynsdpb_sums = sums if self._dynsdpb_sums is None else self._dynsdpb_sums + sums
 
@@ -221,6 +255,8 @@ class DynSDPBCore:
             logs["dynsdpb/distilled_tokens"] = s["distilled"] / max(self._dynsdpb_steps, 1)
             logs["dynsdpb/aligned_fraction"] = s["distilled"] / s["repeated"] if s["repeated"] else 1.0
             logs["dynsdpb/store_mib"] = self._dynsdpb_store.nbytes / 2**20
+            if s["skipped"]:
+                logs["dynsdpb/skipped_nonfinite"] = s["skipped"]
             if self.dynsdpb.distillation_topk is not None:
                 logs["dynsdpb/tail_mass"] = s["tail"] / kd
                 self._warn_tail_mass(logs["dynsdpb/tail_mass"], s["distilled"])
@@ -244,7 +280,8 @@ class DynSDPBCore:
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         os.makedirs(folder, exist_ok=True)
         # Written before the trainer state, so a checkpoint that has its state has its targets too.
-        self._dynsdpb_store.save(os.path.join(folder, TARGETS_FILE.format(rank=self.args.process_index)))
+        buffer = getattr(self, "_dynsdpb_saving_buffer", "current")
+        self._dynsdpb_store.save(os.path.join(folder, TARGETS_FILE.format(rank=self.args.process_index)), buffer)
         super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):

@@ -114,10 +114,11 @@ class TargetStore:
     def nbytes(self) -> int:
         return self._bytes["previous"] + self._bytes["current"]
 
-    def save(self, path: str) -> None:
-        """Write ``current`` to ``path`` (safetensors), atomically."""
+    def save(self, path: str, buffer: str = "current") -> None:
+        """Write ``current`` (or ``previous``: the targets the step in progress reads) to ``path`` (safetensors),
+        atomically."""
         tensors, keys = {}, []
-        for key, s in self.current.items():
+        for key, s in getattr(self, buffer).items():
             keys.append(key)
             tensors[f"{key}.tokens"] = s.tokens.to(torch.int32).cpu().contiguous()
             tensors[f"{key}.positions"] = s.positions.cpu().contiguous()

@@ -73,12 +73,12 @@ class DynSDPBMixin(DynSDPBCore):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         plan: MicroBatchPlan | None = inputs.pop(PLAN_KEY, None)
-        inputs.pop(INDEX_COLUMN, None)
         if plan is None or not model.training:
+            inputs.pop(INDEX_COLUMN, None)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         labels = inputs["labels"]
-        forward = {k: v for k, v in inputs.items() if k != "labels"}
+        forward = {k: v for k, v in inputs.items() if k not in ("labels", INDEX_COLUMN)}
         forward.update(use_cache=False, output_hidden_states=True, **self._dynsdpb_forward_kwargs)
         outputs = model(**forward)
         hidden = outputs.hidden_states[-1][:, :-1]
@@ -111,6 +111,8 @@ class DynSDPBMixin(DynSDPBCore):
                 softcap=softcap,
                 chunk_size=settings.distillation_chunk_size,
             )
+        if not torch.isfinite(loss):
+            return self._nonfinite_loss(model, loss, inputs, plan)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
             loss = loss * (self.accelerator.num_processes // tp)
