@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .engines.base import Engine, SamplingConfig
-from .tasks.base import Example, PromptFormat, Task
+from .tasks.base import Example, PromptFormat, Task, check_examples
 
 __all__ = ["EvalResult", "evaluate", "wilson_interval", "write_jsonl"]
 
@@ -64,7 +64,9 @@ def evaluate(
     model_name: str = "",
     split: str = "",
 ) -> EvalResult:
-    """Generate for ``examples`` in format ``fmt`` and score every completion with ``task.score``."""
+    """Generate for ``examples`` in format ``fmt`` and score every completion with ``task.score``; no examples or
+    a duplicate example id is a :class:`~dynsdpb_selfplay.errors.UserInputError`."""
+    check_examples(examples, f"task {task.name} split {split or '?'}")
     wall_start = time.perf_counter()
     prompts = [task.build_prompt(ex, fmt) for ex in examples]
     stop = list(dict.fromkeys([*fmt.stop, *sampling.stop]))

@@ -1,12 +1,9 @@
-"""``dynsdpb eval`` and ``dynsdpb models`` end to end on the tiny model (hf backend), and their error messages."""
+"""``dynsdpb eval`` and ``dynsdpb models`` end to end on the tiny model (hf backend); their bad-input messages are
+in test_bad_input.py."""
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
-
-import pytest
 
 from dynsdpb_selfplay.cli import main
 
@@ -42,43 +39,6 @@ def test_eval_gsm8k_chat_with_sampling(tiny_model_dirs, gsm8k_data, tmp_path):
         ("gsm8k-test-1", 1),
     ]
     assert records[0]["gold"] == "18" and "<|user|>" in records[0]["prompt"]
-
-
-@pytest.mark.parametrize(
-    "case, expected",
-    [
-        ("no_data", "test.jsonl"),
-        ("bad_line", r"test.jsonl:2: malformed JSON"),
-        ("no_weights", "has no weights"),
-        ("pickle_weights", "pickle"),
-        ("no_model", "not found"),
-        ("bad_task_arg", "KEY=VALUE"),
-        ("n_greedy", "greedy"),
-    ],
-)
-def test_eval_errors_are_one_clear_line(case, expected, tiny_model_dirs, tmp_path, capsys):
-    model, data = str(tiny_model_dirs[0]), tmp_path / "data"
-    data.mkdir()
-    (data / "test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n{"question": \n')
-    args = {
-        "no_data": ["--model", model, "--data-dir", str(tmp_path / "missing")],
-        "bad_line": ["--model", model, "--data-dir", str(data)],
-        "no_model": ["--model", str(tmp_path / "nope"), "--task", "arith"],
-        "bad_task_arg": ["--model", model, "--task", "arith", "--task-arg", "steps"],
-        "n_greedy": ["--model", model, "--task", "arith", "--n", "3"],
-    }.get(case)
-    if case in ("no_weights", "pickle_weights"):
-        broken = tmp_path / "broken"
-        shutil.copytree(tiny_model_dirs[0], broken)
-        for f in broken.glob("*.safetensors"):
-            f.unlink()
-        if case == "pickle_weights":
-            (broken / "pytorch_model.bin").write_bytes(b"not loaded")
-        args = ["--model", str(broken), "--task", "arith"]
-    assert main(_eval(*args)) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("dynsdpb eval: error:") and len(err.splitlines()) == 1
-    assert re.search(expected, err), err
 
 
 def test_models_list_and_unknown(capsys):

@@ -12,6 +12,7 @@ import argparse
 import json
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +27,22 @@ def _task_args(pairs: list[str]) -> dict[str, str]:
             raise UserInputError(f"--task-arg {pair!r}: expected KEY=VALUE")
         out[key] = value
     return out
+
+
+def _output_path(args: argparse.Namespace) -> Path:
+    """Where the records go; checked writable before the model is loaded, so a bad folder fails in a second."""
+    from ..engines import pick_backend
+
+    backend = pick_backend(args.backend)
+    stem = re.sub(r"[^\w.-]", "_", f"{args.task}-{args.split}-{backend}-{time.strftime('%Y%m%d-%H%M%S')}")
+    output = Path(args.output or f"runs/eval/{stem}")
+    output = output if output.suffix == ".jsonl" else output.with_suffix(".jsonl")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=output.parent).close()
+    except OSError as e:
+        raise UserInputError(f"--output {output}: cannot write to {output.parent} ({e.strerror or e})") from None
+    return output
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -67,6 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..engines import EngineConfig, SamplingConfig, make_engine
     from ..evaluate import evaluate, write_jsonl
     from ..tasks import get_task
+    from ..tasks.base import check_examples
 
     if args.limit is not None and args.limit < 1:
         raise UserInputError(f"--limit {args.limit}: must be >= 1")
@@ -75,9 +93,8 @@ def _run(args: argparse.Namespace) -> int:
         options["data_dir"] = args.data_dir
     task = get_task(args.task, **options)
     fmt = task.get_format(shots=args.shots, name=args.format)
-    examples = task.load(args.split, limit=args.limit)
-    if not examples:
-        raise UserInputError(f"{args.task} {args.split}: no examples")
+    examples = check_examples(task.load(args.split, limit=args.limit), f"--task {args.task} --split {args.split}")
+    output = _output_path(args)
     sampling = SamplingConfig(
         n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, max_new_tokens=args.max_new_tokens
     )
@@ -97,12 +114,12 @@ def _run(args: argparse.Namespace) -> int:
         load_s = time.perf_counter() - load_start
         result = evaluate(engine, task, examples, fmt, sampling, model_name=args.model, split=args.split)
     result.summary["load_s"] = load_s
-    stem = re.sub(r"[^\w.-]", "_", f"{args.task}-{args.split}-{engine.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    output = Path(args.output or f"runs/eval/{stem}")
-    output = output if output.suffix == ".jsonl" else output.with_suffix(".jsonl")
-    write_jsonl(output, result.records)
-    summary_path = output.with_suffix(".summary.json")
-    summary_path.write_text(json.dumps(result.summary, indent=2) + "\n")
+    try:
+        write_jsonl(output, result.records)
+        summary_path = output.with_suffix(".summary.json")
+        summary_path.write_text(json.dumps(result.summary, indent=2) + "\n")
+    except OSError as e:
+        raise UserInputError(f"cannot write {e.filename or output}: {e.strerror or e}") from None
     print(result.report())
     print(f"  per-sample records: {output}\n  summary: {summary_path}")
     return 0

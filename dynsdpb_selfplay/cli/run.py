@@ -2,6 +2,9 @@
 
 dynsdpb run pipelines/configs/demo.yaml            # runs/demo/
 dynsdpb run --resume runs/demo                     # after a crash or Ctrl-C: finished phases are kept
+
+Exit codes: 0 done; 2 bad input (one line naming the file, key or option); 1 a file could not be written (a full
+disk: finished phases are kept for --resume); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..rounds import RunDir, load_config, run
-    from ..rounds.config import to_dict
+    from ..rounds.config import from_dict, to_dict
 
     run_dir = None
     try:
@@ -40,6 +43,8 @@ def main(args: argparse.Namespace) -> int:
         else:
             raise UserInputError("give a config file, or --resume RUN_DIR")
         with run_dir:
+            if args.resume:  # the saved config is checked like a new one, naming its file
+                from_dict(run_dir.config(), source=run_dir.path / "config.yaml")
             print(f"run folder: {run_dir.path}", flush=True)
             run(run_dir)
     except (UserInputError, EngineUnavailableError) as e:
@@ -49,6 +54,10 @@ def main(args: argparse.Namespace) -> int:
         hint = f" Finished phases are saved; continue with `dynsdpb run --resume {run_dir.path}`." if run_dir else ""
         print(f"dynsdpb run: error: {e}{hint}", file=sys.stderr)
         return 3
+    except OSError as e:  # a full disk, a folder made read-only mid-run: the finished phases are on disk
+        hint = f"; finished phases are saved: fix that, then `dynsdpb run --resume {run_dir.path}`" if run_dir else ""
+        print(f"dynsdpb run: error: {e.filename or 'I/O'}: {e.strerror or e}{hint}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         hint = f"; finished phases are saved. Continue with `dynsdpb run --resume {run_dir.path}`" if run_dir else ""
         print(f"dynsdpb run: interrupted{hint}", file=sys.stderr)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from ..errors import UserInputError
+
 __all__ = ["Completion", "Engine", "EngineConfig", "Generation", "SamplingConfig", "resolve_dtype"]
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -137,7 +139,11 @@ class Engine(ABC):
         if isinstance(prompt, str):
             return prompt
         if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"{self.model_path or 'the model'} has no chat template; use a plain-text prompt format")
+            raise UserInputError(
+                f"model {self.model_path or '(in memory)'} has no chat template, so it cannot take a chat prompt "
+                "format; choose a plain-text one (dynsdpb eval: --shots 5 or 8, or --format; a run config: "
+                "task.format), or use a model with a chat template"
+            )
         return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts: list, sampling: SamplingConfig | None = None, lora_path: str | None = None):

@@ -6,11 +6,15 @@ before batching keeps padding (and wasted compute) small; results are returned i
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .base import Completion, Engine, EngineConfig, Generation, SamplingConfig, resolve_dtype
 
 __all__ = ["HFEngine"]
+
+logger = logging.getLogger(__name__)
 
 
 class HFEngine(Engine):
@@ -30,6 +34,9 @@ class HFEngine(Engine):
             raise ValueError("the model and tokenizer define no EOS token; generation could not stop")
         self.eos_ids = eos
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        if tokenizer.pad_token_id is None:
+            # Harmless: prompts are left-padded under an attention mask, and TRL's trainer pads with EOS likewise.
+            logger.info("%s: the tokenizer has no pad token; padding with EOS (id %d)", model_path or "model", eos[0])
 
     @classmethod
     def from_pretrained(cls, spec: str, config: EngineConfig | None = None) -> HFEngine:

@@ -48,6 +48,7 @@ class VLLMEngine(Engine):
             dtype=resolve_dtype(config.dtype),
             seed=config.seed,
             trust_remote_code=config.trust_remote_code,
+            load_format="safetensors",  # never unpickle *.bin weights (resolve_model refuses them for local folders)
             tensor_parallel_size=config.tensor_parallel_size,
             gpu_memory_utilization=config.gpu_memory_utilization,
             max_model_len=config.max_model_len,

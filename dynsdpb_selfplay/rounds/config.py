@@ -8,6 +8,7 @@ Sections mirror the phases of a round: ``task`` (what to solve), ``generation`` 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -115,7 +116,17 @@ class RunConfig:
     pipeline: str = field(default="self_training", metadata={"help": "'self_training' or 'self_correction'."})
     rounds: int = field(default=2, metadata={"help": "Generation + training rounds."})
     seed: int = 0
-    run_dir: str | None = field(default=None, metadata={"help": "Output folder (default: runs/<config file stem>)."})
+    run_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Output folder (default: runs/<config file stem>), relative to the folder the command runs in "
+            "and inside it, unless allow_absolute_paths is true."
+        },
+    )
+    allow_absolute_paths: bool = field(
+        default=False,
+        metadata={"help": "Let run_dir be absolute or climb out with '..' (--run-dir on the command line always may)."},
+    )
     task: TaskSection = field(default_factory=TaskSection)
     generation: GenerationSection = field(default_factory=GenerationSection)
     filtering: FilteringSection = field(default_factory=FilteringSection)
@@ -142,6 +153,7 @@ class RunConfig:
         check(self.training.init in ("continue", "base"), "training.init", "must be 'continue' or 'base'")
         check(self.training.learning_rate > 0, "training.learning_rate", "must be > 0")
         check(self.training.save_steps >= 1, "training.save_steps", "must be >= 1")
+        self._validate_sizes(check)
         if self.pipeline == "self_correction":
             check(self.filtering.labels == "gold", "filtering.labels", "self-correction needs gold labels")
         try:
@@ -159,6 +171,42 @@ class RunConfig:
                 DistillationArguments(**DistillationArguments.prefixed(self.training.distillation))
             except ValueError as e:
                 raise UserInputError(f"training.distillation: {e}") from None
+        self._validate_task()
+
+    def _validate_sizes(self, check) -> None:
+        """Counts and lengths, and the extra SFTConfig fields, so that none fails hours later in a round."""
+        t, task = self.training, self.task
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
+            check(getattr(t, key) >= 1, f"training.{key}", "must be >= 1")
+        check(t.max_steps == -1 or t.max_steps >= 1, "training.max_steps", "must be -1 (use num_train_epochs) or >= 1")
+        check(t.num_train_epochs > 0, "training.num_train_epochs", "must be > 0")
+        if t.trainer == "dynsdpb":
+            step = t.per_device_train_batch_size * t.gradient_accumulation_steps
+            check(step % 2 == 0, "training.per_device_train_batch_size",
+                  f"DynSDPB repeats half of each step's rows in the next step, so per_device_train_batch_size * "
+                  f"gradient_accumulation_steps must be even (got {step})")  # fmt: skip
+        if t.lora is not None:
+            check(t.lora.r >= 1 and t.lora.alpha >= 1, "training.lora", "r and alpha must be >= 1")
+            check(0 <= t.lora.dropout < 1, "training.lora.dropout", "must be in [0, 1)")
+        if t.extra:
+            from trl import SFTConfig
+
+            known = {f.name for f in dataclasses.fields(SFTConfig)}
+            for key in t.extra:
+                check(key in known, f"training.extra.{key}", "not an SFTConfig field (see `dynsdpb sft --help`)")
+        for key in ("train_limit", "eval_limit"):
+            value = getattr(task, key)
+            check(value is None or value >= 1, f"task.{key}", "must be >= 1, or null for the whole split")
+        check(self.evaluation.max_new_tokens >= 1, "evaluation.max_new_tokens", "must be >= 1")
+
+    def _validate_task(self) -> None:
+        """The task must exist, accept its options and have the format (constructing a task reads no data)."""
+        from ..tasks import get_task
+
+        try:
+            get_task(self.task.name, **self.task.options).get_format(name=self.task.format)
+        except UserInputError as e:
+            raise UserInputError(f"task: {e}") from None
 
 
 def _type_name(tp) -> str:
@@ -223,21 +271,49 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserInputError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        why = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        raise UserInputError(f"{where}: not valid YAML ({why})") from None
     if not isinstance(data, dict):
         raise UserInputError(f"{path}: expected a mapping at the top level")
     data.update(overrides or {})
     try:
         config = _build(RunConfig, data)
         config.validate()
+        _check_run_dir(config)
     except UserInputError as e:
         raise UserInputError(f"{path}: {e}") from None
     return config
 
 
-def from_dict(data: dict) -> RunConfig:
-    config = _build(RunConfig, data)
-    config.validate()
+def _check_run_dir(config: RunConfig) -> None:
+    """A config's ``run_dir`` is relative and stays below the working folder unless ``allow_absolute_paths``.
+
+    Only the config file is held to this: a run folder given on the command line (``--run-dir``) is the user's own
+    explicit choice. Inside the run folder every path is built from fixed names, never from config values."""
+    if config.run_dir is None or config.allow_absolute_paths:
+        return
+    path = Path(config.run_dir)
+    if path.is_absolute() or path.drive or config.run_dir.startswith("~"):
+        raise UserInputError(
+            f"run_dir: {config.run_dir!r} is absolute; give a path relative to the working folder, pass --run-dir, "
+            "or set allow_absolute_paths: true"
+        )
+    if os.path.normpath(path).split(os.sep)[0] == "..":
+        raise UserInputError(
+            f"run_dir: {config.run_dir!r} leaves the working folder ('..'); pass --run-dir or set "
+            "allow_absolute_paths: true"
+        )
+
+
+def from_dict(data: dict, source: str | Path | None = None) -> RunConfig:
+    """A validated config from a mapping (a run folder's ``config.yaml``); errors name ``source`` when given."""
+    try:
+        config = _build(RunConfig, data)
+        config.validate()
+    except UserInputError as e:
+        raise UserInputError(f"{source}: {e}" if source else str(e)) from None
     return config
 
 

@@ -16,6 +16,7 @@ from ..errors import UserInputError
 from ..evaluate import evaluate, wilson_interval
 from ..models import resolve_model
 from ..tasks import get_task
+from ..tasks.base import check_examples
 from .config import RunConfig, from_dict
 from .faults import maybe_fault
 from .filtering import filter_self_correction, filter_self_training, transitions
@@ -74,11 +75,14 @@ class Orchestrator:
 
     def _questions(self, r: int):
         t = self.cfg.task
+        what = f"round {r}: task.train_split {t.train_split!r}"
         if t.train_limit is None:
-            return self.task.load(t.train_split)
+            return check_examples(self.task.load(t.train_split), what)
         block = r - 1 if t.new_questions_each_round else 0
-        examples = self.task.load(t.train_split, limit=(block + 1) * t.train_limit)
-        return examples[block * t.train_limit :]
+        first, end = block * t.train_limit, (block + 1) * t.train_limit
+        examples = self.task.load(t.train_split, limit=end)
+        what += f" (questions {first}-{end - 1}, task.train_limit={t.train_limit})"
+        return check_examples(examples[first:], what)
 
     def _generation_chunks(self, r: int, engine, shard: tuple[int, int] | None = None) -> list[dict]:
         """Generate round ``r``'s missing chunks (only shard ``k`` of ``n`` when given: chunks ``i % n == k``)."""

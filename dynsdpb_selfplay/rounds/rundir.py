@@ -35,14 +35,25 @@ __all__ = ["RunDir", "atomic_write_text", "read_jsonl_records", "write_json", "w
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary sibling, fsync, rename over ``path``. On failure (a full disk) the temporary
+    file is removed, ``path`` is untouched, and the ``OSError`` propagates."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # a write error carries no file name: add it, so the message says where
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -78,30 +89,55 @@ class RunDir:
     # ------------------------------------------------------------------------------------- life cycle
     @classmethod
     def create(cls, path: str | Path, config: dict, overwrite: bool = False) -> RunDir:
+        """A new run in ``path``. An existing run there is replaced only with ``overwrite``; a folder holding
+        anything else is never written into; a folder that cannot be created or written is a clear error."""
         path = Path(path)
-        if (path / "state.json").exists() or (path / "config.yaml").exists():
-            if not overwrite:
-                raise UserInputError(
-                    f"run folder {path} already holds a run; continue it with `dynsdpb run --resume {path}`, "
-                    f"or pass --overwrite to start over"
-                )
+        holds_run = (path / "state.json").exists() or (path / "config.yaml").exists()
+        if holds_run and not overwrite:
+            raise UserInputError(
+                f"run folder {path} already holds a run; continue it with `dynsdpb run --resume {path}`, "
+                f"or pass --overwrite to start over"
+            )
+        try:
+            if not holds_run and path.is_dir() and any(c.name != ".lock" for c in path.iterdir()):
+                raise UserInputError(f"run folder {path} is not empty and holds no run; choose an empty or new folder")
             run = cls(path).lock()
-            for child in path.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            run = cls(path).lock()
-        atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        write_json(path / "state.json", {"done": []})
+            if holds_run:
+                for child in path.iterdir():
+                    if child.name == ".lock":
+                        continue
+                    # A link is removed, never followed: --overwrite deletes nothing outside the run folder.
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            atomic_write_text(path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+            write_json(path / "state.json", {"done": []})
+        except OSError as e:
+            raise UserInputError(f"cannot create run folder {path}: {e.strerror or e} ({e.filename or path})") from None
         return run
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
+        """An existing run, locked; a missing or unreadable ``config.yaml`` / ``state.json`` names the file."""
         path = Path(path)
         if not (path / "config.yaml").is_file() or not (path / "state.json").is_file():
             raise UserInputError(f"{path} is not a run folder (no config.yaml or state.json); see `dynsdpb run -h`")
-        return cls(path).lock()
+        run = cls(path)
+
+        def corrupt(name: str, why) -> UserInputError:
+            return UserInputError(f"{path / name}: corrupt ({why}); restore it or start a new run")
+
+        try:
+            config = run.config()
+        except (yaml.YAMLError, ValueError) as e:
+            raise corrupt("config.yaml", e) from None
+        try:
+            state = run.state()
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise corrupt("state.json", e) from None
+        if not isinstance(config, dict):
+            raise corrupt("config.yaml", "not a mapping")
+        if not isinstance(state, dict) or not isinstance(state.get("done"), list):
+            raise corrupt("state.json", "no 'done' list")
+        return run.lock()
 
     def lock(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)

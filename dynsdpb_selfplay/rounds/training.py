@@ -78,9 +78,15 @@ def train_round(
         trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                       peft_config=peft_config)  # fmt: skip
     except DatasetTooSmallError as e:
-        return {"skipped": str(e), "model": init_model, "rows": len(rows)}
-    if len(trainer.train_dataset) == 0:
-        return {"skipped": f"no row fits max_length={t.max_length}", "model": init_model, "rows": len(rows)}
+        return {"skipped": f"training.max_length={t.max_length} drops rows whose prompt fills it: {e}",
+                "model": init_model, "rows": len(rows)}  # fmt: skip
+    # TRL cuts every row to max_length and drops those left without a completion token (prompt too long).
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    fit = {"dropped_over_max_length": len(rows) - len(lengths),
+           "cut_at_max_length": sum(n >= t.max_length for n in lengths)}  # fmt: skip
+    if not lengths:
+        return {"skipped": f"every prompt fills training.max_length={t.max_length}; no completion token is left",
+                "model": init_model, "rows": len(rows), **fit}  # fmt: skip
 
     class Fault(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -107,4 +113,5 @@ def train_round(
         "resumed_from": last,
         "train_s": time.perf_counter() - start,
         "trainer": t.trainer,
+        **fit,
     }

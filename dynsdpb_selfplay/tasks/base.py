@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import UserInputError
 from .scoring import Score, score_response
 
-__all__ = ["Example", "Prompt", "PromptFormat", "Task", "read_jsonl"]
+__all__ = ["Example", "Prompt", "PromptFormat", "Task", "check_examples", "read_jsonl"]
 
 # A chat prompt is a list of {"role", "content"} messages (the engine applies the model's chat template); a plain
 # string is used as-is (few-shot completion formats).
@@ -88,24 +88,46 @@ class Task(ABC):
 
 
 def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[dict]:
-    """Rows of a JSONL file; a missing file, a malformed line or a row without ``required`` fields raises
-    :class:`UserInputError` naming the file and line. Blank lines are skipped."""
+    """Rows of a JSONL file; a missing file, bytes that are not UTF-8, a malformed or truncated line, or a row whose
+    ``required`` fields are missing or not strings raises :class:`UserInputError` naming the file and line (and the
+    field). Blank lines are skipped; an empty file gives ``[]`` (the caller says whether that is an error)."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"data file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserInputError(f"{path}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserInputError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+                cut = "; the file ends in the middle of this record (truncated?)" if not line.endswith("\n") else ""
+                raise UserInputError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}){cut}") from None
             if not isinstance(row, dict):
                 raise UserInputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if not isinstance(row.get(k), str)]
-            if missing:
-                raise UserInputError(f"{path}:{lineno}: missing or non-string field(s) {missing}")
+            for key in required:
+                if key not in row:
+                    raise UserInputError(f"{path}:{lineno}: missing field {key!r}")
+                if not isinstance(row[key], str):
+                    got = type(row[key]).__name__
+                    raise UserInputError(f"{path}:{lineno}: field {key!r} must be a string, got {got}")
             rows.append(row)
     return rows
+
+
+def check_examples(examples: list[Example], what: str) -> list[Example]:
+    """``examples`` unchanged, or :class:`UserInputError` when there are none or two share an id (records, filtering
+    and resumption are keyed by example id, so a duplicate would silently merge two questions)."""
+    if not examples:
+        raise UserInputError(f"{what}: no examples")
+    seen: set[str] = set()
+    for ex in examples:
+        if ex.id in seen:
+            raise UserInputError(f"{what}: duplicate example id {ex.id!r}; every example needs a unique id")
+        seen.add(ex.id)
+    return examples

@@ -89,7 +89,10 @@ class GSM8K(Task):
             path = Path(self.data_dir) / f"{split}.jsonl"
             if not path.is_file():
                 raise UserInputError(f"GSM8K data file not found: {path} (set --data-dir or ${ENV_DIR})")
-            return [(str(path), i, row) for i, row in enumerate(read_jsonl(path, ("question", "answer")), start=1)]
+            rows = read_jsonl(path, ("question", "answer"))
+            if not rows:
+                raise UserInputError(f"{path}: no examples (the file is empty)")
+            return [(str(path), i, row) for i, row in enumerate(rows, start=1)]
         if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
             raise UserInputError(
                 f"GSM8K: no local data and the hub is offline; point --data-dir or ${ENV_DIR} at a folder with "
