@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import UserInputError
 from .losses import Targets
 
 __all__ = ["StoredSample", "TargetStore", "StoreBudgetError", "align_positions"]
@@ -143,14 +144,14 @@ class TargetStore:
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != "dynsdpb-targets-v1":
-            raise ValueError(f"{path}: not a DynSDPB target file (format={meta.get('format')!r})")
+            raise UserInputError(f"{path}: not a DynSDPB target file (format={meta.get('format')!r})")
         if int(meta["vocab_size"]) != self.vocab_size:
-            raise ValueError(
+            raise UserInputError(
                 f"{path}: stored targets are over a vocabulary of {meta['vocab_size']} tokens, the model has "
                 f"{self.vocab_size}"
             )
         if json.loads(meta["topk"]) != self.topk:
-            raise ValueError(
+            raise UserInputError(
                 f"{path}: targets were stored with distillation_topk={json.loads(meta['topk'])}, the run now uses "
                 f"distillation_topk={self.topk}"
             )

@@ -53,7 +53,9 @@ class DynSDPBMixin(DynSDPBCore):
         if head is None or not hasattr(head, "weight"):
             raise ValueError("DynSDPB needs a causal LM with an output embedding (LM head) exposing .weight")
         hint = (
-            f"; SFTTrainer drops rows whose completion does not fit max_length={getattr(args, 'max_length', None)}"
+            f"; lower per_device_train_batch_size * gradient_accumulation_steps, add data, or, if the raw dataset "
+            f"is larger, note that SFTTrainer drops rows whose completion does not fit "
+            f"max_length={getattr(args, 'max_length', None)}"
         )
         self._init_core(settings, int(head.weight.shape[0]), too_small_hint=hint)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model

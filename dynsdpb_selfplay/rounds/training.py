@@ -48,8 +48,11 @@ def train_round(
         return {"skipped": f"{len(rows)} training rows, fewer than half a batch ({step_batch})", "model": init_model,
                 "rows": len(rows)}  # fmt: skip
 
-    tokenizer = AutoTokenizer.from_pretrained(init_model)
-    model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32, use_safetensors=True)
+    remote = cfg.engine.trust_remote_code  # one switch for the run: the engine and the trainer load the same model
+    tokenizer = AutoTokenizer.from_pretrained(init_model, trust_remote_code=remote)
+    model = AutoModelForCausalLM.from_pretrained(
+        init_model, dtype=torch.float32, use_safetensors=True, trust_remote_code=remote
+    )
     bf16 = _bf16(t.bf16)
     common = dict(
         output_dir=str(trainer_dir), learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs,
