@@ -130,3 +130,29 @@ def classification_dataset(tokenizer, n: int, seed: int = 0) -> Dataset:
     """Tokenized :func:`classification_rows` (``input_ids``, ``attention_mask``, ``label``)."""
     ds = Dataset.from_list(classification_rows(n, seed))
     return ds.map(lambda row: tokenizer(row["text"]), remove_columns=["text"])
+
+
+def recording(trainer_cls):
+    """``trainer_cls`` that records the dataset rows (``dynsdpb_index``) of every training micro-batch in ``.seen``."""
+    from dynsdpb_selfplay.distill.batching import INDEX_COLUMN
+
+    class Recording(trainer_cls):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if model.training and INDEX_COLUMN in inputs:
+                self.seen = getattr(self, "seen", []) + [inputs[INDEX_COLUMN].tolist()]
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return Recording
+
+
+def plain_overlap(trainer_cls):
+    """``trainer_cls`` (plain, no DynSDPB) fed the very same overlapping batches, for alpha = 0 comparisons."""
+    from dynsdpb_selfplay.distill.sampler import OverlapSampler
+
+    class PlainOverlap(trainer_cls):
+        def _get_train_sampler(self, train_dataset=None):
+            a = self.args
+            step = a.per_device_train_batch_size * a.gradient_accumulation_steps
+            return OverlapSampler(len(self.train_dataset), step)
+
+    return PlainOverlap

@@ -6,29 +6,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures import classification_dataset, make_classifier, make_model
+from fixtures import classification_dataset, make_classifier, make_model, plain_overlap, recording
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
 from dynsdpb_selfplay import DynSDPBClassificationConfig, DynSDPBClassificationTrainer, attach_dynsdpb
 from dynsdpb_selfplay.distill.sampler import OverlapSampler, is_fresh_position
 from dynsdpb_selfplay.distill.trainer import INDEX_COLUMN, TARGETS_FILE
 
-
-class Recording(DynSDPBClassificationTrainer):
-    """Records the dataset rows of every training micro-batch."""
-
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        if model.training and INDEX_COLUMN in inputs:
-            self.seen = getattr(self, "seen", []) + [inputs[INDEX_COLUMN].tolist()]
-        return super().compute_loss(model, inputs, *args, **kwargs)
-
-
-class PlainOverlap(Trainer):
-    """Plain Trainer fed the very same overlapping batches, for alpha = 0 comparisons."""
-
-    def _get_train_sampler(self, train_dataset=None):
-        a = self.args
-        return OverlapSampler(len(self.train_dataset), a.per_device_train_batch_size * a.gradient_accumulation_steps)
+Recording = recording(DynSDPBClassificationTrainer)
+PlainOverlap = plain_overlap(Trainer)
 
 
 class WeightsAtStepBegin(TrainerCallback):

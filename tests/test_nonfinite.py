@@ -3,7 +3,7 @@ replays it exactly); `skip` gives that micro-batch zero gradient, stores nothing
 
 import pytest
 import torch
-from fixtures import arithmetic_dataset, make_classifier, make_model, sft_kwargs
+from fixtures import arithmetic_dataset, make_model, sft_kwargs
 from test_classification import build as build_classifier
 
 from dynsdpb_selfplay import DynSDPBConfig, DynSDPBTrainer
@@ -79,4 +79,3 @@ def test_classifier_skip_and_stop(tmp_path, tokenizer):
     poison(t, at_step=2)
     with pytest.raises(NonFiniteLossError, match="optimizer step 2"):
         t.train()
-    assert make_classifier  # the classifier fixture builds a BERT with the same embeddings hook point

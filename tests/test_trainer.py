@@ -6,29 +6,15 @@ import warnings
 
 import pytest
 import torch
-from fixtures import arithmetic_dataset, make_model, sft_kwargs
+from fixtures import arithmetic_dataset, make_model, plain_overlap, recording, sft_kwargs
 from trl import SFTConfig, SFTTrainer
 
 from dynsdpb_selfplay import DynSDPBConfig, DynSDPBTrainer, attach_dynsdpb
-from dynsdpb_selfplay.distill.sampler import OverlapSampler, is_fresh_position
-from dynsdpb_selfplay.distill.trainer import INDEX_COLUMN, TARGETS_FILE
+from dynsdpb_selfplay.distill.sampler import is_fresh_position
+from dynsdpb_selfplay.distill.trainer import TARGETS_FILE
 
-
-class RecordingTrainer(DynSDPBTrainer):
-    """Records the dataset rows of every training micro-batch."""
-
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        if model.training and INDEX_COLUMN in inputs:
-            self.seen = getattr(self, "seen", []) + [inputs[INDEX_COLUMN].tolist()]
-        return super().compute_loss(model, inputs, *args, **kwargs)
-
-
-class PlainOverlapTrainer(SFTTrainer):
-    """Plain SFTTrainer fed the very same overlapping batches, for alpha = 0 comparisons."""
-
-    def _get_train_sampler(self, train_dataset=None):
-        a = self.args
-        return OverlapSampler(len(self.train_dataset), a.per_device_train_batch_size * a.gradient_accumulation_steps)
+RecordingTrainer = recording(DynSDPBTrainer)
+PlainOverlapTrainer = plain_overlap(SFTTrainer)
 
 
 def losses(trainer, key="loss"):

@@ -91,12 +91,7 @@ class DynSDPBClassificationMixin(DynSDPBCore):
             batch[PLAN_KEY].num_items = num_samples
         return batches, num_items
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        plan: MicroBatchPlan | None = inputs.pop(PLAN_KEY, None)
-        if plan is None or not model.training:
-            inputs.pop(INDEX_COLUMN, None)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
+    def _dynsdpb_loss(self, model, inputs, plan, return_outputs, num_items_in_batch):
         labels = inputs["labels"]
         outputs = model(**{k: v for k, v in inputs.items() if k not in ("labels", INDEX_COLUMN)})
         logits = outputs.logits

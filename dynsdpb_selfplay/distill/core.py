@@ -187,6 +187,17 @@ class DynSDPBCore:
             batch[PLAN_KEY] = plan
         return batches, num_items
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        plan: MicroBatchPlan | None = inputs.pop(PLAN_KEY, None)
+        if plan is None or not model.training:  # evaluation, or a batch that did not come through the sampler
+            inputs.pop(INDEX_COLUMN, None)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return self._dynsdpb_loss(model, inputs, plan, return_outputs, num_items_in_batch)
+
+    def _dynsdpb_loss(self, model, inputs: dict, plan: MicroBatchPlan, return_outputs: bool, num_items_in_batch):
+        """The training loss of one planned micro-batch (``inputs`` still holds the row index)."""
+        raise NotImplementedError
+
     def _gathered_targets(self, plan: MicroBatchPlan) -> Targets | None:
         # Gathered here, not when planning, so accumulation does not hold every micro-batch's copy at once.
         return Targets.cat([t.select(rows) for t, rows in plan.kd_sources]) if plan.kd_sources else None

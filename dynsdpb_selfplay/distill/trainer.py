@@ -22,7 +22,7 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .batching import INDEX_COLUMN, MicroBatchPlan, plan_micro_batch
 from .config import DistillationArguments, DynSDPBConfig
-from .core import PLAN_KEY, TARGETS_FILE, DatasetTooSmallError, DynSDPBCore
+from .core import TARGETS_FILE, DatasetTooSmallError, DynSDPBCore
 from .fused import fused_ce_distill, logit_transform
 from .losses import Targets, build_targets, teacher_stats_from_softmax
 
@@ -73,12 +73,7 @@ class DynSDPBMixin(DynSDPBCore):
         alpha, tau = self._dynsdpb_schedule(teacher_stats_from_softmax(z, p, lse, labels))
         return build_targets(z, tau.to(z.device), alpha.to(z.device), self.dynsdpb.distillation_topk)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        plan: MicroBatchPlan | None = inputs.pop(PLAN_KEY, None)
-        if plan is None or not model.training:
-            inputs.pop(INDEX_COLUMN, None)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
+    def _dynsdpb_loss(self, model, inputs, plan, return_outputs, num_items_in_batch):
         labels = inputs["labels"]
         forward = {k: v for k, v in inputs.items() if k not in ("labels", INDEX_COLUMN)}
         forward.update(use_cache=False, output_hidden_states=True, **self._dynsdpb_forward_kwargs)
