@@ -8,11 +8,11 @@ import pytest
 from dynsdpb_selfplay.cli import main
 from dynsdpb_selfplay.errors import UserInputError
 from dynsdpb_selfplay.nlu.data import (
-    answer_check_rows,
     encoder_path,
     load_files,
     metrics,
     split_by_group,
+    steps_rows,
     verifier_rows,
 )
 
@@ -67,15 +67,15 @@ def test_verifier_rows_come_from_run_generations_and_splits_keep_questions_toget
         verifier_rows([str(tmp_path / "round_1")])
 
 
-def test_answer_check_rows_are_balanced_and_label_the_final_answer(gsm8k_data):
-    rows = answer_check_rows("train", 400, data_dir=str(gsm8k_data))
-    assert 0.4 < sum(r["label"] for r in rows) / len(rows) < 0.6
-    from dynsdpb_selfplay.tasks.registry import get_task
-
-    gold = {ex.id: ex.answer for ex in get_task("gsm8k", data_dir=str(gsm8k_data)).load("train", 400)}
-    for r in rows:
-        final = r["text"].rpartition("####")[2].strip()
-        assert (float(final.replace(",", "")) == float(gold[r["group"]])) == bool(r["label"]), r["text"][-80:]
+def test_steps_rows_label_questions_by_their_reference_solution_length(gsm8k_data):
+    rows = steps_rows("train", 400, data_dir=str(gsm8k_data))
+    assert 0.35 < sum(r["label"] for r in rows) / len(rows) < 0.55
+    first = rows[0]  # Natalia's clips: a two-line reference solution
+    assert first["text"].startswith("Natalia sold clips") and first["label"] == 0 and first["group"] == "gsm8k-train-0"
+    raw = [json.loads(line) for line in (gsm8k_data / "train.jsonl").read_text().splitlines()[:400]]
+    for row, ref in zip(rows, raw, strict=True):
+        lines = [x for x in ref["answer"].rpartition("####")[0].splitlines() if x.strip()]
+        assert row["label"] == (len(lines) >= 4) and row["text"] == ref["question"]
 
 
 @pytest.mark.real_model

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserInputError
-from .data import answer_check_rows, encoder_path, load_files, load_glue, metrics, split_by_group, verifier_rows
+from .data import encoder_path, load_files, load_glue, metrics, split_by_group, steps_rows, verifier_rows
 
 __all__ = ["ClassificationArguments", "compare", "load_splits"]
 
@@ -41,8 +41,8 @@ class ClassificationArguments:
     )  # fmt: skip
     task: str | None = field(
         default=None,
-        metadata={"help": "A GLUE task (rte, mrpc, cola, sst2, ...) loaded from the hub, or 'gsm8k-answer-check' "
-                  "(built from GSM8K reference solutions; local data via $DYNSDPB_GSM8K_DIR)."},
+        metadata={"help": "A GLUE task (rte, mrpc, cola, sst2, ...) loaded from the hub, or 'gsm8k-steps' "
+                  "(does a GSM8K question take 4+ reasoning steps; local data via $DYNSDPB_GSM8K_DIR)."},
     )  # fmt: skip
     train_file: str | None = field(default=None, metadata={"help": "Local CSV/JSONL training rows."})
     eval_file: str | None = field(
@@ -83,8 +83,8 @@ class ClassificationArguments:
 
 
 def load_splits(a: ClassificationArguments) -> tuple[list[dict], list[dict]]:
-    if a.task == "gsm8k-answer-check":
-        train, test = answer_check_rows("train", a.limit), answer_check_rows("test", a.eval_limit)
+    if a.task == "gsm8k-steps":
+        train, test = steps_rows("train", a.limit), steps_rows("test", a.eval_limit)
     elif a.task:
         train, test = load_glue(a.task)
     elif a.run_dirs:

@@ -10,20 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
-import re
 from pathlib import Path
 
 from ..errors import UserInputError
 
 __all__ = [
     "GLUE_TASKS",
-    "answer_check_rows",
     "encoder_path",
     "load_files",
     "load_glue",
     "metrics",
     "split_by_group",
+    "steps_rows",
     "verifier_rows",
 ]
 
@@ -143,37 +141,20 @@ def verifier_rows(run_dirs: list[str], correct: str = "flexible_correct") -> lis
     return rows
 
 
-_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
-
-
-def _number(text: str) -> float:
-    return float(text.replace(",", "").rstrip("."))
-
-
-def answer_check_rows(split: str, limit: int | None = None, data_dir: str | None = None) -> list[dict]:
-    """"Does this worked solution end in the answer it computed?": GSM8K reference solutions (``text``), half of
-    them (chosen by a hash of the question id) with the number after ``####`` replaced by a wrong one: another
-    number of the same solution where there is one (a plausible slip), else the answer off by 1-9. Label 1 = intact.
-    Data from ``data_dir`` / ``$DYNSDPB_GSM8K_DIR`` or the hub, through the ``gsm8k`` task."""
+def steps_rows(split: str, limit: int | None = None, data_dir: str | None = None, min_steps: int = 4) -> list[dict]:
+    """"Will this problem take ``min_steps`` or more reasoning steps?" from the GSM8K question alone (``text``),
+    labelled by the number of non-empty lines before ``####`` in its reference solution (a difficulty estimate, as a
+    curriculum or a round's question filter would use). With ``min_steps=4``, 45% of the training questions are
+    positive. Data from ``data_dir`` / ``$DYNSDPB_GSM8K_DIR`` or the hub, through the ``gsm8k`` task."""
     from ..tasks.registry import get_task
 
     rows = []
     for ex in get_task("gsm8k", data_dir=data_dir).load(split, limit):
-        body, sep, final = ex.solution.rpartition("####")
+        body, sep, _ = ex.solution.rpartition("####")
         if not sep:
             raise UserInputError(f"gsm8k {split} {ex.id}: the reference solution has no '#### <answer>' line")
-        rng = random.Random(int(hashlib.sha256(ex.id.encode()).hexdigest()[:8], 16))
-        answer = final.strip()
-        value = _number(answer)
-        label = rng.random() < 0.5
-        if not label:  # a wrong number, compared by value ("1,080" is "1080")
-            others = sorted({n.rstrip(",") for n in _NUMBER.findall(body) if _number(n) != value})
-            if others and rng.random() < 0.5:
-                answer = rng.choice(others)
-            else:
-                wrong = value + rng.choice([-1, 1]) * rng.randint(1, 9)
-                answer = str(int(wrong)) if wrong == int(wrong) else str(wrong)
-        rows.append({"text": f"{body}#### {answer}", "text_pair": None, "label": int(label), "group": ex.id})
+        steps = sum(1 for line in body.splitlines() if line.strip())
+        rows.append({"text": ex.question, "text_pair": None, "label": int(steps >= min_steps), "group": ex.id})
     return rows
 
 
