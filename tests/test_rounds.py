@@ -134,7 +134,7 @@ def test_existing_run_folder_is_not_overwritten_and_is_locked(tmp_path, tiny):
 
 
 def run_cli(args, fault=None, sig="KILL"):
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "HF_HUB_OFFLINE": "1"}
     if fault:
         env.update(DYNSDPB_FAULT=fault, DYNSDPB_FAULT_SIGNAL=sig)
     return subprocess.run([sys.executable, "-m", "dynsdpb_selfplay.cli", "run", *args], env=env, cwd=TESTS,
@@ -171,6 +171,26 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny, reference, fault,
     if "train" in fault:
         info = json.loads((run_dir / "state.json").read_text())["info"]["round_1/train"]
         assert info["resumed_from"].endswith("checkpoint-2")
+
+
+def test_fault_points_fire_only_where_set(monkeypatch):
+    from dynsdpb_selfplay.rounds.faults import armed, maybe_fault
+
+    fired = []
+    old = signal.signal(signal.SIGUSR1, lambda *_: fired.append(1))
+    try:
+        maybe_fault("round_1/train", step=3)  # no DYNSDPB_FAULT: inert
+        monkeypatch.setenv("DYNSDPB_FAULT", "round_1/train:step=3")
+        monkeypatch.setenv("DYNSDPB_FAULT_SIGNAL", "USR1")
+        for phase, point in [("round_1/train", {"step": 2}), ("round_1/train", {"saved": 3}),
+                             ("round_2/train", {"step": 3}), ("", {"step": 3})]:  # fmt: skip
+            maybe_fault(phase, **point)
+        assert fired == []
+        maybe_fault("round_1/train", step=3)
+        assert fired == [1]
+        assert armed("round_1/train") and not armed("round_1/eval")
+    finally:
+        signal.signal(signal.SIGUSR1, old)
 
 
 @pytest.mark.vllm

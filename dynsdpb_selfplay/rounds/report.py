@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .faults import maybe_fault
 from .rundir import atomic_write_text
 
 __all__ = ["round_line", "write_report"]
@@ -39,7 +40,9 @@ def round_line(r: int, info: dict) -> str:
     return " ".join(parts)
 
 
-def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[Path, Path | None]:
+def write_report(
+    run_dir: Path, config: dict, rounds: dict[int, dict], fault_phase: str = ""
+) -> tuple[Path, Path | None]:
     """``rounds[r]`` maps phase name (generate, filter, train, eval) to its saved info."""
     pipeline = config["pipeline"]
     header = ["round", "generated", "kept rows", "questions kept", "train steps", "train loss", "strict accuracy",
@@ -76,10 +79,11 @@ def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[
         assert len(row) == len(header)
         lines.append("| " + " | ".join(row) + " |")
     png = _plot(run_dir, rounds)
+    maybe_fault(fault_phase, point="plot")
     if png is not None:
         lines += ["", f"![held-out accuracy by round]({png.name})"]
     lines += ["", "Round 0 is the starting model, evaluated before any training.", ""]
-    md = atomic_write_text(run_dir / "report.md", "\n".join(lines))
+    md = atomic_write_text(run_dir / "report.md", "\n".join(lines), fault_phase)
     return md, png
 
 

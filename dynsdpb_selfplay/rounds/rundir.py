@@ -30,11 +30,14 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserInputError
+from .faults import maybe_fault
 
 __all__ = ["RunDir", "atomic_write_text", "read_jsonl_records", "write_json", "write_jsonl"]
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
+def atomic_write_text(path: Path, text: str, fault_phase: str = "") -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place. ``fault_phase``: the phase whose
+    ``write=<file name>`` fault point (see :mod:`.faults`) fires between the two."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -42,16 +45,18 @@ def atomic_write_text(path: Path, text: str) -> Path:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    maybe_fault(fault_phase, write=path.name)
     os.replace(tmp, path)
     return path
 
 
-def write_json(path: Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+def write_json(path: Path, obj, fault_phase: str = "") -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n", fault_phase)
 
 
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+def write_jsonl(path: Path, records: list[dict], fault_phase: str = "") -> Path:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return atomic_write_text(path, text, fault_phase)
 
 
 def read_jsonl_records(path: Path) -> list[dict]:
@@ -147,7 +152,7 @@ class RunDir:
         if phase not in state["done"]:
             state["done"].append(phase)
         state.setdefault("info", {})[phase] = info
-        write_json(self.path / "state.json", state)
+        write_json(self.path / "state.json", state, fault_phase=phase)
 
     def phase_info(self, phase: str) -> dict:
         return self.state().get("info", {}).get(phase, {})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import UserInputError
 from .config import RunConfig
-from .faults import maybe_fault
+from .faults import armed, maybe_fault
 
 __all__ = ["train_round"]
 
@@ -86,15 +86,29 @@ def train_round(
         def on_step_end(self, args, state, control, **kw):
             maybe_fault(phase, step=state.global_step)
 
+        def on_save(self, args, state, control, **kw):
+            maybe_fault(phase, saved=state.global_step)
+
     trainer.add_callback(Fault())
+    if armed(phase):  # a torn checkpoint for the crash tests: weights (and targets) saved, trainer state not
+        save_model = trainer.save_model
+
+        def save_model_then_fault(output_dir=None, _internal_call=False):
+            save_model(output_dir, _internal_call=_internal_call)
+            if _internal_call:
+                maybe_fault(phase, torn=trainer.state.global_step)
+
+        trainer.save_model = save_model_then_fault
     last = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
+    maybe_fault(phase, point="trained")
     final = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     final.to(torch.bfloat16 if bf16 else torch.float32).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    maybe_fault(phase, point="model_tmp")
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     logs = [h for h in trainer.state.log_history if "loss" in h]
