@@ -193,6 +193,23 @@ def test_fault_points_fire_only_where_set(monkeypatch):
         signal.signal(signal.SIGUSR1, old)
 
 
+def test_only_complete_checkpoints_are_resumed(tmp_path):
+    """A checkpoint gets trainer_state.json last: one without it is a save killed midway, never resumed from."""
+    from dynsdpb_selfplay.distill.trainer import last_complete_checkpoint
+    from dynsdpb_selfplay.rounds.training import _drop_torn_checkpoints
+
+    for step, files in [(2, ["model.safetensors", "trainer_state.json"]), (4, ["dynsdpb_targets_rank0.safetensors",
+                        "model.safetensors"]), (10, ["trainer_state.json"])]:  # fmt: skip
+        for name in files:
+            (tmp_path / f"checkpoint-{step}").mkdir(exist_ok=True)
+            (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
+    (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    _drop_torn_checkpoints(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+    assert last_complete_checkpoint(str(tmp_path / "none")) is None
+
+
 @pytest.mark.vllm
 def test_one_round_with_the_vllm_engine(tmp_path, tiny):
     """The main engine, for real on CPU: one engine for the run, round 1's weights moved into it in place."""

@@ -19,6 +19,14 @@ from .faults import armed, maybe_fault
 __all__ = ["train_round"]
 
 
+def _drop_torn_checkpoints(trainer_dir: Path) -> None:
+    """Delete ``checkpoint-N`` folders without their trainer state: saves killed midway (see
+    :func:`~dynsdpb_selfplay.distill.trainer.last_complete_checkpoint`); the resumed run writes them again."""
+    for folder in Path(trainer_dir).glob("checkpoint-*"):
+        if folder.is_dir() and not (folder / "trainer_state.json").is_file():
+            shutil.rmtree(folder)
+
+
 def _bf16(setting: bool | None) -> bool:
     import torch
 
@@ -36,11 +44,10 @@ def train_round(
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer
 
     from ..distill.config import DistillationArguments, DynSDPBConfig
-    from ..distill.trainer import DatasetTooSmallError, DynSDPBTrainer
+    from ..distill.trainer import DatasetTooSmallError, DynSDPBTrainer, last_complete_checkpoint
 
     t = cfg.training
     step_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
@@ -99,7 +106,8 @@ def train_round(
                 maybe_fault(phase, torn=trainer.state.global_step)
 
         trainer.save_model = save_model_then_fault
-    last = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
+    _drop_torn_checkpoints(trainer_dir)
+    last = last_complete_checkpoint(str(trainer_dir))
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     maybe_fault(phase, point="trained")
