@@ -27,6 +27,19 @@ def _drop_torn_checkpoints(trainer_dir: Path) -> None:
             shutil.rmtree(folder)
 
 
+def _round_loss(log_history: list[dict]) -> float | None:
+    """Mean training loss over the round's steps from the logged per-step losses. Unlike ``TrainOutput.training_loss``
+    (the steps of the last ``train()`` call only) it does not change when the phase resumed from a checkpoint: the
+    log history before the checkpoint comes back with the trainer state."""
+    total = steps = last = 0
+    for h in log_history:
+        if "loss" in h and "step" in h:
+            total += h["loss"] * (h["step"] - last)
+            steps += h["step"] - last
+            last = h["step"]
+    return total / steps if steps else None
+
+
 def _bf16(setting: bool | None) -> bool:
     import torch
 
@@ -63,7 +76,7 @@ def train_round(
         max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length, bf16=bf16,
         use_cpu=not torch.cuda.is_available(), seed=cfg.seed, save_strategy="steps", save_steps=t.save_steps,
-        save_total_limit=2, logging_steps=5, report_to="none", gradient_checkpointing=False,
+        save_total_limit=2, logging_steps=1, report_to="none", gradient_checkpointing=False,
         dataloader_num_workers=0, disable_tqdm=False,
     )  # fmt: skip
     common.update(t.extra)
@@ -96,7 +109,17 @@ def train_round(
         def on_save(self, args, state, control, **kw):
             maybe_fault(phase, saved=state.global_step)
 
+    class ResumeTokenCount(TrainerCallback):
+        """TRL counts the trained tokens (``num_tokens`` in the logs) from 0 in every ``train()`` call: continue the
+        count of the checkpoint being resumed (its log history is restored by now)."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            counts = [h["num_tokens"] for h in state.log_history if "num_tokens" in h]
+            if counts and hasattr(trainer, "_total_train_tokens"):
+                trainer._total_train_tokens = int(counts[-1])
+
     trainer.add_callback(Fault())
+    trainer.add_callback(ResumeTokenCount())
     if armed(phase):  # a torn checkpoint for the crash tests: weights (and targets) saved, trainer state not
         save_model = trainer.save_model
 
@@ -120,11 +143,12 @@ def train_round(
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     logs = [h for h in trainer.state.log_history if "loss" in h]
+    loss = _round_loss(trainer.state.log_history)
     return {
         "model": str(out_dir),
         "rows": len(rows),
         "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": result.training_loss if loss is None else loss,
         "last_loss": logs[-1]["loss"] if logs else None,
         "resumed_from": last,
         "train_s": time.perf_counter() - start,
