@@ -7,6 +7,7 @@ as a plain safetensors directory ``round_r/model`` that every engine can load or
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -25,6 +26,14 @@ def _drop_torn_checkpoints(trainer_dir: Path) -> None:
     for folder in Path(trainer_dir).glob("checkpoint-*"):
         if folder.is_dir() and not (folder / "trainer_state.json").is_file():
             shutil.rmtree(folder)
+
+
+def _finished(checkpoint: str | None) -> bool:
+    """Whether ``checkpoint`` is the last one of its training run (its step count reached the run's)."""
+    if checkpoint is None:
+        return False
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state["global_step"] >= state["max_steps"] > 0
 
 
 def _round_loss(log_history: list[dict]) -> float | None:
@@ -56,7 +65,7 @@ def train_round(
     """Fine-tune ``init_model`` on ``rows``; returns a summary (``model`` is the directory of the new weights)."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainerState
     from trl import SFTConfig, SFTTrainer
 
     from ..distill.config import DistillationArguments, DynSDPBConfig
@@ -132,7 +141,14 @@ def train_round(
     _drop_torn_checkpoints(trainer_dir)
     last = last_complete_checkpoint(str(trainer_dir))
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=last)
+    if _finished(last):
+        # Killed after the last step: the checkpoint holds the final weights. (transformers resumed at max_steps
+        # would run one step more before it checks the step count.)
+        trainer._load_from_checkpoint(last)
+        trainer.state = TrainerState.load_from_json(os.path.join(last, "trainer_state.json"))
+        result = None
+    else:
+        result = trainer.train(resume_from_checkpoint=last)
     maybe_fault(phase, point="trained")
     final = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -148,7 +164,7 @@ def train_round(
         "model": str(out_dir),
         "rows": len(rows),
         "steps": trainer.state.global_step,
-        "train_loss": result.training_loss if loss is None else loss,
+        "train_loss": loss if loss is not None or result is None else result.training_loss,
         "last_loss": logs[-1]["loss"] if logs else None,
         "resumed_from": last,
         "train_s": time.perf_counter() - start,
