@@ -14,7 +14,7 @@ from conftest import save_tiny_model
 from dynsdpb_selfplay.cli import main
 from dynsdpb_selfplay.errors import UserInputError
 from dynsdpb_selfplay.rounds.config import load_config
-from dynsdpb_selfplay.rounds.rundir import RunDir
+from dynsdpb_selfplay.rounds.rundir import RunDir, stale_temporaries
 
 TESTS = Path(__file__).parent
 
@@ -208,6 +208,19 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     _drop_torn_checkpoints(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
     assert last_complete_checkpoint(str(tmp_path / "none")) is None
+
+
+def test_resume_removes_temporaries_of_a_killed_process(tmp_path):
+    run_dir = tmp_path / "run"
+    RunDir.create(run_dir, {"a": 1}).close()
+    leftovers = [run_dir / ".state.json.tmp-123", run_dir / "round_1/generations/.chunk-00001.jsonl.tmp-7"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"done": [')
+    (run_dir / "round_1/generations/chunk-00000.jsonl").write_text("{}\n")
+    assert stale_temporaries(run_dir) == sorted(leftovers)
+    RunDir.open(run_dir).close()
+    assert stale_temporaries(run_dir) == [] and (run_dir / "round_1/generations/chunk-00000.jsonl").exists()
 
 
 @pytest.mark.vllm

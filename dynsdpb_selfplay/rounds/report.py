@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .faults import maybe_fault
@@ -109,7 +110,7 @@ def _plot(run_dir: Path, rounds: dict[int, dict]) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = run_dir / ".accuracy.png.tmp.png"
+    tmp = run_dir / f".accuracy.png.tmp-{os.getpid()}.png"  # the suffix tells matplotlib the format
     fig.savefig(tmp)
     plt.close(fig)
     out = run_dir / "accuracy.png"

@@ -32,7 +32,10 @@ import yaml
 from ..errors import UserInputError
 from .faults import maybe_fault
 
-__all__ = ["RunDir", "atomic_write_text", "read_jsonl_records", "write_json", "write_jsonl"]
+__all__ = ["RunDir", "atomic_write_text", "read_jsonl_records", "stale_temporaries", "write_json", "write_jsonl"]
+
+
+_TMP_INFIX = ".tmp-"
 
 
 def atomic_write_text(path: Path, text: str, fault_phase: str = "") -> Path:
@@ -40,7 +43,7 @@ def atomic_write_text(path: Path, text: str, fault_phase: str = "") -> Path:
     ``write=<file name>`` fault point (see :mod:`.faults`) fires between the two."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{_TMP_INFIX}{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
@@ -57,6 +60,11 @@ def write_json(path: Path, obj, fault_phase: str = "") -> Path:
 def write_jsonl(path: Path, records: list[dict], fault_phase: str = "") -> Path:
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     return atomic_write_text(path, text, fault_phase)
+
+
+def stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary files an atomic write left behind when its process died (``.NAME.tmp-PID``)."""
+    return sorted(p for p in Path(folder).rglob(f".*{_TMP_INFIX}*") if p.is_file())
 
 
 def read_jsonl_records(path: Path) -> list[dict]:
@@ -106,7 +114,11 @@ class RunDir:
         path = Path(path)
         if not (path / "config.yaml").is_file() or not (path / "state.json").is_file():
             raise UserInputError(f"{path} is not a run folder (no config.yaml or state.json); see `dynsdpb run -h`")
-        return cls(path).lock()
+        run = cls(path).lock()
+        # Holding the lock, no other process writes here: a temporary file is left over from a killed one.
+        for tmp in stale_temporaries(path):
+            tmp.unlink()
+        return run
 
     def lock(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
