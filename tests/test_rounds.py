@@ -150,27 +150,135 @@ def reference(tmp_path_factory, tiny):
     return tmp / "run"
 
 
-@pytest.mark.parametrize(
-    "fault,sig",
-    [
-        ("round_1/generate:chunk=0", "KILL"),  # mid-generation: chunk 0 saved, chunk 1 not
-        ("round_1/train:step=3", "KILL"),  # mid-training: checkpoint-2 saved
-        ("round_2/filter:point=done", "INT"),  # Ctrl-C right after a phase is marked done
-    ],
-)
+# (fault point, signal) pairs across every phase; see dynsdpb_selfplay/rounds/faults.py for what each point means.
+# SIGKILL leaves the process no chance to clean up; SIGINT (Ctrl-C) unwinds through every ``finally``.
+FAULT_POINTS = [
+    ("round_0/eval:point=generated", "INT"),  # eval scored, nothing written
+    ("round_0/eval:write=eval_summary.json", "KILL"),  # eval.jsonl in place, the summary only as a temporary file
+    ("round_1/generate:chunk=0", "KILL"),  # chunk 0 saved, chunk 1 not
+    ("round_1/generate:write=chunk-00001.jsonl", "INT"),  # chunk 1 written to its temporary file only
+    ("round_1/generate:write=generations.jsonl", "KILL"),  # every chunk saved, the merged file not renamed
+    ("round_1/generate:write=state.json", "INT"),  # the state that marks generation done not renamed
+    ("round_1/filter:point=read", "KILL"),  # generations read, nothing written
+    ("round_1/filter:write=train.jsonl", "INT"),
+    ("round_1/filter:write=filter_summary.json", "KILL"),  # train.jsonl in place, its summary not
+    ("round_1/train:step=1", "INT"),  # before the first checkpoint: training starts over
+    ("round_1/train:step=3", "KILL"),  # mid-training: checkpoint-2 saved
+    ("round_1/train:torn=2", "INT"),  # checkpoint-2 torn (weights + targets, no trainer state): starts over
+    ("round_1/train:torn=4", "KILL"),  # checkpoint-4 torn: resumes from checkpoint-2
+    ("round_1/train:saved=2", "KILL"),  # checkpoint-2 complete, step 3 not started
+    ("round_1/train:point=trained", "INT"),  # every step done, the round's model not saved
+    ("round_1/train:point=model_tmp", "KILL"),  # the round's model in model.tmp/, not moved into place
+    ("round_1/train:write=state.json", "KILL"),  # model/ in place, the phase not marked done
+    ("round_1/eval:point=generated", "KILL"),
+    ("round_1/eval:write=eval.jsonl", "INT"),
+    ("round_1/eval:point=done", "KILL"),  # right after the phase is marked done
+    ("round_2/generate:chunk=1", "INT"),  # the last chunk saved, the merged file not written
+    ("round_2/filter:point=done", "INT"),
+    ("round_2/train:step=3", "INT"),  # a later round's checkpoint-2
+    ("round_2/eval:write=eval_summary.json", "INT"),
+    ("report:point=plot", "KILL"),  # accuracy.png written, report.md not
+    ("report:write=report.md", "INT"),
+    ("report:write=state.json", "KILL"),  # everything written, the run not marked finished
+]
+assert len(FAULT_POINTS) >= 20 and {sig for _, sig in FAULT_POINTS} == {"KILL", "INT"}
+assert {p.split(":")[0].split("/")[-1] for p, _ in FAULT_POINTS} == {"eval", "generate", "filter", "train", "report"}
+
+# The checkpoint each round's training resumed from, for the points that interrupt training.
+RESUMED_FROM = {
+    "round_1/train:step=3": {1: "checkpoint-2"},
+    "round_1/train:torn=4": {1: "checkpoint-2"},
+    "round_1/train:saved=2": {1: "checkpoint-2"},
+    "round_1/train:point=trained": {1: "checkpoint-4"},
+    "round_1/train:point=model_tmp": {1: "checkpoint-4"},
+    "round_1/train:write=state.json": {1: "checkpoint-4"},
+    "round_2/train:step=3": {2: "checkpoint-2"},
+}
+
+_TIMING = {"seconds", "train_s", "tokens_per_s", "generation_s", "wall_s", "load_s", "resumed_from"}
+
+
+def _metrics(obj, run_dir: Path):
+    """``obj`` without wall-time and throughput fields, with the run folder's path replaced by RUN."""
+    if isinstance(obj, dict):
+        return {k: _metrics(v, run_dir) for k, v in obj.items() if k not in _TIMING}
+    if isinstance(obj, list):
+        return [_metrics(v, run_dir) for v in obj]
+    return obj.replace(str(run_dir), "RUN") if isinstance(obj, str) else obj
+
+
+def _step_logs(run_dir: Path, r: int) -> list[dict]:
+    """The per-step training logs (loss, DynSDPB metrics) of round ``r``'s last checkpoint."""
+    ckpt = max((run_dir / f"round_{r}/trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    history = json.loads((ckpt / "trainer_state.json").read_text())["log_history"]
+    return [h for h in history if "loss" in h]
+
+
+def _report_table(run_dir: Path) -> list[list[str]]:
+    """The report's table without its timing columns (the last four)."""
+    rows = [line.split("|")[1:-1] for line in (run_dir / "report.md").read_text().splitlines() if line.startswith("|")]
+    return [row[:-4] for row in rows]
+
+
+def assert_same_run(run_dir: Path, reference: Path, rounds=(1, 2)) -> None:
+    """The data and metrics of a run equal the reference's, nothing lost, duplicated or left half-written."""
+    state, ref_state = (json.loads((d / "state.json").read_text()) for d in (run_dir, reference))
+    assert state["done"] == ref_state["done"] and state["done"][-1] == "report"
+    assert _metrics(state["info"], run_dir) == _metrics(ref_state["info"], reference)
+    for r in (0, *rounds):
+        names = ["eval.jsonl"] + (["generations.jsonl", "train.jsonl"] if r else [])
+        for name in names:
+            assert read(run_dir / f"round_{r}" / name) == read(reference / f"round_{r}" / name), (r, name)
+        for name in ["eval_summary.json"] + (["filter_summary.json"] if r else []):
+            got, want = (json.loads((d / f"round_{r}" / name).read_text()) for d in (run_dir, reference))
+            assert _metrics(got, run_dir) == _metrics(want, reference), (r, name)
+        evals = read(run_dir / f"round_{r}/eval.jsonl")
+        assert len({(e["id"], e["sample"]) for e in evals}) == len(evals) == 6
+    for r in rounds:
+        gens = read(run_dir / f"round_{r}/generations.jsonl")
+        keys = [(g["id"], g["sample"]) for g in gens]
+        samples = yaml.safe_load((run_dir / "config.yaml").read_text())["generation"]["samples"]
+        assert set(keys) == {(f"train-{i}", k) for i in range(8 * (r - 1), 8 * r) for k in range(samples)}
+        assert len(keys) == len(set(keys))  # every (question, sample) exactly once
+        chunks = [g for c in sorted((run_dir / f"round_{r}/generations").glob("chunk-*.jsonl")) for g in read(c)]
+        assert chunks == gens
+        rows = read(run_dir / f"round_{r}/train.jsonl")
+        assert len({row["id"] for row in rows}) == len(rows)
+        # The same batches and stored targets: every logged step (loss, CE, KL, distilled tokens) matches.
+        assert _metrics(_step_logs(run_dir, r), run_dir) == _metrics(_step_logs(reference, r), reference), r
+        weights = [(d / f"round_{r}/model/model.safetensors").read_bytes() for d in (run_dir, reference)]
+        assert weights[0] == weights[1], r
+        assert not (run_dir / f"round_{r}/model.tmp").exists()
+        for ckpt in (run_dir / f"round_{r}/trainer").glob("checkpoint-*"):
+            assert (ckpt / "trainer_state.json").is_file(), ckpt
+    assert _report_table(run_dir) == _report_table(reference)
+    assert (run_dir / "accuracy.png").is_file()
+    assert stale_temporaries(run_dir) == []
+
+
+@pytest.mark.parametrize("fault,sig", FAULT_POINTS)
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny, reference, fault, sig):
     run_dir = tmp_path / "run"
     crashed = run_cli([str(write(tmp_path, config(tiny))), "--run-dir", str(run_dir)], fault=fault, sig=sig)
     assert crashed.returncode == (-signal.SIGKILL if sig == "KILL" else 130), crashed.stderr[-2000:]
-    assert "report" not in json.loads((run_dir / "state.json").read_text())["done"]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert "report" not in state["done"]
+    phase, _, point = fault.partition(":")
+    if point == "point=done":
+        assert state["done"][-1] == phase
+    else:  # killed inside the phase: not marked done, and the file it was writing only in its temporary name
+        assert phase not in state["done"]
+        if point.startswith("write="):
+            name = point.removeprefix("write=")
+            assert [p.name.split(".tmp-")[0] for p in stale_temporaries(run_dir)] == [f".{name}"]
     resumed = run_cli(["--resume", str(run_dir)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run_dir, reference)
+    info = json.loads((run_dir / "state.json").read_text())["info"]
     for r in (1, 2):
-        for name in ("generations.jsonl", "train.jsonl", "eval.jsonl"):
-            assert read(run_dir / f"round_{r}" / name) == read(reference / f"round_{r}" / name), (r, name)
-    if "train" in fault:
-        info = json.loads((run_dir / "state.json").read_text())["info"]["round_1/train"]
-        assert info["resumed_from"].endswith("checkpoint-2")
+        want = RESUMED_FROM.get(fault, {}).get(r)
+        got = info[f"round_{r}/train"]["resumed_from"]
+        assert (got and Path(got).name) == want, (r, got)
 
 
 def test_fault_points_fire_only_where_set(monkeypatch):
