@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -329,6 +330,37 @@ def test_resume_removes_temporaries_of_a_killed_process(tmp_path):
     assert stale_temporaries(run_dir) == sorted(leftovers)
     RunDir.open(run_dir).close()
     assert stale_temporaries(run_dir) == [] and (run_dir / "round_1/generations/chunk-00000.jsonl").exists()
+
+
+@pytest.mark.parametrize("temperature,samples", [(0.0, 1), (1.0, 2)], ids=["greedy", "sampled"])
+def test_same_seed_and_config_give_the_same_run(tmp_path, tiny, monkeypatch, temperature, samples):
+    """Determinism on CPU: the same generations (greedy or seeded sampling), rows, training batches, losses, weights
+    and metrics. The two runs share a process, so nothing may depend on global RNG state left by the first."""
+    from dynsdpb_selfplay.distill.trainer import INDEX_COLUMN, DynSDPBMixin
+
+    batches: list[list[int]] = []
+    get_batch_samples = DynSDPBMixin.get_batch_samples
+
+    def record(self, epoch_iterator, num_batches, device):
+        out, num_items = get_batch_samples(self, epoch_iterator, num_batches, device)
+        batches.append([i for b in out for i in b[INDEX_COLUMN].tolist()])
+        return out, num_items
+
+    monkeypatch.setattr(DynSDPBMixin, "get_batch_samples", record)
+    cfg = config(tiny, rounds=1, **{"generation.temperature": temperature, "generation.samples": samples})
+    runs, steps = [tmp_path / "a", tmp_path / "b"], []
+    for run_dir in runs:
+        batches.clear()
+        assert main(["run", str(write(tmp_path, cfg)), "--run-dir", str(run_dir)]) == 0
+        steps.append(list(batches))
+    a, b = runs
+    assert steps[0] == steps[1] and len(steps[0]) == 4
+    assert all(s[0] == prev[1] for prev, s in pairwise(steps[0])), steps[0]  # the overlap: r_s = f_(s-1)
+    gens = read(a / "round_1/generations.jsonl")
+    assert len(gens) == 8 * samples
+    if samples > 1:  # seeded sampling, not the same text for every sample
+        assert any(g["response"] != h["response"] for g, h in zip(gens[::2], gens[1::2], strict=True))
+    assert_same_run(b, a, rounds=(1,))
 
 
 @pytest.mark.vllm
