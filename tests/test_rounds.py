@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from conftest import save_tiny_model
 from dynsdpb_selfplay.cli import main
 from dynsdpb_selfplay.errors import UserInputError
 from dynsdpb_selfplay.rounds.config import load_config
-from dynsdpb_selfplay.rounds.rundir import RunDir
+from dynsdpb_selfplay.rounds.rundir import RunDir, stale_temporaries
 
 TESTS = Path(__file__).parent
 
@@ -134,7 +135,7 @@ def test_existing_run_folder_is_not_overwritten_and_is_locked(tmp_path, tiny):
 
 
 def run_cli(args, fault=None, sig="KILL"):
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "HF_HUB_OFFLINE": "1"}
     if fault:
         env.update(DYNSDPB_FAULT=fault, DYNSDPB_FAULT_SIGNAL=sig)
     return subprocess.run([sys.executable, "-m", "dynsdpb_selfplay.cli", "run", *args], env=env, cwd=TESTS,
@@ -150,27 +151,216 @@ def reference(tmp_path_factory, tiny):
     return tmp / "run"
 
 
-@pytest.mark.parametrize(
-    "fault,sig",
-    [
-        ("round_1/generate:chunk=0", "KILL"),  # mid-generation: chunk 0 saved, chunk 1 not
-        ("round_1/train:step=3", "KILL"),  # mid-training: checkpoint-2 saved
-        ("round_2/filter:point=done", "INT"),  # Ctrl-C right after a phase is marked done
-    ],
-)
+# (fault point, signal) pairs across every phase; see dynsdpb_selfplay/rounds/faults.py for what each point means.
+# SIGKILL leaves the process no chance to clean up; SIGINT (Ctrl-C) unwinds through every ``finally``.
+FAULT_POINTS = [
+    ("round_0/eval:point=generated", "INT"),  # eval scored, nothing written
+    ("round_0/eval:write=eval_summary.json", "KILL"),  # eval.jsonl in place, the summary only as a temporary file
+    ("round_1/generate:chunk=0", "KILL"),  # chunk 0 saved, chunk 1 not
+    ("round_1/generate:write=chunk-00001.jsonl", "INT"),  # chunk 1 written to its temporary file only
+    ("round_1/generate:write=generations.jsonl", "KILL"),  # every chunk saved, the merged file not renamed
+    ("round_1/generate:write=state.json", "INT"),  # the state that marks generation done not renamed
+    ("round_1/filter:point=read", "KILL"),  # generations read, nothing written
+    ("round_1/filter:write=train.jsonl", "INT"),
+    ("round_1/filter:write=filter_summary.json", "KILL"),  # train.jsonl in place, its summary not
+    ("round_1/train:step=1", "INT"),  # before the first checkpoint: training starts over
+    ("round_1/train:step=3", "KILL"),  # mid-training: checkpoint-2 saved
+    ("round_1/train:torn=2", "INT"),  # checkpoint-2 torn (weights + targets, no trainer state): starts over
+    ("round_1/train:torn=4", "KILL"),  # checkpoint-4 torn: resumes from checkpoint-2
+    ("round_1/train:saved=2", "KILL"),  # checkpoint-2 complete, step 3 not started
+    ("round_1/train:point=trained", "INT"),  # every step done, the round's model not saved
+    ("round_1/train:point=model_tmp", "KILL"),  # the round's model in model.tmp/, not moved into place
+    ("round_1/train:write=state.json", "KILL"),  # model/ in place, the phase not marked done
+    ("round_1/eval:point=generated", "KILL"),
+    ("round_1/eval:write=eval.jsonl", "INT"),
+    ("round_1/eval:point=done", "KILL"),  # right after the phase is marked done
+    ("round_2/generate:chunk=1", "INT"),  # the last chunk saved, the merged file not written
+    ("round_2/filter:point=done", "INT"),
+    ("round_2/train:step=3", "INT"),  # a later round's checkpoint-2
+    ("round_2/eval:write=eval_summary.json", "INT"),
+    ("report:point=plot", "KILL"),  # accuracy.png written, report.md not
+    ("report:write=report.md", "INT"),
+    ("report:write=state.json", "KILL"),  # everything written, the run not marked finished
+]
+assert len(FAULT_POINTS) >= 20 and {sig for _, sig in FAULT_POINTS} == {"KILL", "INT"}
+assert {p.split(":")[0].split("/")[-1] for p, _ in FAULT_POINTS} == {"eval", "generate", "filter", "train", "report"}
+
+# The checkpoint each round's training resumed from, for the points that interrupt training.
+RESUMED_FROM = {
+    "round_1/train:step=3": {1: "checkpoint-2"},
+    "round_1/train:torn=4": {1: "checkpoint-2"},
+    "round_1/train:saved=2": {1: "checkpoint-2"},
+    "round_1/train:point=trained": {1: "checkpoint-4"},
+    "round_1/train:point=model_tmp": {1: "checkpoint-4"},
+    "round_1/train:write=state.json": {1: "checkpoint-4"},
+    "round_2/train:step=3": {2: "checkpoint-2"},
+}
+
+_TIMING = {"seconds", "train_s", "tokens_per_s", "generation_s", "wall_s", "load_s", "resumed_from"}
+
+
+def _metrics(obj, run_dir: Path):
+    """``obj`` without wall-time and throughput fields, with the run folder's path replaced by RUN."""
+    if isinstance(obj, dict):
+        return {k: _metrics(v, run_dir) for k, v in obj.items() if k not in _TIMING}
+    if isinstance(obj, list):
+        return [_metrics(v, run_dir) for v in obj]
+    return obj.replace(str(run_dir), "RUN") if isinstance(obj, str) else obj
+
+
+def _step_logs(run_dir: Path, r: int) -> list[dict]:
+    """The per-step training logs (loss, DynSDPB metrics) of round ``r``'s last checkpoint."""
+    ckpt = max((run_dir / f"round_{r}/trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    history = json.loads((ckpt / "trainer_state.json").read_text())["log_history"]
+    return [h for h in history if "loss" in h]
+
+
+def _report_table(run_dir: Path) -> list[list[str]]:
+    """The report's table without its timing columns (the last four)."""
+    rows = [line.split("|")[1:-1] for line in (run_dir / "report.md").read_text().splitlines() if line.startswith("|")]
+    return [row[:-4] for row in rows]
+
+
+def assert_same_run(run_dir: Path, reference: Path, rounds=(1, 2)) -> None:
+    """The data and metrics of a run equal the reference's, nothing lost, duplicated or left half-written."""
+    state, ref_state = (json.loads((d / "state.json").read_text()) for d in (run_dir, reference))
+    assert state["done"] == ref_state["done"] and state["done"][-1] == "report"
+    assert _metrics(state["info"], run_dir) == _metrics(ref_state["info"], reference)
+    for r in (0, *rounds):
+        names = ["eval.jsonl"] + (["generations.jsonl", "train.jsonl"] if r else [])
+        for name in names:
+            assert read(run_dir / f"round_{r}" / name) == read(reference / f"round_{r}" / name), (r, name)
+        for name in ["eval_summary.json"] + (["filter_summary.json"] if r else []):
+            got, want = (json.loads((d / f"round_{r}" / name).read_text()) for d in (run_dir, reference))
+            assert _metrics(got, run_dir) == _metrics(want, reference), (r, name)
+        evals = read(run_dir / f"round_{r}/eval.jsonl")
+        assert len({(e["id"], e["sample"]) for e in evals}) == len(evals) == 6
+    for r in rounds:
+        gens = read(run_dir / f"round_{r}/generations.jsonl")
+        keys = [(g["id"], g["sample"]) for g in gens]
+        samples = yaml.safe_load((run_dir / "config.yaml").read_text())["generation"]["samples"]
+        assert set(keys) == {(f"train-{i}", k) for i in range(8 * (r - 1), 8 * r) for k in range(samples)}
+        assert len(keys) == len(set(keys))  # every (question, sample) exactly once
+        chunks = [g for c in sorted((run_dir / f"round_{r}/generations").glob("chunk-*.jsonl")) for g in read(c)]
+        assert chunks == gens
+        rows = read(run_dir / f"round_{r}/train.jsonl")
+        assert len({row["id"] for row in rows}) == len(rows)
+        # The same batches and stored targets: every logged step (loss, CE, KL, distilled tokens) matches.
+        assert _metrics(_step_logs(run_dir, r), run_dir) == _metrics(_step_logs(reference, r), reference), r
+        weights = [(d / f"round_{r}/model/model.safetensors").read_bytes() for d in (run_dir, reference)]
+        assert weights[0] == weights[1], r
+        assert not (run_dir / f"round_{r}/model.tmp").exists()
+        for ckpt in (run_dir / f"round_{r}/trainer").glob("checkpoint-*"):
+            assert (ckpt / "trainer_state.json").is_file(), ckpt
+    assert _report_table(run_dir) == _report_table(reference)
+    assert (run_dir / "accuracy.png").is_file()
+    assert stale_temporaries(run_dir) == []
+
+
+@pytest.mark.parametrize("fault,sig", FAULT_POINTS)
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny, reference, fault, sig):
     run_dir = tmp_path / "run"
     crashed = run_cli([str(write(tmp_path, config(tiny))), "--run-dir", str(run_dir)], fault=fault, sig=sig)
     assert crashed.returncode == (-signal.SIGKILL if sig == "KILL" else 130), crashed.stderr[-2000:]
-    assert "report" not in json.loads((run_dir / "state.json").read_text())["done"]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert "report" not in state["done"]
+    phase, _, point = fault.partition(":")
+    if point == "point=done":
+        assert state["done"][-1] == phase
+    else:  # killed inside the phase: not marked done, and the file it was writing only in its temporary name
+        assert phase not in state["done"]
+        if point.startswith("write="):
+            name = point.removeprefix("write=")
+            assert [p.name.split(".tmp-")[0] for p in stale_temporaries(run_dir)] == [f".{name}"]
     resumed = run_cli(["--resume", str(run_dir)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run_dir, reference)
+    info = json.loads((run_dir / "state.json").read_text())["info"]
     for r in (1, 2):
-        for name in ("generations.jsonl", "train.jsonl", "eval.jsonl"):
-            assert read(run_dir / f"round_{r}" / name) == read(reference / f"round_{r}" / name), (r, name)
-    if "train" in fault:
-        info = json.loads((run_dir / "state.json").read_text())["info"]["round_1/train"]
-        assert info["resumed_from"].endswith("checkpoint-2")
+        want = RESUMED_FROM.get(fault, {}).get(r)
+        got = info[f"round_{r}/train"]["resumed_from"]
+        assert (got and Path(got).name) == want, (r, got)
+
+
+def test_fault_points_fire_only_where_set(monkeypatch):
+    from dynsdpb_selfplay.rounds.faults import armed, maybe_fault
+
+    fired = []
+    old = signal.signal(signal.SIGUSR1, lambda *_: fired.append(1))
+    try:
+        maybe_fault("round_1/train", step=3)  # no DYNSDPB_FAULT: inert
+        monkeypatch.setenv("DYNSDPB_FAULT", "round_1/train:step=3")
+        monkeypatch.setenv("DYNSDPB_FAULT_SIGNAL", "USR1")
+        for phase, point in [("round_1/train", {"step": 2}), ("round_1/train", {"saved": 3}),
+                             ("round_2/train", {"step": 3}), ("", {"step": 3})]:  # fmt: skip
+            maybe_fault(phase, **point)
+        assert fired == []
+        maybe_fault("round_1/train", step=3)
+        assert fired == [1]
+        assert armed("round_1/train") and not armed("round_1/eval")
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+def test_only_complete_checkpoints_are_resumed(tmp_path):
+    """A checkpoint gets trainer_state.json last: one without it is a save killed midway, never resumed from."""
+    from dynsdpb_selfplay.distill.trainer import last_complete_checkpoint
+    from dynsdpb_selfplay.rounds.training import _drop_torn_checkpoints
+
+    for step, files in [(2, ["model.safetensors", "trainer_state.json"]), (4, ["dynsdpb_targets_rank0.safetensors",
+                        "model.safetensors"]), (10, ["trainer_state.json"])]:  # fmt: skip
+        for name in files:
+            (tmp_path / f"checkpoint-{step}").mkdir(exist_ok=True)
+            (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
+    (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    _drop_torn_checkpoints(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+    assert last_complete_checkpoint(str(tmp_path / "none")) is None
+
+
+def test_resume_removes_temporaries_of_a_killed_process(tmp_path):
+    run_dir = tmp_path / "run"
+    RunDir.create(run_dir, {"a": 1}).close()
+    leftovers = [run_dir / ".state.json.tmp-123", run_dir / "round_1/generations/.chunk-00001.jsonl.tmp-7"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('{"done": [')
+    (run_dir / "round_1/generations/chunk-00000.jsonl").write_text("{}\n")
+    assert stale_temporaries(run_dir) == sorted(leftovers)
+    RunDir.open(run_dir).close()
+    assert stale_temporaries(run_dir) == [] and (run_dir / "round_1/generations/chunk-00000.jsonl").exists()
+
+
+@pytest.mark.parametrize("temperature,samples", [(0.0, 1), (1.0, 2)], ids=["greedy", "sampled"])
+def test_same_seed_and_config_give_the_same_run(tmp_path, tiny, monkeypatch, temperature, samples):
+    """Determinism on CPU: the same generations (greedy or seeded sampling), rows, training batches, losses, weights
+    and metrics. The two runs share a process, so nothing may depend on global RNG state left by the first."""
+    from dynsdpb_selfplay.distill.trainer import INDEX_COLUMN, DynSDPBMixin
+
+    batches: list[list[int]] = []
+    get_batch_samples = DynSDPBMixin.get_batch_samples
+
+    def record(self, epoch_iterator, num_batches, device):
+        out, num_items = get_batch_samples(self, epoch_iterator, num_batches, device)
+        batches.append([i for b in out for i in b[INDEX_COLUMN].tolist()])
+        return out, num_items
+
+    monkeypatch.setattr(DynSDPBMixin, "get_batch_samples", record)
+    cfg = config(tiny, rounds=1, **{"generation.temperature": temperature, "generation.samples": samples})
+    runs, steps = [tmp_path / "a", tmp_path / "b"], []
+    for run_dir in runs:
+        batches.clear()
+        assert main(["run", str(write(tmp_path, cfg)), "--run-dir", str(run_dir)]) == 0
+        steps.append(list(batches))
+    a, b = runs
+    assert steps[0] == steps[1] and len(steps[0]) == 4
+    assert all(s[0] == prev[1] for prev, s in pairwise(steps[0])), steps[0]  # the overlap: r_s = f_(s-1)
+    gens = read(a / "round_1/generations.jsonl")
+    assert len(gens) == 8 * samples
+    if samples > 1:  # seeded sampling, not the same text for every sample
+        assert any(g["response"] != h["response"] for g, h in zip(gens[::2], gens[1::2], strict=True))
+    assert_same_run(b, a, rounds=(1,))
 
 
 @pytest.mark.vllm

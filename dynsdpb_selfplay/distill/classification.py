@@ -135,4 +135,3 @@ class DynSDPBClassificationTrainer(DynSDPBClassificationMixin, Trainer):
             )
         super().__init__(*args, **kwargs)
         self._init_dynsdpb(DistillationArguments.from_object(self.args))
-

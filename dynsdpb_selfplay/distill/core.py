@@ -32,7 +32,14 @@ from .sampler import OverlapSampler
 from .schedules import make_schedule
 from .store import StoredSample, TargetStore
 
-__all__ = ["PLAN_KEY", "TARGETS_FILE", "DatasetTooSmallError", "DynSDPBCore", "NonFiniteLossError"]
+__all__ = [
+    "PLAN_KEY",
+    "TARGETS_FILE",
+    "DatasetTooSmallError",
+    "DynSDPBCore",
+    "NonFiniteLossError",
+    "last_complete_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,24 @@ TARGETS_FILE = "dynsdpb_targets_rank{rank}.safetensors"
 PLAN_KEY = "dynsdpb_plan"
 # Mean tail mass of top-k targets above which the stored KL is known to be badly underestimated (bench_cache).
 _TAIL_WARN = 0.2
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that has its ``trainer_state.json``; ``None`` if there is none.
+
+    A checkpoint gets its trainer state last (weights and DynSDPB targets first), so one without it is a save that
+    was killed midway. ``transformers.trainer_utils.get_last_checkpoint`` takes any ``checkpoint-N`` folder: resuming
+    from a torn one loads its weights but, with no state, restarts the step count at 0."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not os.path.isdir(folder):
+        return None
+    steps = {}
+    for name in os.listdir(folder):
+        suffix = name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if suffix != name and suffix.isdigit() and os.path.isfile(os.path.join(folder, name, "trainer_state.json")):
+            steps[int(suffix)] = os.path.join(folder, name)
+    return steps[max(steps)] if steps else None
 
 
 class DatasetTooSmallError(ValueError):
@@ -298,9 +323,10 @@ class DynSDPBCore:
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         checkpoint = resume_from_checkpoint
         if isinstance(checkpoint, bool) and checkpoint:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            checkpoint = get_last_checkpoint(self.args.output_dir)
+            checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if checkpoint is None:
+                raise ValueError(f"no complete checkpoint (one with its trainer_state.json) in {self.args.output_dir}")
+            resume_from_checkpoint = checkpoint  # not transformers' own pick, which may be a torn checkpoint
         if isinstance(checkpoint, str):
             path = os.path.join(checkpoint, TARGETS_FILE.format(rank=self.args.process_index))
             if os.path.exists(path):

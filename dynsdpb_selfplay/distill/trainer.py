@@ -22,11 +22,19 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from .batching import INDEX_COLUMN, MicroBatchPlan, plan_micro_batch
 from .config import DistillationArguments, DynSDPBConfig
-from .core import TARGETS_FILE, DatasetTooSmallError, DynSDPBCore
+from .core import TARGETS_FILE, DatasetTooSmallError, DynSDPBCore, last_complete_checkpoint
 from .fused import fused_ce_distill, logit_transform
 from .losses import Targets, build_targets, teacher_stats_from_softmax
 
-__all__ = ["INDEX_COLUMN", "TARGETS_FILE", "DatasetTooSmallError", "DynSDPBMixin", "DynSDPBTrainer", "attach_dynsdpb"]
+__all__ = [
+    "INDEX_COLUMN",
+    "TARGETS_FILE",
+    "DatasetTooSmallError",
+    "DynSDPBMixin",
+    "DynSDPBTrainer",
+    "attach_dynsdpb",
+    "last_complete_checkpoint",
+]
 
 
 class DynSDPBMixin(DynSDPBCore):

@@ -142,10 +142,10 @@ def verifier_rows(run_dirs: list[str], correct: str = "flexible_correct") -> lis
 
 
 def steps_rows(split: str, limit: int | None = None, data_dir: str | None = None, min_steps: int = 4) -> list[dict]:
-    """"Will this problem take ``min_steps`` or more reasoning steps?" from the GSM8K question alone (``text``),
-    labelled by the number of non-empty lines before ``####`` in its reference solution (a difficulty estimate, as a
-    curriculum or a round's question filter would use). With ``min_steps=4``, 45% of the training questions are
-    positive. Data from ``data_dir`` / ``$DYNSDPB_GSM8K_DIR`` or the hub, through the ``gsm8k`` task."""
+    """Rows for "will this problem take ``min_steps`` or more reasoning steps?" from the GSM8K question alone
+    (``text``), labelled by the number of non-empty lines before ``####`` in its reference solution: a difficulty
+    estimate, as a curriculum or a round's question filter would use. With ``min_steps=4``, 45% of the training
+    questions are positive. Data from ``data_dir`` / ``$DYNSDPB_GSM8K_DIR`` or the hub, via the ``gsm8k`` task."""
     from ..tasks.registry import get_task
 
     rows = []

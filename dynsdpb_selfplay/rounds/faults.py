@@ -1,12 +1,36 @@
 """Fault injection for crash tests: ``DYNSDPB_FAULT="round_1/generate:chunk=1"`` kills the process with SIGKILL
 right after that point (here: after chunk 1 of round 1's generation is saved). Inert unless the variable is set.
 
-``DYNSDPB_FAULT_SIGNAL=INT`` sends SIGINT instead (a Ctrl-C)."""
+``DYNSDPB_FAULT_SIGNAL=INT`` sends SIGINT instead (a Ctrl-C).
+
+The points, per phase (``round_r/<phase>`` or ``report``):
+
+- every phase: ``point=done`` right after it is marked done in ``state.json``; ``write=<file name>`` after the
+  temporary file of an atomic write is complete, before it is renamed into place (``write=state.json`` is the state
+  write that marks the phase done; ``write=chunk-00001.jsonl``, ``write=generations.jsonl``, ``write=train.jsonl``,
+  ``write=filter_summary.json``, ``write=eval.jsonl``, ``write=eval_summary.json``, ``write=report.md``);
+- generate: ``chunk=i`` after chunk ``i`` is saved;
+- filter: ``point=read`` after the generations are read, before anything is written;
+- train: ``step=n`` at the end of optimizer step ``n`` (before its checkpoint, if any); ``torn=n`` inside the save
+  of ``checkpoint-n``: weights and DynSDPB targets written, optimizer and trainer state not; ``saved=n`` after
+  ``checkpoint-n`` is complete; ``point=trained`` after the last step; ``point=model_tmp`` after the round's model
+  is written to its temporary folder, before it replaces ``model/``;
+- eval: ``point=generated`` after the generations are scored, before anything is written;
+- report: ``point=plot`` after ``accuracy.png``, before ``report.md``.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+
+__all__ = ["armed", "maybe_fault"]
+
+
+def armed(phase: str) -> bool:
+    """Whether a fault is set for ``phase`` (for instrumentation that costs something to install)."""
+    spec = os.environ.get("DYNSDPB_FAULT")
+    return bool(spec and phase and spec.partition(":")[0] == phase)
 
 
 def maybe_fault(phase: str, **point) -> None:
@@ -18,7 +42,7 @@ def maybe_fault(phase: str, **point) -> None:
         return
     if want_point:
         key, _, value = want_point.partition("=")
-        if str(point.get(key)) != value:
+        if key not in point or str(point[key]) != value:
             return
     sig = getattr(signal, "SIG" + os.environ.get("DYNSDPB_FAULT_SIGNAL", "KILL"))
     os.kill(os.getpid(), sig)

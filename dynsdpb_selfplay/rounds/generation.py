@@ -54,7 +54,7 @@ def run_chunked(
         if make_records is None:
             raise RuntimeError(f"{path} is missing after the generation shards finished")
         new = make_records(chunk, seed_of(i))
-        write_jsonl(path, new)
+        write_jsonl(path, new, fault_phase)
         records += new
         maybe_fault(fault_phase, chunk=i)
     return records

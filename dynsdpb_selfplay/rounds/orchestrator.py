@@ -108,20 +108,22 @@ class Orchestrator:
             records = self._generation_chunks(r, engine=None)  # every chunk is on disk now: read in order
         else:
             records = self._generation_chunks(r, self.engines.get(weights))
-        write_jsonl(self.run_dir.round(r) / "generations.jsonl", records)
+        write_jsonl(self.run_dir.round(r) / "generations.jsonl", records, fault_phase=f"round_{r}/generate")
         # Every question yields at least one record, so the ids count the questions without loading them again.
         return {"questions": len({rec["id"] for rec in records}), "records": len(records), "shards": shards}
 
     def _filter(self, r: int) -> dict:
         cfg, out = self.cfg, self.run_dir.round(r)
+        phase = f"round_{r}/filter"
         records = read_jsonl_records(out / "generations.jsonl")
+        maybe_fault(phase, point="read")
         f = cfg.filtering
         if cfg.pipeline == "self_training":
             rows, stats = filter_self_training(records, f.verify, f.max_per_question, f.labels, f.min_agreement)
         else:
             rows, stats = filter_self_correction(records, cfg.generation.correction_prompt, f.keep_right_to_right)
-        write_jsonl(out / "train.jsonl", rows)
-        write_json(out / "filter_summary.json", stats)
+        write_jsonl(out / "train.jsonl", rows, fault_phase=phase)
+        write_json(out / "filter_summary.json", stats, fault_phase=phase)
         return stats
 
     def _train(self, r: int, weights: str) -> dict:
@@ -134,7 +136,7 @@ class Orchestrator:
         return train_round(rows, init, out / "model", out / "trainer", cfg, phase=f"round_{r}/train")
 
     def _evaluate(self, r: int, weights: str) -> dict:
-        cfg, out = self.cfg, self.run_dir.round(r)
+        cfg, out, phase = self.cfg, self.run_dir.round(r), f"round_{r}/eval"
         engine = self.engines.get(weights)
         examples = self.task.load(cfg.task.eval_split, limit=cfg.task.eval_limit)
         greedy = SamplingConfig(max_new_tokens=cfg.evaluation.max_new_tokens, seed=cfg.seed)
@@ -148,9 +150,11 @@ class Orchestrator:
             n = len(corr)
             summary.update(trans)
             summary["revised_ci95"] = wilson_interval(round(trans["revised_accuracy"] * n), n)
-            write_jsonl(out / "eval_correction.jsonl", corr)
-        write_jsonl(out / "eval.jsonl", records)
-        write_json(out / "eval_summary.json", summary)
+        maybe_fault(phase, point="generated")
+        if cfg.pipeline == "self_correction":
+            write_jsonl(out / "eval_correction.jsonl", corr, fault_phase=phase)
+        write_jsonl(out / "eval.jsonl", records, fault_phase=phase)
+        write_json(out / "eval_summary.json", summary, fault_phase=phase)
         keep = ("strict_accuracy", "strict_ci95", "flexible_accuracy", "flexible_ci95", "n_samples", "tokens_per_s",
                 "first_accuracy", "revised_accuracy", "wrong_to_right", "right_to_wrong", "revised_ci95")  # fmt: skip
         return {k: summary[k] for k in keep if k in summary}
@@ -175,7 +179,7 @@ class Orchestrator:
                 self.log(round_line(r, info))
         finally:
             self.engines.close()
-        md, png = write_report(rd.path, rd.config(), rounds)
+        md, png = write_report(rd.path, rd.config(), rounds, fault_phase="report")
         rd.mark_done("report", report=str(md), plot=str(png) if png else None)
         self.log(f"report: {md}" + (f" (plot: {png})" if png else ""))
         return md

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from .faults import maybe_fault
 from .rundir import atomic_write_text
 
 __all__ = ["round_line", "write_report"]
@@ -39,7 +41,9 @@ def round_line(r: int, info: dict) -> str:
     return " ".join(parts)
 
 
-def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[Path, Path | None]:
+def write_report(
+    run_dir: Path, config: dict, rounds: dict[int, dict], fault_phase: str = ""
+) -> tuple[Path, Path | None]:
     """``rounds[r]`` maps phase name (generate, filter, train, eval) to its saved info."""
     pipeline = config["pipeline"]
     header = ["round", "generated", "kept rows", "questions kept", "train steps", "train loss", "strict accuracy",
@@ -76,10 +80,11 @@ def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[
         assert len(row) == len(header)
         lines.append("| " + " | ".join(row) + " |")
     png = _plot(run_dir, rounds)
+    maybe_fault(fault_phase, point="plot")
     if png is not None:
         lines += ["", f"![held-out accuracy by round]({png.name})"]
     lines += ["", "Round 0 is the starting model, evaluated before any training.", ""]
-    md = atomic_write_text(run_dir / "report.md", "\n".join(lines))
+    md = atomic_write_text(run_dir / "report.md", "\n".join(lines), fault_phase)
     return md, png
 
 
@@ -105,7 +110,7 @@ def _plot(run_dir: Path, rounds: dict[int, dict]) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = run_dir / ".accuracy.png.tmp.png"
+    tmp = run_dir / f".accuracy.png.tmp-{os.getpid()}.png"  # the suffix tells matplotlib the format
     fig.savefig(tmp)
     plt.close(fig)
     out = run_dir / "accuracy.png"

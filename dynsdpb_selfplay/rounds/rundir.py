@@ -30,21 +30,27 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserInputError
+from .faults import maybe_fault
 
-__all__ = ["RunDir", "atomic_write_text", "read_jsonl_records", "write_json", "write_jsonl"]
+__all__ = ["RunDir", "atomic_write_text", "read_jsonl_records", "stale_temporaries", "write_json", "write_jsonl"]
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
+_TMP_INFIX = ".tmp-"
+
+
+def atomic_write_text(path: Path, text: str, fault_phase: str = "") -> Path:
     """Write ``text`` to a temporary sibling, fsync, rename over ``path``. On failure (a full disk) the temporary
-    file is removed, ``path`` is untouched, and the ``OSError`` propagates."""
+    file is removed, ``path`` is untouched, and the ``OSError`` propagates. ``fault_phase``: the phase whose
+    ``write=<file name>`` fault point (see :mod:`.faults`) fires between the write and the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{_TMP_INFIX}{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        maybe_fault(fault_phase, write=path.name)
         os.replace(tmp, path)
     except OSError as e:  # a write error carries no file name: add it, so the message says where
         tmp.unlink(missing_ok=True)
@@ -57,12 +63,18 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return path
 
 
-def write_json(path: Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+def write_json(path: Path, obj, fault_phase: str = "") -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n", fault_phase)
 
 
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+def write_jsonl(path: Path, records: list[dict], fault_phase: str = "") -> Path:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return atomic_write_text(path, text, fault_phase)
+
+
+def stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary files an atomic write left behind when its process died (``.NAME.tmp-PID``)."""
+    return sorted(p for p in Path(folder).rglob(f".*{_TMP_INFIX}*") if p.is_file())
 
 
 def read_jsonl_records(path: Path) -> list[dict]:
@@ -137,7 +149,11 @@ class RunDir:
             raise corrupt("config.yaml", "not a mapping")
         if not isinstance(state, dict) or not isinstance(state.get("done"), list):
             raise corrupt("state.json", "no 'done' list")
-        return run.lock()
+        run.lock()
+        # Holding the lock, no other process writes here: a temporary file is left over from a killed one.
+        for tmp in stale_temporaries(path):
+            tmp.unlink()
+        return run
 
     def lock(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -183,7 +199,7 @@ class RunDir:
         if phase not in state["done"]:
             state["done"].append(phase)
         state.setdefault("info", {})[phase] = info
-        write_json(self.path / "state.json", state)
+        write_json(self.path / "state.json", state, fault_phase=phase)
 
     def phase_info(self, phase: str) -> dict:
         return self.state().get("info", {}).get(phase, {})

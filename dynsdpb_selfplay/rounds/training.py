@@ -7,6 +7,7 @@ as a plain safetensors directory ``round_r/model`` that every engine can load or
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -14,9 +15,38 @@ from pathlib import Path
 
 from ..errors import UserInputError
 from .config import RunConfig
-from .faults import maybe_fault
+from .faults import armed, maybe_fault
 
 __all__ = ["train_round"]
+
+
+def _drop_torn_checkpoints(trainer_dir: Path) -> None:
+    """Delete ``checkpoint-N`` folders without their trainer state: saves killed midway (see
+    :func:`~dynsdpb_selfplay.distill.trainer.last_complete_checkpoint`); the resumed run writes them again."""
+    for folder in Path(trainer_dir).glob("checkpoint-*"):
+        if folder.is_dir() and not (folder / "trainer_state.json").is_file():
+            shutil.rmtree(folder)
+
+
+def _finished(checkpoint: str | None) -> bool:
+    """Whether ``checkpoint`` is the last one of its training run (its step count reached the run's)."""
+    if checkpoint is None:
+        return False
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state["global_step"] >= state["max_steps"] > 0
+
+
+def _round_loss(log_history: list[dict]) -> float | None:
+    """Mean training loss over the round's steps from the logged per-step losses. Unlike ``TrainOutput.training_loss``
+    (the steps of the last ``train()`` call only) it does not change when the phase resumed from a checkpoint: the
+    log history before the checkpoint comes back with the trainer state."""
+    total = steps = last = 0
+    for h in log_history:
+        if "loss" in h and "step" in h:
+            total += h["loss"] * (h["step"] - last)
+            steps += h["step"] - last
+            last = h["step"]
+    return total / steps if steps else None
 
 
 def _bf16(setting: bool | None) -> bool:
@@ -35,12 +65,11 @@ def train_round(
     """Fine-tune ``init_model`` on ``rows``; returns a summary (``model`` is the directory of the new weights)."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainerState
     from trl import SFTConfig, SFTTrainer
 
     from ..distill.config import DistillationArguments, DynSDPBConfig
-    from ..distill.trainer import DatasetTooSmallError, DynSDPBTrainer
+    from ..distill.trainer import DatasetTooSmallError, DynSDPBTrainer, last_complete_checkpoint
 
     t = cfg.training
     step_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
@@ -59,7 +88,7 @@ def train_round(
         max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length, bf16=bf16,
         use_cpu=not torch.cuda.is_available(), seed=cfg.seed, save_strategy="steps", save_steps=t.save_steps,
-        save_total_limit=2, logging_steps=5, report_to="none", gradient_checkpointing=False,
+        save_total_limit=2, logging_steps=1, report_to="none", gradient_checkpointing=False,
         dataloader_num_workers=0, disable_tqdm=False,
     )  # fmt: skip
     common.update(t.extra)
@@ -95,23 +124,56 @@ def train_round(
         def on_step_end(self, args, state, control, **kw):
             maybe_fault(phase, step=state.global_step)
 
+        def on_save(self, args, state, control, **kw):
+            maybe_fault(phase, saved=state.global_step)
+
+    class ResumeTokenCount(TrainerCallback):
+        """TRL counts the trained tokens (``num_tokens`` in the logs) from 0 in every ``train()`` call: continue the
+        count of the checkpoint being resumed (its log history is restored by now)."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            counts = [h["num_tokens"] for h in state.log_history if "num_tokens" in h]
+            if counts and hasattr(trainer, "_total_train_tokens"):
+                trainer._total_train_tokens = int(counts[-1])
+
     trainer.add_callback(Fault())
-    last = get_last_checkpoint(str(trainer_dir)) if trainer_dir.is_dir() else None
+    trainer.add_callback(ResumeTokenCount())
+    if armed(phase):  # a torn checkpoint for the crash tests: weights (and targets) saved, trainer state not
+        save_model = trainer.save_model
+
+        def save_model_then_fault(output_dir=None, _internal_call=False):
+            save_model(output_dir, _internal_call=_internal_call)
+            if _internal_call:
+                maybe_fault(phase, torn=trainer.state.global_step)
+
+        trainer.save_model = save_model_then_fault
+    _drop_torn_checkpoints(trainer_dir)
+    last = last_complete_checkpoint(str(trainer_dir))
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=last)
+    if _finished(last):
+        # Killed after the last step: the checkpoint holds the final weights. (transformers resumed at max_steps
+        # would run one step more before it checks the step count.)
+        trainer._load_from_checkpoint(last)
+        trainer.state = TrainerState.load_from_json(os.path.join(last, "trainer_state.json"))
+        result = None
+    else:
+        result = trainer.train(resume_from_checkpoint=last)
+    maybe_fault(phase, point="trained")
     final = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     final.to(torch.bfloat16 if bf16 else torch.float32).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    maybe_fault(phase, point="model_tmp")
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     logs = [h for h in trainer.state.log_history if "loss" in h]
+    loss = _round_loss(trainer.state.log_history)
     return {
         "model": str(out_dir),
         "rows": len(rows),
         "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": loss if loss is not None or result is None else result.training_loss,
         "last_loss": logs[-1]["loss"] if logs else None,
         "resumed_from": last,
         "train_s": time.perf_counter() - start,
