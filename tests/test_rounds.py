@@ -73,6 +73,16 @@ def test_two_rounds_end_to_end(tmp_path, tiny, pipeline, capsys):
         assert rows and len({row["id"] for row in rows}) == len(rows)
         assert (run_dir / f"round_{r}" / "model" / "model.safetensors").exists()
         assert state["info"][f"round_{r}/train"]["steps"] == 4
+    # Where the wall time went: engine start once, generation inside the engine, round 1's weights handed over.
+    info = state["info"]
+    assert info["round_0/eval"]["engine_start_s"] > 0 and "engine_start_s" not in info["round_1/generate"]
+    assert info["round_1/generate"]["engine_generate_s"] > 0 and info["round_1/eval"]["weights_handoff_s"] > 0
+    sys.path.insert(0, str(TESTS.parent / "benchmarks"))
+    from bench_rounds import round_breakdown
+
+    row = round_breakdown(info, 2)
+    parts = row["generation_s"] + row["training_s"] + row["engine_start_s"] + row["overhead_s"]
+    assert row["overhead_s"] > 0 and parts == pytest.approx(row["wall_s"])
     # Round 2 generated from new questions with round 1's weights.
     assert {g["id"] for g in read(run_dir / "round_1/generations.jsonl")}.isdisjoint(
         {g["id"] for g in read(run_dir / "round_2/generations.jsonl")}
@@ -196,7 +206,8 @@ RESUMED_FROM = {
     "round_2/train:step=3": {2: "checkpoint-2"},
 }
 
-_TIMING = {"seconds", "train_s", "tokens_per_s", "generation_s", "wall_s", "load_s", "resumed_from"}
+_TIMING = {"seconds", "train_s", "tokens_per_s", "generation_s", "wall_s", "load_s", "resumed_from", "engine_start_s",
+           "weights_handoff_s", "engine_generate_s"}  # fmt: skip
 
 
 def _metrics(obj, run_dir: Path):

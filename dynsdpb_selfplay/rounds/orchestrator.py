@@ -30,16 +30,31 @@ __all__ = ["Orchestrator", "run"]
 
 
 class _EngineHolder:
-    """Creates the engine on first use and moves new weights into it."""
+    """Creates the engine on first use and moves new weights into it; times both, and the engine's generation, so
+    each phase can report where its wall time went (``timings``)."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, self.engine, self.weights = cfg, None, None
+        self.timings = {"engine_start_s": 0.0, "weights_handoff_s": 0.0, "engine_generate_s": 0.0}
 
     def get(self, weights: str) -> Engine:
+        start = time.perf_counter()
         if self.engine is None:
             self.engine = make_engine(weights, self.cfg.engine)
+            self.timings["engine_start_s"] += time.perf_counter() - start
+            generate_ids = self.engine.generate_ids
+
+            def timed(*args, **kwargs):
+                t = time.perf_counter()
+                try:
+                    return generate_ids(*args, **kwargs)
+                finally:
+                    self.timings["engine_generate_s"] += time.perf_counter() - t
+
+            self.engine.generate_ids = timed
         elif weights != self.weights:
             self.engine.update_weights(weights)
+            self.timings["weights_handoff_s"] += time.perf_counter() - start
         self.weights = weights
         return self.engine
 
@@ -66,9 +81,12 @@ class Orchestrator:
         """Run ``fn`` unless ``name`` is done; record its info and duration; return the info."""
         if self.run_dir.is_done(name):
             return self.run_dir.phase_info(name)
-        start = time.perf_counter()
+        start, before = time.perf_counter(), dict(self.engines.timings)
         info = fn(**kw)
         info["seconds"] = info.get("seconds", 0.0) + time.perf_counter() - start
+        for key, total in self.engines.timings.items():  # this phase's share of engine start, hand-off, generation
+            if total > before[key]:
+                info[key] = total - before[key]
         self.run_dir.mark_done(name, **info)
         maybe_fault(name, point="done")
         return info

@@ -1,0 +1,64 @@
+"""Round overhead: the share of each round's wall time that is neither generation nor training.
+
+Reads a finished ``dynsdpb run`` folder (its ``state.json`` records, per phase, the wall time and the parts spent
+in the engine's ``generate``, in ``Trainer.train``, in starting the engine and in moving new weights into it) and
+splits each round into: generation (engine generate calls of the generate and eval phases), training
+(``Trainer.train``), engine start (once per run), and overhead: everything else (filtering, scoring, reading and
+writing files, loading the model for training, merging and saving the round's weights, the weight hand-off to the
+engine, the report). Target: overhead under 2% of a round's wall time.
+
+    make demo && python benchmarks/bench_rounds.py runs/demo --out benchmarks/results/rounds_demo.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import save  # noqa: E402
+
+PHASES = ("generate", "filter", "train", "eval")
+
+
+def round_breakdown(info: dict, r: int) -> dict:
+    """Seconds per category for round ``r`` from the phase infos of ``state.json``."""
+    phases = {p: info.get(f"round_{r}/{p}", {}) for p in PHASES}
+    wall = sum(p.get("seconds", 0.0) for p in phases.values())
+    generation = sum(p.get("engine_generate_s", 0.0) for p in phases.values())
+    training = phases["train"].get("train_s", 0.0)
+    start = sum(p.get("engine_start_s", 0.0) for p in phases.values())
+    handoff = sum(p.get("weights_handoff_s", 0.0) for p in phases.values())
+    overhead = wall - generation - training - start
+    return {
+        "round": r, "wall_s": wall, "generation_s": generation, "training_s": training, "engine_start_s": start,
+        "weights_handoff_s": handoff, "overhead_s": overhead, "overhead_share": overhead / wall if wall else None,
+        "per_phase_s": {p: v.get("seconds", 0.0) for p, v in phases.items()},
+    }  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="a finished `dynsdpb run` folder")
+    p.add_argument("--out", help="JSON result path")
+    args = p.parse_args()
+    state = json.loads((Path(args.run_dir) / "state.json").read_text())
+    info = state["info"]
+    rounds = sorted({int(k.split("/")[0].split("_")[1]) for k in info if k.startswith("round_")} - {0})
+    if not any("engine_generate_s" in v for v in info.values()):
+        sys.exit(f"{args.run_dir}: no engine timings in state.json (run made before they were recorded?)")
+    rows = [round_breakdown(info, r) for r in rounds]
+    for row in rows:
+        print(f"round {row['round']}: wall {row['wall_s']:.1f} s = generation {row['generation_s']:.1f} + training "
+              f"{row['training_s']:.1f} + engine start {row['engine_start_s']:.1f} + overhead {row['overhead_s']:.2f} "
+              f"({100 * row['overhead_share']:.2f}%; weight hand-off {row['weights_handoff_s']:.2f} s)")  # fmt: skip
+    config = (Path(args.run_dir) / "config.yaml").read_text()
+    save({"benchmark": "rounds", "run_dir": args.run_dir, "config": config, "rounds": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main()
