@@ -1,4 +1,5 @@
-"""The shipped run configs load and validate, and name formats their tasks have."""
+"""The shipped configs load and validate: run configs (with formats their tasks have), `dynsdpb classify` configs
+(``nlu_*.yaml``) and accelerate configs."""
 
 from pathlib import Path
 
@@ -7,7 +8,9 @@ import pytest
 from dynsdpb_selfplay.rounds.config import load_config
 from dynsdpb_selfplay.tasks import get_task
 
-CONFIGS = sorted((Path(__file__).parent.parent / "pipelines" / "configs").glob("*.yaml"))
+ALL = sorted((Path(__file__).parent.parent / "pipelines" / "configs").glob("*.yaml"))
+CONFIGS = [p for p in ALL if not p.stem.startswith("nlu_")]
+NLU_CONFIGS = [p for p in ALL if p.stem.startswith("nlu_")]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -16,6 +19,19 @@ def test_shipped_config_is_valid(path):
     task = get_task(cfg.task.name, **cfg.task.options)
     fmt = task.get_format(name=cfg.task.format)
     assert fmt.chat or cfg.pipeline == "self_training"
+
+
+@pytest.mark.parametrize("path", NLU_CONFIGS, ids=[p.stem for p in NLU_CONFIGS])
+def test_shipped_classify_config_parses(path, gsm8k_data, monkeypatch):
+    from dynsdpb_selfplay.cli.classify import make_parser
+    from dynsdpb_selfplay.nlu.compare import load_splits
+
+    script_args, training_args = make_parser().parse_args_and_config(args=["--config", str(path)])
+    assert set(script_args.trainers) == {"plain", "dynsdpb"} and len(script_args.seeds) >= 3
+    assert training_args.distillation_schedule == "dynamic"
+    monkeypatch.setenv("DYNSDPB_GSM8K_DIR", str(gsm8k_data))
+    train, test = load_splits(script_args)
+    assert len(train) == script_args.limit and len(test) == script_args.eval_limit
 
 
 def test_there_are_demo_and_gpu_configs():
