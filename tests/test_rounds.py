@@ -9,6 +9,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import save_tiny_model
 
@@ -146,6 +147,9 @@ def test_existing_run_folder_is_not_overwritten_and_is_locked(tmp_path, tiny):
 
 def run_cli(args, fault=None, sig="KILL"):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "HF_HUB_OFFLINE": "1"}
+    # One intra-op thread: the tiny model gains nothing from more, and on a busy machine OpenMP threads spinning for
+    # a core made a run take 15-150 s instead of 6 s.
+    env.setdefault("OMP_NUM_THREADS", "1")
     if fault:
         env.update(DYNSDPB_FAULT=fault, DYNSDPB_FAULT_SIGNAL=sig)
     return subprocess.run([sys.executable, "-m", "dynsdpb_selfplay.cli", "run", *args], env=env, cwd=TESTS,
@@ -345,7 +349,7 @@ def test_resume_removes_temporaries_of_a_killed_process(tmp_path):
 
 
 @pytest.mark.parametrize("temperature,samples", [(0.0, 1), (1.0, 2)], ids=["greedy", "sampled"])
-def test_same_seed_and_config_give_the_same_run(tmp_path, tiny, monkeypatch, temperature, samples):
+def test_same_seed_and_config_give_the_same_run(tmp_path, tiny, monkeypatch, request, temperature, samples):
     """Determinism on CPU: the same generations (greedy or seeded sampling), rows, training batches, losses, weights
     and metrics. The two runs share a process, so nothing may depend on global RNG state left by the first."""
     from dynsdpb_selfplay.distill.trainer import INDEX_COLUMN, DynSDPBMixin
@@ -359,6 +363,9 @@ def test_same_seed_and_config_give_the_same_run(tmp_path, tiny, monkeypatch, tem
         return out, num_items
 
     monkeypatch.setattr(DynSDPBMixin, "get_batch_samples", record)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as run_cli's subprocesses: fast on a busy machine
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     cfg = config(tiny, rounds=1, **{"generation.temperature": temperature, "generation.samples": samples})
     runs, steps = [tmp_path / "a", tmp_path / "b"], []
     for run_dir in runs:
