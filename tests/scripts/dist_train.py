@@ -33,6 +33,13 @@ def main(out_dir: str, max_steps: int, resume: str | None) -> None:
     tag = "resumed" if resume else "full"
     with open(os.path.join(out_dir, f"{tag}-rank{rank}.json"), "w") as f:
         json.dump(record, f)
+    # Tear gloo down before the interpreter exits: left to exit, its threads can abort the process (SIGABRT,
+    # "terminate called without an active exception"; seen once in CI after a successful run).
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
