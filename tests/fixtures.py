@@ -156,3 +156,18 @@ def plain_overlap(trainer_cls):
             return OverlapSampler(len(self.train_dataset), step)
 
     return PlainOverlap
+
+
+def steps_of(seen: list[list[int]], accum: int) -> list[list[int]]:
+    """Recorded micro-batch rows grouped into optimizer steps of ``accum`` micro-batches."""
+    return [sum(seen[i : i + accum], []) for i in range(0, len(seen), accum)]
+
+
+def assert_repeats_previous_fresh_half(steps: list[list[int]]) -> None:
+    """Each step's repeated positions hold, in order, the previous step's fresh rows."""
+    from dynsdpb_selfplay.distill.sampler import is_fresh_position
+
+    for prev, cur in zip(steps, steps[1:], strict=False):
+        assert [x for i, x in enumerate(cur) if not is_fresh_position(i)] == [
+            x for i, x in enumerate(prev) if is_fresh_position(i)
+        ]

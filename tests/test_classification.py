@@ -6,7 +6,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures import classification_dataset, make_classifier, make_model, plain_overlap, recording
+from fixtures import (
+    assert_repeats_previous_fresh_half,
+    classification_dataset,
+    make_classifier,
+    make_model,
+    plain_overlap,
+    recording,
+    steps_of,
+)
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
 from dynsdpb_selfplay import DynSDPBClassificationConfig, DynSDPBClassificationTrainer, attach_dynsdpb
@@ -64,12 +72,9 @@ def params(trainer):
 @pytest.mark.parametrize("micro,accum", [(4, 1), (2, 2), (1, 4)])
 def test_each_step_repeats_the_previous_steps_fresh_half(tmp_path, tokenizer, micro, accum):
     t = run(tmp_path, tokenizer, per_device_train_batch_size=micro, gradient_accumulation_steps=accum, max_steps=10)
-    steps = [sum(t.seen[i : i + accum], []) for i in range(0, len(t.seen), accum)]
+    steps = steps_of(t.seen, accum)
     assert len(steps) == 10 and all(len(s) == 4 for s in steps)
-    for prev, cur in zip(steps, steps[1:], strict=False):
-        assert [x for i, x in enumerate(cur) if not is_fresh_position(i)] == [
-            x for i, x in enumerate(prev) if is_fresh_position(i)
-        ]
+    assert_repeats_previous_fresh_half(steps)
     assert sorted(x for s in steps[:8] for i, x in enumerate(s) if is_fresh_position(i)) == list(range(16))
     distilled = logged(t, "dynsdpb/distilled_tokens")  # a "token" is a sample here: 2 repeated per step
     assert distilled == [0] + [2] * 9

@@ -6,7 +6,15 @@ import warnings
 
 import pytest
 import torch
-from fixtures import arithmetic_dataset, make_model, plain_overlap, recording, sft_kwargs
+from fixtures import (
+    arithmetic_dataset,
+    assert_repeats_previous_fresh_half,
+    make_model,
+    plain_overlap,
+    recording,
+    sft_kwargs,
+    steps_of,
+)
 from trl import SFTConfig, SFTTrainer
 
 from dynsdpb_selfplay import DynSDPBConfig, DynSDPBTrainer, attach_dynsdpb
@@ -42,12 +50,9 @@ def params(trainer):
 @pytest.mark.parametrize("micro,accum", [(4, 1), (2, 2), (1, 4)])
 def test_each_step_repeats_the_previous_steps_fresh_half(tmp_path, tokenizer, micro, accum):
     t = run(tmp_path, tokenizer, per_device_train_batch_size=micro, gradient_accumulation_steps=accum, max_steps=10)
-    steps = [sum(t.seen[i : i + accum], []) for i in range(0, len(t.seen), accum)]
+    steps = steps_of(t.seen, accum)
     assert len(steps) == 10 and all(len(s) == 4 for s in steps)
-    for prev, cur in zip(steps, steps[1:], strict=False):
-        assert [x for i, x in enumerate(cur) if not is_fresh_position(i)] == [
-            x for i, x in enumerate(prev) if is_fresh_position(i)
-        ]
+    assert_repeats_previous_fresh_half(steps)
     # 16 examples, halves of 2: steps 0..7 are epoch 0 and see every example once as fresh; 8, 9 carry over.
     assert sorted(x for s in steps[:8] for i, x in enumerate(s) if is_fresh_position(i)) == list(range(16))
     distilled = losses(t, "dynsdpb/distilled_tokens")
