@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
+import statistics
 
 import pytest
 
 from dynsdpb_selfplay.errors import UserInputError
-from dynsdpb_selfplay.evaluate import wilson_interval
+from dynsdpb_selfplay.evaluate import mean_ci95, wilson_interval
 from dynsdpb_selfplay.tasks import GSM8K, Arith, Example, Task, get_task, register_task, score_response
 from dynsdpb_selfplay.tasks.gsm8k import gold_answer
 from dynsdpb_selfplay.tasks.scoring import extract, is_correct, lmeval_exact_match
@@ -171,3 +173,15 @@ def test_wilson_interval():
     assert lo == 0 and 0.03 < hi < 0.04
     lo, hi = wilson_interval(50, 100)
     assert 0.40 < lo < 0.41 and 0.59 < hi < 0.60
+
+
+def test_mean_ci95_is_the_student_t_interval():
+    mean, half = mean_ci95([0.1, 0.2, 0.3])  # stdev 0.1, t(0.975, 2) = 4.303
+    assert mean == pytest.approx(0.2) and half == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    mean, half = mean_ci95([1.0, 3.0])  # stdev sqrt(2), t(0.975, 1) = 12.706
+    assert mean == 2.0 and half == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2))
+    values = [float(v) for v in range(12)]  # 11 degrees of freedom: the next lower tabled t (10: 2.228), wider
+    assert mean_ci95(values)[1] == pytest.approx(2.228 * statistics.stdev(values) / math.sqrt(12))
+    assert math.isnan(mean_ci95([0.5])[1])
+    with pytest.raises(ValueError):
+        mean_ci95([])

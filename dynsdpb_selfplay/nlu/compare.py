@@ -14,20 +14,18 @@ crash loses at most the run in progress and a rerun skips finished runs) and ``s
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..evaluate import mean_ci95
 from .data import encoder_path, load_files, load_glue, metrics, split_by_group, steps_rows, verifier_rows
 
 __all__ = ["ClassificationArguments", "compare", "load_splits"]
 
 TRAINERS = ("plain", "dynsdpb")
-# Two-sided 97.5% Student t quantiles for n - 1 degrees of freedom (n seeds).
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 @dataclass
@@ -163,9 +161,8 @@ def summarize(runs: list[dict]) -> dict:
         for m in ("accuracy", "mcc", "f1", "steps", "train_seconds"):
             values = [r[m] for r in mine if r.get(m) is not None]
             if values:
-                half = _T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values)) \
-                    if len(values) > 1 else float("nan")  # fmt: skip
-                out[name][m] = {"mean": statistics.fmean(values), "ci95": half}
+                mean, half = mean_ci95(values)
+                out[name][m] = {"mean": mean, "ci95": half}
     return out
 
 

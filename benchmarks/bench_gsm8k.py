@@ -1,0 +1,372 @@
+"""Effect on accuracy: plain SFT, repetition alone, static DLB and DynSDPB fine-tuning of one model on the same gold
+solutions, scored on the same held-out questions, over seeds.
+
+Arms (each starts from the same base model, with the same LoRA, learning rate and batch shape):
+
+    sft      plain SFTTrainer, E epochs                 the baseline at equal epochs
+    sft_2x   plain SFTTrainer, 2E epochs                equal compute: DynSDPB's optimizer steps and sample visits
+    repeat   DynSDPB trainer with alpha = 0, E epochs   overlapping batches alone, no distillation
+    static   DynSDPB, fixed alpha and tau (DLB)
+    dynamic  DynSDPB, alpha and tau adapted per sample
+
+Half of every DynSDPB batch repeats the previous step's fresh half, so E epochs take twice plain SFT's optimizer
+steps: ``sft`` is the equal-epochs baseline and ``sft_2x`` the equal-compute one.
+
+For each task of the config, each (arm, seed) run trains with the rounds' trainer (``train_round``: resumable
+checkpoints, LoRA merged into the saved weights); one long-lived engine (vLLM when installed) takes the new weights in
+place and scores the test subset greedily. Per run: strict and flexible accuracy, optimizer steps, training seconds,
+and from the trainer's log the per-step CE, KL and distillation term alpha*tau^2*KL, so one sees whether the
+regulariser does any work. A ``pipeline`` section also runs a ``dynsdpb run`` config once per trainer (sft, dynsdpb).
+
+    DYNSDPB_GSM8K_DIR=../shared/data/gsm8k .venv/bin/python benchmarks/bench_gsm8k.py \\
+        --config benchmarks/configs/gsm8k_cpu.yaml --out benchmarks/results/gsm8k_cpu.json
+
+Every finished run is appended to ``<work_dir>/runs.jsonl`` at once and a rerun skips it (a training run cut short
+resumes from its checkpoint), so a crash costs at most the run in progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import yaml  # noqa: E402
+from common import save  # noqa: E402
+
+from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
+
+ARMS = {  # name -> (trainer, epochs multiplier, distillation overrides)
+    "sft": ("sft", 1, None),
+    "sft_2x": ("sft", 2, None),
+    "repeat": ("dynsdpb", 1, {"alpha": 0.0, "schedule": "static"}),
+    "static": ("dynsdpb", 1, {"schedule": "static"}),
+    "dynamic": ("dynsdpb", 1, {"schedule": "dynamic"}),
+}
+KEYS = {"model", "seeds", "arms", "work_dir", "engine", "training", "distillation", "tasks", "pipeline"}
+CURVE = {"loss": "loss", "ce": "dynsdpb/ce", "kl": "dynsdpb/kl", "kd": "dynsdpb/kd_loss", "alpha": "dynsdpb/alpha",
+         "tau": "dynsdpb/temperature", "distilled": "dynsdpb/distilled_tokens"}  # fmt: skip
+
+
+def load_bench_config(path: str) -> dict:
+    """The benchmark YAML; unknown keys name the file. Each run's settings are checked as a run config later."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserInputError(f"{path}: cannot read the benchmark config ({e})") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: expected a mapping at the top level")
+    for key in data:
+        if key not in KEYS:
+            raise UserInputError(f"{path}: {key}: unknown key; known: {', '.join(sorted(KEYS))}")
+    for arm in data.get("arms", []):
+        if arm not in ARMS:
+            raise UserInputError(f"{path}: arms: unknown arm {arm!r}; arms: {', '.join(ARMS)}")
+    if not data.get("tasks"):
+        raise UserInputError(f"{path}: tasks: give at least one task (name, train_limit, eval_limit, ...)")
+    return data
+
+
+def run_config(bench: dict, task: dict, arm: str, seed: int, source: str):
+    """The validated :class:`RunConfig` of one run: the task's section, the arm's trainer, epochs and distillation."""
+    from dynsdpb_selfplay.rounds.config import from_dict
+
+    trainer, mult, distill = ARMS[arm]
+    task = dict(task)
+    max_new = task.pop("max_new_tokens", 256)
+    training = dict(bench.get("training", {}))
+    training["trainer"] = trainer
+    training["num_train_epochs"] = mult * training.get("num_train_epochs", 1.0)
+    training["distillation"] = {**bench.get("distillation", {}), **distill} if distill is not None else {}
+    data = {"model": bench.get("model", "smollm2-135m-instruct"), "seed": seed, "rounds": 1, "task": task,
+            "training": training, "evaluation": {"max_new_tokens": max_new},
+            "engine": bench.get("engine", {})}  # fmt: skip
+    return from_dict(data, source=f"{source} (task {task.get('name')}, arm {arm})")
+
+
+def gold_rows(task, fmt, examples) -> list[dict]:
+    """Prompt/completion rows from the reference solutions, calculator notes (``<<48/2=24>>``) removed."""
+    rows = []
+    for ex in examples:
+        prompt = task.build_prompt(ex, fmt)
+        text = re.sub(r"<<[^>]*>>", "", ex.solution).strip()
+        completion = [{"role": "assistant", "content": text}] if isinstance(prompt, list) else " " + text
+        rows.append({"id": ex.id, "prompt": prompt, "completion": completion})
+    return rows
+
+
+def training_curve(trainer_dir: Path) -> dict:
+    """Per-step ``loss`` and ``dynsdpb/*`` values from the last complete checkpoint's log (empty if none)."""
+    from dynsdpb_selfplay.distill.core import last_complete_checkpoint
+
+    last = last_complete_checkpoint(str(trainer_dir))
+    if last is None:
+        return {}
+    history = json.loads((Path(last) / "trainer_state.json").read_text())["log_history"]
+    steps = [h for h in history if "loss" in h and "step" in h]
+    curve = {"step": [h["step"] for h in steps]}
+    for name, key in CURVE.items():
+        if any(key in h for h in steps):
+            curve[name] = [h.get(key) for h in steps]
+    return curve
+
+
+def curve_means(curve: dict) -> dict:
+    """Means over training; ``kd_over_ce`` is the distillation term per distilled token over the CE per token. KL,
+    KD, alpha and tau average the steps that distilled (not the first, whose repeats have no stored targets yet);
+    plain SFT's CE is its loss."""
+    steps = len(curve.get("step", []))
+    distilled = curve.get("distilled") or [0] * steps
+    out = {"mean_ce": None, "mean_kd": None}
+    for name in ("ce", "kl", "kd", "alpha", "tau"):
+        if name == "ce" and "ce" not in curve:
+            values = [v for v in curve.get("loss", []) if v is not None]
+        else:
+            values = [v for v, d in zip(curve.get(name, []), distilled, strict=False) if v is not None and d]
+        if name == "ce" or name in curve:
+            out[f"mean_{name}"] = sum(values) / len(values) if values else None
+    if out["mean_kd"] is not None and out["mean_ce"]:
+        out["kd_over_ce"] = out["mean_kd"] / out["mean_ce"]
+    return out
+
+
+def eval_record(engine, task, fmt, cfg, weights: str) -> dict:
+    from dynsdpb_selfplay.engines.base import SamplingConfig
+    from dynsdpb_selfplay.evaluate import evaluate
+
+    examples = task.load(cfg.task.eval_split, limit=cfg.task.eval_limit)
+    greedy = SamplingConfig(max_new_tokens=cfg.evaluation.max_new_tokens, seed=cfg.seed)
+    s = evaluate(engine, task, examples, fmt, greedy, model_name=weights, split=cfg.task.eval_split).summary
+    keep = ("strict_accuracy", "flexible_accuracy", "n_samples", "truncated", "generated_tokens", "wall_s")
+    return {k: s[k] for k in keep}
+
+
+def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, source: str) -> None:
+    """Every missing (arm, seed) run of one task, and the base model's score (arm ``base``)."""
+    from dynsdpb_selfplay.engines import make_engine
+    from dynsdpb_selfplay.models import resolve_model
+    from dynsdpb_selfplay.rounds.training import train_round
+    from dynsdpb_selfplay.tasks import get_task
+
+    name = task_spec["name"]
+    todo = [(arm, seed) for seed in args.seeds for arm in args.arms if (name, arm, seed) not in done]
+    if (name, "base", 0) not in done:
+        todo.insert(0, ("base", 0))
+    if not todo:
+        return
+    first = run_config(bench, task_spec, args.arms[0], args.seeds[0], source)
+    task = get_task(first.task.name, **first.task.options)
+    fmt = task.get_format(name=first.task.format)
+    base = resolve_model(first.model)
+    engine = make_engine(base, first.engine)
+    try:
+        for arm, seed in todo:
+            cfg = first if arm == "base" else run_config(bench, task_spec, arm, seed, source)
+            record = {"task": name, "arm": arm, "seed": seed}
+            weights = base
+            if arm != "base":
+                examples = task.load(cfg.task.train_split, limit=cfg.task.train_limit)
+                folder = args.work_dir / name / f"{arm}-seed{seed}"
+                print(f"[bench_gsm8k] {name} {arm} seed {seed}: training on {len(examples)} solutions", flush=True)
+                info = train_round(gold_rows(task, fmt, examples), base, folder / "model", folder / "trainer", cfg,
+                                   phase=f"{name}/{arm}/{seed}")  # fmt: skip
+                if "skipped" in info:
+                    raise UserInputError(f"{name} {arm} seed {seed}: training skipped: {info['skipped']}")
+                curve = training_curve(folder / "trainer")
+                record.update(trainer=info["trainer"], rows=info["rows"], steps=info["steps"],
+                              train_loss=info["train_loss"], train_s=info["train_s"], curve=curve,
+                              **curve_means(curve))  # fmt: skip
+                weights = info["model"]
+            engine.update_weights(weights)
+            record.update(eval_record(engine, task, fmt, cfg, weights))
+            print(f"[bench_gsm8k] {name} {arm} seed {seed}: strict {record['strict_accuracy']:.3f} flexible "
+                  f"{record['flexible_accuracy']:.3f}", flush=True)  # fmt: skip
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if arm != "base" and not args.keep_models:
+                shutil.rmtree(args.work_dir / name / f"{arm}-seed{seed}")
+    finally:
+        engine.close()
+
+
+def run_pipelines(spec: dict, args, source: str) -> list[dict]:
+    """``dynsdpb run`` of the pipeline config once per trainer (resumed if cut short); per-round accuracy and steps."""
+    from bench_rounds import round_breakdown
+
+    path = Path(spec["config"])
+    base = yaml.safe_load(path.read_text())
+    out = []
+    for trainer in spec.get("trainers", ["sft", "dynsdpb"]):
+        run_dir = args.work_dir / f"pipeline_{trainer}"
+        state_path = run_dir / "state.json"
+        state = json.loads(state_path.read_text()) if state_path.exists() else {"done": []}
+        if "report" not in state["done"]:
+            cli = [sys.executable, "-m", "dynsdpb_selfplay.cli", "run"]
+            if state_path.exists():
+                cli += ["--resume", str(run_dir)]
+            else:
+                config = {**base, "training": {**base.get("training", {}), "trainer": trainer}}
+                config.pop("run_dir", None)
+                cfg_path = args.work_dir / f"pipeline_{trainer}.yaml"
+                cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+                cli += [str(cfg_path), "--run-dir", str(run_dir)]
+            print(f"[bench_gsm8k] pipeline {path} with trainer {trainer}: {' '.join(cli)}", flush=True)
+            if subprocess.run(cli).returncode != 0:
+                raise UserInputError(f"{source}: pipeline run {run_dir} failed (see its output above)")
+            state = json.loads(state_path.read_text())
+        info = state["info"]
+        rounds = sorted({int(k.split("/")[0].split("_")[1]) for k in info if k.startswith("round_")})
+        out.append({
+            "trainer": trainer, "config": str(path), "run_dir": str(run_dir),
+            "rounds": [{"round": r, **{k: info.get(f"round_{r}/eval", {}).get(k) for k in
+                        ("strict_accuracy", "flexible_accuracy", "n_samples")},
+                        "train_rows": info.get(f"round_{r}/train", {}).get("rows"),
+                        "steps": info.get(f"round_{r}/train", {}).get("steps"),
+                        **({"time": round_breakdown(info, r)} if r else {})} for r in rounds],
+        })  # fmt: skip
+    return out
+
+
+def read_runs(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per task and arm: mean and 95% t-interval over seeds; per arm the paired difference to each SFT baseline."""
+    from dynsdpb_selfplay.evaluate import mean_ci95
+
+    out = {}
+    for task in dict.fromkeys(r["task"] for r in runs):
+        mine = [r for r in runs if r["task"] == task]
+        by = {(r["arm"], r["seed"]): r for r in mine}
+        out[task] = {}
+        for arm in dict.fromkeys(r["arm"] for r in mine):
+            rs = [r for r in mine if r["arm"] == arm]
+            cell = {"seeds": len(rs)}
+            for key in ("strict_accuracy", "flexible_accuracy", "steps", "train_s", "mean_ce", "mean_kl", "mean_kd",
+                        "kd_over_ce"):  # fmt: skip
+                values = [r[key] for r in rs if r.get(key) is not None]
+                if values:
+                    cell[key] = dict(zip(("mean", "ci95"), mean_ci95(values), strict=True))
+            for baseline in ("sft", "sft_2x"):
+                pairs = [(r, by[(baseline, r["seed"])]) for r in rs if (baseline, r["seed"]) in by]
+                if arm not in ("base", baseline) and pairs:
+                    diffs = [a["flexible_accuracy"] - b["flexible_accuracy"] for a, b in pairs]
+                    cell[f"flexible_minus_{baseline}"] = dict(zip(("mean", "ci95"), mean_ci95(diffs), strict=True))
+            out[task][arm] = cell
+    return out
+
+
+def markdown(summary: dict) -> str:
+    def cell(s, key, scale=100.0, digits=1):
+        if key not in s:
+            return "-"
+        m, h = s[key]["mean"] * scale, s[key]["ci95"] * scale
+        return f"{m:.{digits}f}" if h != h else f"{m:.{digits}f} ± {h:.{digits}f}"
+
+    lines = []
+    for task, arms in summary.items():
+        lines += [f"**{task}** (mean ± 95% t-interval over seeds; accuracy in %)", "",
+                  "| arm | seeds | strict | flexible | flexible − sft | flexible − sft_2x | steps | KD/CE per token |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for arm, s in arms.items():
+            lines.append(f"| {arm} | {s['seeds']} | {cell(s, 'strict_accuracy')} | {cell(s, 'flexible_accuracy')} | "
+                         f"{cell(s, 'flexible_minus_sft')} | {cell(s, 'flexible_minus_sft_2x')} | "
+                         f"{cell(s, 'steps', 1, 0)} | {cell(s, 'kd_over_ce', 1, 4)} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, runs: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(summary)
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.5 * (len(tasks) + 1), 3.6))
+    for ax, task in zip(axes, tasks, strict=False):
+        arms = list(summary[task])
+        acc = [summary[task][a]["flexible_accuracy"] for a in arms]
+        errors = [0 if s["ci95"] != s["ci95"] else 100 * s["ci95"] for s in acc]
+        ax.bar(range(len(arms)), [100 * s["mean"] for s in acc], yerr=errors, capsize=3)
+        ax.set_xticks(range(len(arms)), arms, fontsize=8)
+        ax.set_ylabel("flexible accuracy, %")
+        ax.set_title(f"{task}: mean ± 95% CI over seeds", fontsize=9)
+    ax = axes[-1]
+    for r in runs:
+        c = r.get("curve", {})
+        if r["seed"] == min(x["seed"] for x in runs) and c.get("kd") and c.get("ce"):
+            ratio = [kd / ce if kd is not None and ce else None for kd, ce in zip(c["kd"], c["ce"], strict=True)]
+            ax.plot(c["step"], ratio, label=f"{r['task']} {r['arm']}", lw=0.9)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("distillation term / CE (per token)")
+    ax.set_title("does the regulariser do any work?", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="benchmark YAML (benchmarks/configs/gsm8k_{cpu,gpu}.yaml)")
+    g = p.add_argument_group("overrides")
+    g.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
+    g.add_argument("--arms", nargs="+", choices=list(ARMS), help="arms (default: the config's)")
+    g.add_argument("--tasks", nargs="+", help="only these task names of the config")
+    g.add_argument("--work-dir", help="checkpoints and runs.jsonl (default: the config's work_dir)")
+    g.add_argument("--no-pipeline", action="store_true", help="skip the sft-vs-dynsdpb pipeline runs")
+    g.add_argument("--keep-models", action="store_true", help="keep each run's weights (default: delete once scored)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", help="JSON result path (a PNG plot and a .md table are written beside it)")
+    args = p.parse_args()
+    try:
+        bench = load_bench_config(args.config)
+        args.seeds = args.seeds or bench.get("seeds", [0, 1, 2])
+        args.arms = args.arms or bench.get("arms", list(ARMS))
+        args.work_dir = Path(args.work_dir or bench.get("work_dir", "runs/bench_gsm8k"))
+        tasks = [t for t in bench["tasks"] if not args.tasks or t.get("name") in args.tasks]
+        for t in tasks:  # every run's config is checked before hours of training
+            for arm in args.arms:
+                run_config(bench, t, arm, args.seeds[0], args.config)
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        log_path = args.work_dir / "runs.jsonl"
+        start = time.perf_counter()
+        for t in tasks:
+            run_task(bench, t, args, {(r["task"], r["arm"], r["seed"]) for r in read_runs(log_path)}, log_path,
+                     args.config)  # fmt: skip
+        pipelines = []
+        if bench.get("pipeline") and not args.no_pipeline:
+            pipelines = run_pipelines(bench["pipeline"], args, args.config)
+    except UserInputError as e:
+        print(f"bench_gsm8k: error: {e}", file=sys.stderr)
+        return 2
+    runs = [r for r in read_runs(log_path) if r["task"] in {t["name"] for t in tasks}]
+    summary = summarize(runs)
+    table = markdown(summary)
+    print(table)
+    for pl in pipelines:
+        print(f"pipeline {pl['trainer']}: " + ", ".join(
+            f"round {r['round']} flexible {100 * r['flexible_accuracy']:.1f}%" for r in pl["rounds"]))  # fmt: skip
+    if args.out:
+        config = {**bench, "seeds": args.seeds, "arms": args.arms, "work_dir": str(args.work_dir)}
+        save({"benchmark": "gsm8k", "config": config, "summary": summary, "pipelines": pipelines, "runs": runs,
+              "wall_s_this_invocation": time.perf_counter() - start}, args.out)  # fmt: skip
+        stem = os.path.splitext(args.out)[0]
+        Path(stem + ".md").write_text(table)
+        plot(summary, runs, stem + ".png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
