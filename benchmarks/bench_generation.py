@@ -1,12 +1,12 @@
 """Generation throughput: vLLM against transformers ``generate`` on the same prompts and weights, and what the
 project's engine layer costs over each raw engine.
 
-For each prompt format (zero-shot chat, 8-shot ``gsm8k_cot``) and batch size, the same GSM8K test prompts go, in
-interleaved order, through (a) our ``Engine.generate_ids`` and (b) the raw engine underneath it (``LLM.generate`` with
-token prompts; ``model.generate`` on one left-padded batch). Greedy decoding, plus ``n=4`` sampling at batch 8.
-Reported: generated tokens/s of each, the vLLM/transformers ratio through our layer, and our layer's share of the
-raw engine's throughput (target >= 0.95). Then the cost of moving new weights into the running vLLM engine
-(``update_weights``) against starting a new engine.
+For each prompt format (zero-shot chat, 8-shot ``gsm8k_cot``) and batch size, the same GSM8K test prompts go, group
+by group with alternating order, through (a) our ``Engine.generate_ids`` and (b) the raw engine underneath it
+(``LLM.generate`` with token prompts; ``model.generate`` on one left-padded batch). Greedy decoding, plus ``n=4``
+sampling at batch 8. Reported: generated tokens/s of each, the vLLM/transformers ratio through our layer, and our
+layer's share of the raw engine's throughput (target >= 0.95). Then the cost of moving new weights into the running
+vLLM engine (``update_weights``) against starting a new engine.
 
     python benchmarks/bench_generation.py --out benchmarks/results/generation_smollm2.json
 
@@ -63,11 +63,21 @@ def ours(engine, group, sampling) -> int:
     return sum(len(c.token_ids) for g in engine.generate_ids(group, sampling) for c in g.completions)
 
 
-def measure(fn, engine, prompts, batch, sampling) -> tuple[int, float]:
-    tokens, start = 0, time.perf_counter()
-    for i in range(0, len(prompts), batch):
-        tokens += fn(engine, prompts[i : i + batch], sampling)
-    return tokens, time.perf_counter() - start
+def measure_pair(raw, ours, engine, prompts, batch, sampling) -> dict[str, tuple[int, float]]:
+    """Generated tokens and seconds of each layer over the same groups of ``batch`` prompts, alternating which layer
+    goes first group by group (an even number of groups: the last one repeats when needed), so that load changes on
+    a shared machine and vLLM's cache of the previous call's prompts favour neither layer."""
+    groups = [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
+    if len(groups) % 2:
+        groups.append(groups[-1])
+    totals = {"raw": [0, 0.0], "engine": [0, 0.0]}
+    for k, group in enumerate(groups):
+        order = (("raw", raw), ("engine", ours)) if k % 2 == 0 else (("engine", ours), ("raw", raw))
+        for layer, fn in order:
+            start = time.perf_counter()
+            totals[layer][0] += fn(engine, group, sampling)
+            totals[layer][1] += time.perf_counter() - start
+    return {layer: (tokens, seconds) for layer, (tokens, seconds) in totals.items()}
 
 
 def child(args) -> dict:
@@ -83,13 +93,13 @@ def child(args) -> dict:
     raw = raw_vllm if args.backend == "vllm" else raw_hf
     greedy = SamplingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
     sampled = SamplingConfig(n=4, temperature=0.8, top_p=0.95, seed=0, max_new_tokens=args.max_new_tokens)
-    plan = [(fmt, b, greedy) for fmt in FORMATS for b in args.batch_sizes] + [(fmt, 8, sampled) for fmt in FORMATS]
+    plan = [(fmt, b, greedy) for fmt in args.formats for b in args.batch_sizes]
+    plan += [(fmt, 8, sampled) for fmt in args.formats]
     for fmt, batch, sampling in plan:
         n_prompts = args.prompts if not (args.backend == "hf" and "8shot" in fmt) else args.hf_fewshot_prompts
         prompts = prompts_for(engine, fmt, n_prompts)
-        measure(ours, engine, prompts[:1], 1, greedy)  # warm-up (and vLLM prefix cache of the shared shots)
-        for layer, fn in (("raw", raw), ("engine", ours)) if batch % 2 else (("engine", ours), ("raw", raw)):
-            tokens, seconds = measure(fn, engine, prompts, batch, sampling)
+        ours(engine, prompts[:1], greedy)  # warm-up (and vLLM prefix cache of the shared shots)
+        for layer, (tokens, seconds) in measure_pair(raw, ours, engine, prompts, batch, sampling).items():
             row = {"format": fmt, "batch": batch, "n": sampling.n, "layer": layer, "prompts": len(prompts),
                    "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}  # fmt: skip
             result["rows"].append(row)
@@ -146,8 +156,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_argument_group("workload")
     g.add_argument("--model", default="smollm2-135m-instruct")
-    g.add_argument("--prompts", type=int, default=32, help="GSM8K test prompts per configuration")
-    g.add_argument("--hf-fewshot-prompts", type=int, default=8, help="fewer for transformers on 8-shot (slow)")
+    g.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS, help="prompt formats")
+    g.add_argument("--prompts", type=int, default=64, help="GSM8K test prompts per configuration")
+    g.add_argument("--hf-fewshot-prompts", type=int, default=16, help="fewer for transformers on 8-shot (slow)")
     g.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--dtype", default="bfloat16")

@@ -78,6 +78,39 @@ def build_trainer(args, variant: str, output_dir: str):
     return trainer
 
 
+def matmul_peak_gflops(dtype_name: str, size: int = 2048, seconds: float = 3.0) -> float:
+    """This machine's dense matmul throughput in ``dtype`` (best of ~1 s windows of ``size``-square products)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t, n = time.perf_counter(), 0
+        while time.perf_counter() - t < seconds / 3:
+            a @ b
+            n += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * size**3 * n / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def model_flops_per_step(args) -> float:
+    """Useful FLOPs of one optimizer step, the same for every variant (PaLM's accounting): per token 6 N (forward 2 N,
+    backward 4 N) plus attention 12 L d s; with LoRA the frozen weights get no weight gradient, so 4 N + 8 L d s.
+    N counts every parameter (the tied embedding once); tokens are batch x seq_len."""
+    m = MODELS[args.model]
+    d, layers, kv = m["hidden_size"], m["num_hidden_layers"], m["num_key_value_heads"]
+    head = m.get("head_dim", d // m["num_attention_heads"])
+    per_layer = 2 * d * d + 2 * d * kv * head + 3 * d * m["intermediate_size"]
+    n = layers * per_layer + m["vocab_size"] * d
+    tokens = args.batch * args.seq_len
+    dense, attention = (4, 8) if args.lora else (6, 12)
+    return tokens * (dense * n + attention * layers * d * args.seq_len)
+
+
 def time_steps(args, variant: str, output_dir: str) -> list[float]:
     import torch
     from transformers import TrainerCallback
@@ -176,6 +209,9 @@ def main() -> None:
                 times[v] += time_steps(args, v, os.path.join(d, f"{v}-{r}"))
                 print(f"[{r}] {v}: median {statistics.median(times[v]):.3f} s/step", flush=True)
     memory = {} if args.no_memory else {v: child_peak(args, v) for v in args.variants}
+    dtype = "bfloat16" if args.bf16 else "float32"
+    peak = matmul_peak_gflops(dtype)
+    flops = model_flops_per_step(args)
     base = statistics.median(times["plain"]) if "plain" in times else None
     result = {
         "benchmark": "bench_step",
@@ -187,11 +223,17 @@ def main() -> None:
         "memory_ratio_vs_plain": {v: m["peak"] / memory["plain"]["peak"] for v, m in memory.items()}
         if "plain" in memory
         else None,
+        "model_flops_per_step": flops,
+        "matmul_peak_gflops": {dtype: peak},
+        "achieved_gflops": {v: flops / statistics.median(t) / 1e9 for v, t in times.items()},
+        "share_of_matmul_peak": {v: flops / statistics.median(t) / 1e9 / peak for v, t in times.items()},
         # Every example is seen twice per epoch under DynSDPB: twice the steps at equal batch shape.
         "epoch_cost_ratio_vs_plain": {v: (1 if v == "plain" else 2) * statistics.median(t) / base
                                       for v, t in times.items()} if base else None,
     }  # fmt: skip
-    print(json.dumps({k: result[k] for k in ("median_step_s", "time_ratio_vs_plain", "memory_ratio_vs_plain")}))
+    keys = ("median_step_s", "time_ratio_vs_plain", "memory_ratio_vs_plain", "matmul_peak_gflops",
+            "share_of_matmul_peak")  # fmt: skip
+    print(json.dumps({k: result[k] for k in keys}))
     save(result, args.out)
 
 

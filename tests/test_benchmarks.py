@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,48 @@ def test_bench_gsm8k_config_errors_name_the_file_and_key(tmp_path, change, match
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("bench_gsm8k: error:")
     assert re.search(match, proc.stderr), proc.stderr
+
+
+def test_generation_bench_alternates_layers_and_computes_ratios():
+    sys.path.insert(0, str(BENCH))
+    from bench_generation import measure_pair, summarize
+
+    calls = []
+
+    def layer(name):
+        return lambda engine, group, sampling: calls.append((name, tuple(group))) or 10 * len(group)
+
+    # 5 prompts at batch 2: groups [0,1], [2,3], [4] and [4] again, so each layer goes first twice.
+    totals = measure_pair(layer("raw"), layer("engine"), None, list(range(5)), 2, None)
+    assert [name for name, _ in calls] == ["raw", "engine", "engine", "raw"] * 2
+    assert [g for name, g in calls if name == "raw"] == [(0, 1), (2, 3), (4,), (4,)]
+    assert totals["raw"][0] == totals["engine"][0] == 60 and totals["raw"][1] > 0
+
+    def rows(backend, raw_tps, engine_tps):
+        return {"backend": backend, "engine_start_s": 20.0 if backend == "vllm" else 0.5, "rows": [
+            {"format": "chat-0shot", "batch": 8, "n": 1, "layer": "raw", "tokens_per_s": raw_tps},
+            {"format": "chat-0shot", "batch": 8, "n": 1, "layer": "engine", "tokens_per_s": engine_tps}]}  # fmt: skip
+
+    summary = summarize([{**rows("vllm", 400.0, 380.0), "update_weights_s": 0.25}, rows("hf", 200.0, 190.0)])
+    (ratio,) = summary["ratios"]
+    assert ratio["vllm_over_hf"] == pytest.approx(2.0) and ratio["vllm_layer_share"] == pytest.approx(0.95)
+    assert ratio["hf_layer_share"] == pytest.approx(0.95) and summary["vllm_new_engine_over_update"] == 80.0
+
+
+def test_step_bench_counts_the_flops_of_the_model_it_builds():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sys.path.insert(0, str(BENCH))
+    from bench_step import MODELS, matmul_peak_gflops, model_flops_per_step
+
+    shape = MODELS["smollm2-135m-shape"]
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=True))
+    n = sum(p.numel() for p in model.parameters())  # 134.5 M; the formula leaves out the norms' 35 k
+    attention = 30 * 576 * 256
+    for lora, (dense, attn) in ((False, (6, 12)), (True, (4, 8))):
+        args = types.SimpleNamespace(model="smollm2-135m-shape", batch=4, seq_len=256, lora=lora)
+        expected = 4 * 256 * (dense * n + attn * attention)
+        assert model_flops_per_step(args) == pytest.approx(expected, rel=5e-4)
+    assert matmul_peak_gflops("float32", size=128, seconds=0.3) > 0
