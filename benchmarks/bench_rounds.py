@@ -41,10 +41,34 @@ def round_breakdown(info: dict, r: int) -> dict:
     }  # fmt: skip
 
 
+def plot(rows: list[dict], path: str) -> None:
+    """One stacked bar per round: where its wall time went, with the overhead share written on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = (("generation_s", "generation"), ("training_s", "training"), ("engine_start_s", "engine start"),
+             ("overhead_s", "overhead"))  # fmt: skip
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bottom = [0.0] * len(rows)
+    for key, label in parts:
+        values = [r[key] for r in rows]
+        ax.bar([f"round {r['round']}" for r in rows], values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    for i, r in enumerate(rows):
+        ax.annotate(f"overhead {100 * r['overhead_share']:.2f}%", (i, bottom[i]), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("seconds")
+    ax.set_title("Where a round's wall time goes", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a finished `dynsdpb run` folder")
-    p.add_argument("--out", help="JSON result path")
+    p.add_argument("--out", help="JSON result path (a PNG plot is written beside it)")
     args = p.parse_args()
     state = json.loads((Path(args.run_dir) / "state.json").read_text())
     info = state["info"]
@@ -58,6 +82,8 @@ def main() -> None:
               f"({100 * row['overhead_share']:.2f}%; weight hand-off {row['weights_handoff_s']:.2f} s)")  # fmt: skip
     config = (Path(args.run_dir) / "config.yaml").read_text()
     save({"benchmark": "rounds", "run_dir": args.run_dir, "config": config, "rounds": rows}, args.out)
+    if args.out:
+        plot(rows, os.path.splitext(args.out)[0] + ".png")
 
 
 if __name__ == "__main__":

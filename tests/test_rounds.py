@@ -79,11 +79,13 @@ def test_two_rounds_end_to_end(tmp_path, tiny, pipeline, capsys):
     assert info["round_0/eval"]["engine_start_s"] > 0 and "engine_start_s" not in info["round_1/generate"]
     assert info["round_1/generate"]["engine_generate_s"] > 0 and info["round_1/eval"]["weights_handoff_s"] > 0
     sys.path.insert(0, str(TESTS.parent / "benchmarks"))
-    from bench_rounds import round_breakdown
+    from bench_rounds import plot, round_breakdown
 
     row = round_breakdown(info, 2)
     parts = row["generation_s"] + row["training_s"] + row["engine_start_s"] + row["overhead_s"]
     assert row["overhead_s"] > 0 and parts == pytest.approx(row["wall_s"])
+    plot([round_breakdown(info, 1), row], str(tmp_path / "rounds.png"))
+    assert (tmp_path / "rounds.png").stat().st_size > 1000
     # Round 2 generated from new questions with round 1's weights.
     assert {g["id"] for g in read(run_dir / "round_1/generations.jsonl")}.isdisjoint(
         {g["id"] for g in read(run_dir / "round_2/generations.jsonl")}
