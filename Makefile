@@ -6,7 +6,14 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test lint demo
+# Benchmarks (each writes JSON, and a PNG where one helps, to benchmarks/results/; see benchmarks/README.md).
+# GSM8K comes from $(GSM8K_DIR) (train.jsonl + test.jsonl), else from the hub when online.
+GSM8K_DIR ?= ../shared/data/gsm8k
+export DYNSDPB_GSM8K_DIR ?= $(if $(wildcard $(GSM8K_DIR)/test.jsonl),$(abspath $(GSM8K_DIR)))
+RESULTS := benchmarks/results
+STEP := $(PY) benchmarks/bench_step.py --model smollm2-135m-shape --bf16 --steps 6 --repeats 2
+
+.PHONY: setup test lint demo bench bench-step bench-cache bench-generation bench-gsm8k bench-rounds
 
 setup:
 	bash scripts/setup.sh
@@ -21,3 +28,22 @@ lint: setup
 
 demo: setup
 	bash pipelines/demo.sh
+
+bench: bench-step bench-cache bench-generation bench-gsm8k bench-rounds
+
+bench-step: setup
+	$(STEP) --out $(RESULTS)/step_smollm2_bf16.json
+	$(STEP) --lora --out $(RESULTS)/step_smollm2_bf16_lora.json
+
+bench-cache: setup
+	$(PY) benchmarks/bench_cache.py --samples 64 --out $(RESULTS)/cache.json
+
+bench-generation: setup
+	$(PY) benchmarks/bench_generation.py --out $(RESULTS)/generation_smollm2.json
+
+bench-gsm8k: setup
+	$(PY) benchmarks/bench_gsm8k.py --config benchmarks/configs/gsm8k_cpu.yaml --out $(RESULTS)/gsm8k_cpu.json
+
+# The round overhead of bench-gsm8k's DynSDPB pipeline run (the demo config).
+bench-rounds:
+	$(PY) benchmarks/bench_rounds.py runs/bench_gsm8k_cpu/pipeline_dynsdpb --out $(RESULTS)/rounds_demo.json
