@@ -276,12 +276,14 @@ def markdown(summary: dict) -> str:
     lines = []
     for task, arms in summary.items():
         lines += [f"**{task}** (mean ± 95% t-interval over seeds; accuracy in %)", "",
-                  "| arm | seeds | strict | flexible | flexible − sft | flexible − sft_2x | steps | KD/CE per token |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| arm | seeds | strict | flexible | flexible − sft | flexible − sft_2x | steps | train s | "
+                  "KD/CE per token |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for arm, s in arms.items():
             lines.append(f"| {arm} | {s['seeds']} | {cell(s, 'strict_accuracy')} | {cell(s, 'flexible_accuracy')} | "
                          f"{cell(s, 'flexible_minus_sft')} | {cell(s, 'flexible_minus_sft_2x')} | "
-                         f"{cell(s, 'steps', 1, 0)} | {cell(s, 'kd_over_ce', 1, 4)} |")  # fmt: skip
+                         f"{cell(s, 'steps', 1, 0)} | {cell(s, 'train_s', 1, 0)} | "
+                         f"{cell(s, 'kd_over_ce', 1, 4)} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
