@@ -131,7 +131,8 @@ def curve_means(curve: dict) -> dict:
         if name == "ce" and "ce" not in curve:
             values = [v for v in curve.get("loss", []) if v is not None]
         else:
-            values = [v for v, d in zip(curve.get(name, []), distilled, strict=False) if v is not None and d]
+            pairs = zip(curve.get(name, []), distilled, strict=False)
+            values = [v for v, d in pairs if v is not None and (d or name == "ce")]
         if name == "ce" or name in curve:
             out[f"mean_{name}"] = sum(values) / len(values) if values else None
     if out["mean_kd"] is not None and out["mean_ce"]:
@@ -244,6 +245,7 @@ def summarize(runs: list[dict]) -> dict:
     """Per task and arm: mean and 95% t-interval over seeds; per arm the paired difference to each SFT baseline."""
     from dynsdpb_selfplay.evaluate import mean_ci95
 
+    runs = [{**r, **curve_means(r["curve"])} if r.get("curve") else r for r in runs]  # means by this version's rules
     out = {}
     for task in dict.fromkeys(r["task"] for r in runs):
         mine = [r for r in runs if r["task"] == task]

@@ -71,6 +71,7 @@ def test_bench_gsm8k_arms_pipelines_and_rerun(tmp_path, tiny):
         assert "mean_kd" not in runs[("sft", seed)] or runs[("sft", seed)]["mean_kd"] is None
     summary = result["summary"]["arith"]
     assert summary["dynamic"]["seeds"] == 2 and "flexible_minus_sft" in summary["dynamic"]
+    assert summary["repeat"]["mean_ce"]["mean"] > 0 and summary["sft"]["mean_ce"]["mean"] > 0
     assert "flexible_minus_sft_2x" in summary["sft"] and "flexible_minus_sft" not in summary["sft"]
     assert result["machine"]["cpus"] and result["versions"]["torch"]
     assert out.with_suffix(".png").stat().st_size > 1000 and "| dynamic | 2 |" in out.with_suffix(".md").read_text()
