@@ -22,7 +22,8 @@ regulariser does any work. A ``pipeline`` section also runs a ``dynsdpb run`` co
         --config benchmarks/configs/gsm8k_cpu.yaml --out benchmarks/results/gsm8k_cpu.json
 
 Every finished run is appended to ``<work_dir>/runs.jsonl`` at once and a rerun skips it (a training run cut short
-resumes from its checkpoint), so a crash costs at most the run in progress.
+resumes from its checkpoint), so a crash costs at most the run in progress. Each run's scored generations stay in
+``<work_dir>/<task>/<arm>-seed<seed>.eval.jsonl``; its weights are deleted once scored unless ``--keep-models``.
 """
 
 from __future__ import annotations
@@ -68,12 +69,20 @@ def load_bench_config(path: str) -> dict:
     for key in data:
         if key not in KEYS:
             raise UserInputError(f"{path}: {key}: unknown key; known: {', '.join(sorted(KEYS))}")
+    labels = [task_label(t) for t in data.get("tasks") or [] if isinstance(t, dict)]
+    if len(set(labels)) < len(labels):
+        raise UserInputError(f"{path}: tasks: two tasks have the same label; give each a distinct 'label'")
     for arm in data.get("arms", []):
         if arm not in ARMS:
             raise UserInputError(f"{path}: arms: unknown arm {arm!r}; arms: {', '.join(ARMS)}")
     if not data.get("tasks"):
         raise UserInputError(f"{path}: tasks: give at least one task (name, train_limit, eval_limit, ...)")
     return data
+
+
+def task_label(task: dict) -> str:
+    """What a task's runs are recorded under: its ``label`` (to run a task twice with other options), else its name."""
+    return task.get("label") or task.get("name")
 
 
 def run_config(bench: dict, task: dict, arm: str, seed: int, source: str):
@@ -83,6 +92,7 @@ def run_config(bench: dict, task: dict, arm: str, seed: int, source: str):
     trainer, mult, distill = ARMS[arm]
     task = dict(task)
     max_new = task.pop("max_new_tokens", 256)
+    label = task.pop("label", task.get("name"))
     training = dict(bench.get("training", {}))
     training["trainer"] = trainer
     training["num_train_epochs"] = mult * training.get("num_train_epochs", 1.0)
@@ -90,7 +100,7 @@ def run_config(bench: dict, task: dict, arm: str, seed: int, source: str):
     data = {"model": bench.get("model", "smollm2-135m-instruct"), "seed": seed, "rounds": 1, "task": task,
             "training": training, "evaluation": {"max_new_tokens": max_new},
             "engine": bench.get("engine", {})}  # fmt: skip
-    return from_dict(data, source=f"{source} (task {task.get('name')}, arm {arm})")
+    return from_dict(data, source=f"{source} (task {label}, arm {arm})")
 
 
 def gold_rows(task, fmt, examples) -> list[dict]:
@@ -140,15 +150,17 @@ def curve_means(curve: dict) -> dict:
     return out
 
 
-def eval_record(engine, task, fmt, cfg, weights: str) -> dict:
+def eval_record(engine, task, fmt, cfg, weights: str, records_path: Path) -> dict:
+    """Score ``weights`` greedily on the task's test subset; the per-sample records go to ``records_path``."""
     from dynsdpb_selfplay.engines.base import SamplingConfig
-    from dynsdpb_selfplay.evaluate import evaluate
+    from dynsdpb_selfplay.evaluate import evaluate, write_jsonl
 
     examples = task.load(cfg.task.eval_split, limit=cfg.task.eval_limit)
     greedy = SamplingConfig(max_new_tokens=cfg.evaluation.max_new_tokens, seed=cfg.seed)
-    s = evaluate(engine, task, examples, fmt, greedy, model_name=weights, split=cfg.task.eval_split).summary
+    result = evaluate(engine, task, examples, fmt, greedy, model_name=weights, split=cfg.task.eval_split)
+    write_jsonl(records_path, result.records)
     keep = ("strict_accuracy", "flexible_accuracy", "n_samples", "truncated", "generated_tokens", "wall_s")
-    return {k: s[k] for k in keep}
+    return {k: result.summary[k] for k in keep}
 
 
 def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, source: str) -> None:
@@ -158,7 +170,7 @@ def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, sour
     from dynsdpb_selfplay.rounds.training import train_round
     from dynsdpb_selfplay.tasks import get_task
 
-    name = task_spec["name"]
+    name = task_label(task_spec)
     todo = [(arm, seed) for seed in args.seeds for arm in args.arms if (name, arm, seed) not in done]
     if (name, "base", 0) not in done:
         todo.insert(0, ("base", 0))
@@ -188,7 +200,8 @@ def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, sour
                               **curve_means(curve))  # fmt: skip
                 weights = info["model"]
             engine.update_weights(weights)
-            record.update(eval_record(engine, task, fmt, cfg, weights))
+            records_path = args.work_dir / name / f"{arm}-seed{seed}.eval.jsonl"
+            record.update(eval_record(engine, task, fmt, cfg, weights, records_path))
             print(f"[bench_gsm8k] {name} {arm} seed {seed}: strict {record['strict_accuracy']:.3f} flexible "
                   f"{record['flexible_accuracy']:.3f}", flush=True)  # fmt: skip
             with open(log_path, "a") as f:
@@ -327,7 +340,7 @@ def main() -> int:
     g = p.add_argument_group("overrides")
     g.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
     g.add_argument("--arms", nargs="+", choices=list(ARMS), help="arms (default: the config's)")
-    g.add_argument("--tasks", nargs="+", help="only these task names of the config")
+    g.add_argument("--tasks", nargs="+", help="only these tasks of the config (by label, else name)")
     g.add_argument("--work-dir", help="checkpoints and runs.jsonl (default: the config's work_dir)")
     g.add_argument("--no-pipeline", action="store_true", help="skip the sft-vs-dynsdpb pipeline runs")
     g.add_argument("--keep-models", action="store_true", help="keep each run's weights (default: delete once scored)")
@@ -339,7 +352,7 @@ def main() -> int:
         args.seeds = args.seeds or bench.get("seeds", [0, 1, 2])
         args.arms = args.arms or bench.get("arms", list(ARMS))
         args.work_dir = Path(args.work_dir or bench.get("work_dir", "runs/bench_gsm8k"))
-        tasks = [t for t in bench["tasks"] if not args.tasks or t.get("name") in args.tasks]
+        tasks = [t for t in bench["tasks"] if not args.tasks or task_label(t) in args.tasks]
         for t in tasks:  # every run's config is checked before hours of training
             for arm in args.arms:
                 run_config(bench, t, arm, args.seeds[0], args.config)
@@ -355,7 +368,7 @@ def main() -> int:
     except UserInputError as e:
         print(f"bench_gsm8k: error: {e}", file=sys.stderr)
         return 2
-    runs = [r for r in read_runs(log_path) if r["task"] in {t["name"] for t in tasks}]
+    runs = [r for r in read_runs(log_path) if r["task"] in {task_label(t) for t in tasks}]
     summary = summarize(runs)
     table = markdown(summary)
     print(table)

@@ -74,6 +74,8 @@ def test_bench_gsm8k_arms_pipelines_and_rerun(tmp_path, tiny):
     assert summary["repeat"]["mean_ce"]["mean"] > 0 and summary["sft"]["mean_ce"]["mean"] > 0
     assert "flexible_minus_sft_2x" in summary["sft"] and "flexible_minus_sft" not in summary["sft"]
     assert result["machine"]["cpus"] and result["versions"]["torch"]
+    records = (tmp_path / "work" / "arith" / "dynamic-seed1.eval.jsonl").read_text().splitlines()
+    assert len(records) == 4 and not (tmp_path / "work" / "arith" / "dynamic-seed1").exists()
     assert out.with_suffix(".png").stat().st_size > 1000 and "| dynamic | 2 |" in out.with_suffix(".md").read_text()
     # The pipeline pair: same config but the trainer; DynSDPB takes twice the steps of the same rows.
     pipes = {p["trainer"]: p for p in result["pipelines"]}
@@ -95,6 +97,7 @@ def test_bench_gsm8k_arms_pipelines_and_rerun(tmp_path, tiny):
         ({"colour": "red"}, r"bench\.yaml: colour: unknown key"),
         ({"arms": ["sft", "distill"]}, r"bench\.yaml: arms: unknown arm 'distill'"),
         ({"tasks": []}, r"bench\.yaml: tasks: give at least one task"),
+        ({"tasks": [{"name": "arith"}, {"name": "arith"}]}, r"bench\.yaml: tasks: two tasks have the same label"),
         ({"training": {"learning_rate": -1}}, r"bench\.yaml \(task arith, arm sft\): training\.learning_rate"),
         ({"distillation": {"alpah": 1}}, r"arm static\): training\.distillation\.alpah: unknown key"),
     ],
