@@ -157,7 +157,7 @@ def main() -> None:
     g = p.add_argument_group("workload")
     g.add_argument("--model", default="smollm2-135m-instruct")
     g.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS, help="prompt formats")
-    g.add_argument("--prompts", type=int, default=64, help="GSM8K test prompts per configuration")
+    g.add_argument("--prompts", type=int, default=32, help="GSM8K test prompts per configuration")
     g.add_argument("--hf-fewshot-prompts", type=int, default=16, help="fewer for transformers on 8-shot (slow)")
     g.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     g.add_argument("--max-new-tokens", type=int, default=64)
