@@ -34,6 +34,7 @@ bench: bench-step bench-cache bench-generation bench-gsm8k bench-rounds
 bench-step: setup
 	$(STEP) --out $(RESULTS)/step_smollm2_bf16.json
 	$(STEP) --lora --out $(RESULTS)/step_smollm2_bf16_lora.json
+	$(STEP) --prompt-frac 0 --variants plain dynsdpb-full --no-memory --out $(RESULTS)/step_smollm2_bf16_all_labelled.json
 
 bench-cache: setup
 	$(PY) benchmarks/bench_cache.py --samples 64 --out $(RESULTS)/cache.json

@@ -204,6 +204,7 @@ def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, sour
             record.update(eval_record(engine, task, fmt, cfg, weights, records_path))
             print(f"[bench_gsm8k] {name} {arm} seed {seed}: strict {record['strict_accuracy']:.3f} flexible "
                   f"{record['flexible_accuracy']:.3f}", flush=True)  # fmt: skip
+            record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if arm != "base" and not args.keep_models:
