@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -235,8 +236,10 @@ def run_pipelines(spec: dict, args, source: str) -> list[dict]:
                 cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
                 cli += [str(cfg_path), "--run-dir", str(run_dir)]
             print(f"[bench_gsm8k] pipeline {path} with trainer {trainer}: {' '.join(cli)}", flush=True)
-            if subprocess.run(cli).returncode != 0:
-                raise UserInputError(f"{source}: pipeline run {run_dir} failed (see its output above)")
+            code = subprocess.run(cli).returncode
+            if code != 0:
+                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+                raise UserInputError(f"{source}: pipeline run {run_dir} {how} (output above; a rerun resumes it)")
             state = json.loads(state_path.read_text())
         info = state["info"]
         rounds = sorted({int(k.split("/")[0].split("_")[1]) for k in info if k.startswith("round_")})
