@@ -155,3 +155,19 @@ def test_step_bench_counts_the_flops_of_the_model_it_builds():
         expected = 4 * 256 * (dense * n + attn * attention)
         assert model_flops_per_step(args) == pytest.approx(expected, rel=5e-4)
     assert matmul_peak_gflops("float32", size=128, seconds=0.3) > 0
+
+
+@pytest.mark.parametrize("name", ["gsm8k_cpu.yaml", "gsm8k_gpu.yaml"])
+def test_shipped_bench_configs_are_valid(name):
+    """Every run the CPU and GPU configurations describe passes the run-config validation (no model is loaded)."""
+    sys.path.insert(0, str(BENCH))
+    from bench_gsm8k import ARMS, load_bench_config, run_config
+
+    path = BENCH / "configs" / name
+    bench = load_bench_config(str(path))
+    assert len(bench["seeds"]) >= 3 and set(bench["arms"]) == set(ARMS)
+    for task in bench["tasks"]:
+        for arm in bench["arms"]:
+            cfg = run_config(bench, task, arm, bench["seeds"][0], str(path))
+            assert cfg.training.trainer == ARMS[arm][0]
+    assert (REPO / bench["pipeline"]["config"]).is_file()
