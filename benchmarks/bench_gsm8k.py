@@ -322,13 +322,15 @@ def plot(summary: dict, runs: list[dict], path: str) -> None:
         ax.bar(range(len(arms)), [100 * s["mean"] for s in acc], yerr=errors, capsize=3)
         ax.set_xticks(range(len(arms)), arms, fontsize=8)
         ax.set_ylabel("flexible accuracy, %")
+        ax.set_ylim(bottom=0)
         ax.set_title(f"{task}: mean ± 95% CI over seeds", fontsize=9)
     ax = axes[-1]
     for r in runs:
         c = r.get("curve", {})
-        if r["seed"] == min(x["seed"] for x in runs) and c.get("kd") and c.get("ce"):
-            ratio = [kd / ce if kd is not None and ce else None for kd, ce in zip(c["kd"], c["ce"], strict=True)]
-            ax.plot(c["step"], ratio, label=f"{r['task']} {r['arm']}", lw=0.9)
+        if r["seed"] == min(x["seed"] for x in runs) and any(c.get("kd") or []) and c.get("ce"):
+            # Steps that distilled nothing (the first; every step at alpha = 0) have no ratio to draw.
+            steps = [(step, kd / ce) for step, kd, ce in zip(c["step"], c["kd"], c["ce"], strict=True) if kd and ce]
+            ax.plot(*zip(*steps, strict=True), label=f"{r['task']} {r['arm']}", lw=0.9)
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("distillation term / CE (per token)")
