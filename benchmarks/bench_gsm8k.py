@@ -272,7 +272,7 @@ def summarize(runs: list[dict]) -> dict:
             rs = [r for r in mine if r["arm"] == arm]
             cell = {"seeds": len(rs)}
             for key in ("strict_accuracy", "flexible_accuracy", "steps", "train_s", "mean_ce", "mean_kl", "mean_kd",
-                        "kd_over_ce"):  # fmt: skip
+                        "mean_alpha", "mean_tau", "kd_over_ce"):  # fmt: skip
                 values = [r[key] for r in rs if r.get(key) is not None]
                 if values:
                     cell[key] = dict(zip(("mean", "ci95"), mean_ci95(values), strict=True))
