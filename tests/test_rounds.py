@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -147,15 +148,22 @@ def test_existing_run_folder_is_not_overwritten_and_is_locked(tmp_path, tiny):
             RunDir.open(run_dir)
 
 
-def run_cli(args, fault=None, sig="KILL"):
+def run_cli(args, fault=None, sig="KILL", output_dir: Path | None = None):
+    """``dynsdpb run ARGS`` in a subprocess. With ``output_dir`` its output goes to files there instead of pipes, so
+    that waiting for it ends with the process even if children it left behind still hold inherited pipes."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "HF_HUB_OFFLINE": "1"}
     # One intra-op thread: the tiny model gains nothing from more, and on a busy machine OpenMP threads spinning for
     # a core made a run take 15-150 s instead of 6 s.
     env.setdefault("OMP_NUM_THREADS", "1")
     if fault:
         env.update(DYNSDPB_FAULT=fault, DYNSDPB_FAULT_SIGNAL=sig)
-    return subprocess.run([sys.executable, "-m", "dynsdpb_selfplay.cli", "run", *args], env=env, cwd=TESTS,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    cmd = [sys.executable, "-m", "dynsdpb_selfplay.cli", "run", *args]
+    if output_dir is None:
+        return subprocess.run(cmd, env=env, cwd=TESTS, capture_output=True, text=True, timeout=600)
+    out, err = output_dir / "stdout.txt", output_dir / "stderr.txt"
+    with open(out, "w") as o, open(err, "w") as e:
+        code = subprocess.run(cmd, env=env, cwd=TESTS, stdout=o, stderr=e, timeout=600).returncode
+    return subprocess.CompletedProcess(cmd, code, out.read_text(), err.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -382,6 +390,28 @@ def test_same_seed_and_config_give_the_same_run(tmp_path, tiny, monkeypatch, req
     if samples > 1:  # seeded sampling, not the same text for every sample
         assert any(g["response"] != h["response"] for g, h in zip(gens[::2], gens[1::2], strict=True))
     assert_same_run(b, a, rounds=(1,))
+
+
+def _vllm_processes() -> set[int]:
+    """Pids of vLLM's engine-core and worker processes (they name themselves ``VLLM::...``)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return {int(line.split(None, 1)[0]) for line in out.splitlines() if line.split(None, 1)[-1].startswith("VLLM::")}
+
+
+@pytest.mark.vllm
+def test_sigterm_closes_the_vllm_engine_and_keeps_finished_phases(tmp_path, tiny):
+    """``kill`` mid-generation unwinds like Ctrl-C: exit 130 with the resume hint, and vLLM's processes end with the
+    run (killed by the default SIGTERM action they outlived it, holding GBs, until the machine ran out of memory)."""
+    before = _vllm_processes()
+    cfg = config(tiny, rounds=1, engine={"backend": "vllm", "dtype": "float32", "max_model_len": 256})
+    args = [str(write(tmp_path, cfg)), "--run-dir", str(tmp_path / "run")]
+    proc = run_cli(args, "round_1/generate:chunk=0", "TERM", output_dir=tmp_path)
+    assert proc.returncode == 130 and "interrupted" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert json.loads((tmp_path / "run/state.json").read_text())["done"] == ["round_0/eval"]
+    deadline = time.monotonic() + 30
+    while (left := _vllm_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"vLLM processes outlived the run: {sorted(left)}"
 
 
 @pytest.mark.vllm

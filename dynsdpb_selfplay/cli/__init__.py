@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 # name -> module under dynsdpb_selfplay.cli; add new subcommands here.
 SUBCOMMANDS = {
@@ -28,14 +30,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. SIGTERM (``kill``) unwinds like Ctrl-C: every ``finally`` runs, so an engine's vLLM
+    processes exit with the command instead of outliving it (they held GBs of memory otherwise), and ``run`` says
+    which phases are saved."""
     argv = sys.argv[1:] if argv is None else argv
-    # `dynsdpb sft` and `dynsdpb classify` hand their arguments to TRL's own parser (YAML config + dataclass flags).
-    if argv and argv[0] in ("sft", "classify"):
-        module = importlib.import_module(f"{__name__}.{SUBCOMMANDS[argv[0]]}")
-        return module.run(argv[1:])
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
+    try:
+        # `dynsdpb sft` and `dynsdpb classify` hand their arguments to TRL's parser (YAML config + dataclass flags).
+        if argv and argv[0] in ("sft", "classify"):
+            module = importlib.import_module(f"{__name__}.{SUBCOMMANDS[argv[0]]}")
+            return module.run(argv[1:])
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

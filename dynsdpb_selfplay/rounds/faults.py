@@ -1,7 +1,7 @@
 """Fault injection for crash tests: ``DYNSDPB_FAULT="round_1/generate:chunk=1"`` kills the process with SIGKILL
 right after that point (here: after chunk 1 of round 1's generation is saved). Inert unless the variable is set.
 
-``DYNSDPB_FAULT_SIGNAL=INT`` sends SIGINT instead (a Ctrl-C).
+``DYNSDPB_FAULT_SIGNAL=INT`` sends SIGINT instead (a Ctrl-C), ``TERM`` SIGTERM (``kill``).
 
 The points, per phase (``round_r/<phase>`` or ``report``):
 
