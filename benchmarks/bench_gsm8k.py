@@ -92,8 +92,9 @@ def run_config(bench: dict, task: dict, arm: str, seed: int, source: str):
 
     trainer, mult, distill = ARMS[arm]
     task = dict(task)
+    label = task_label(task)
+    task.pop("label", None)
     max_new = task.pop("max_new_tokens", 256)
-    label = task.pop("label", task.get("name"))
     training = dict(bench.get("training", {}))
     training["trainer"] = trainer
     training["num_train_epochs"] = mult * training.get("num_train_epochs", 1.0)
@@ -135,17 +136,16 @@ def curve_means(curve: dict) -> dict:
     """Means over training; ``kd_over_ce`` is the distillation term per distilled token over the CE per token. KL,
     KD, alpha and tau average the steps that distilled (not the first, whose repeats have no stored targets yet);
     plain SFT's CE is its loss."""
-    steps = len(curve.get("step", []))
-    distilled = curve.get("distilled") or [0] * steps
-    out = {"mean_ce": None, "mean_kd": None}
-    for name in ("ce", "kl", "kd", "alpha", "tau"):
-        if name == "ce" and "ce" not in curve:
-            values = [v for v in curve.get("loss", []) if v is not None]
-        else:
-            pairs = zip(curve.get(name, []), distilled, strict=False)
-            values = [v for v, d in pairs if v is not None and (d or name == "ce")]
-        if name == "ce" or name in curve:
-            out[f"mean_{name}"] = sum(values) / len(values) if values else None
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    distilled = curve.get("distilled") or [0] * len(curve.get("step", []))
+    out = {"mean_ce": mean(curve.get("ce") or curve.get("loss") or []), "mean_kd": None}
+    for name in ("kl", "kd", "alpha", "tau"):
+        if name in curve:
+            out[f"mean_{name}"] = mean(v for v, d in zip(curve[name], distilled, strict=False) if d)
     if out["mean_kd"] is not None and out["mean_ce"]:
         out["kd_over_ce"] = out["mean_kd"] / out["mean_ce"]
     return out
@@ -181,15 +181,14 @@ def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, sour
     task = get_task(first.task.name, **first.task.options)
     fmt = task.get_format(name=first.task.format)
     base = resolve_model(first.model)
-    engine = make_engine(base, first.engine)
+    engine, loaded = make_engine(base, first.engine), base
     try:
         for arm, seed in todo:
             cfg = first if arm == "base" else run_config(bench, task_spec, arm, seed, source)
             record = {"task": name, "arm": arm, "seed": seed}
-            weights = base
+            weights, folder = base, args.work_dir / name / f"{arm}-seed{seed}"
             if arm != "base":
                 examples = task.load(cfg.task.train_split, limit=cfg.task.train_limit)
-                folder = args.work_dir / name / f"{arm}-seed{seed}"
                 print(f"[bench_gsm8k] {name} {arm} seed {seed}: training on {len(examples)} solutions", flush=True)
                 info = train_round(gold_rows(task, fmt, examples), base, folder / "model", folder / "trainer", cfg,
                                    phase=f"{name}/{arm}/{seed}")  # fmt: skip
@@ -200,23 +199,24 @@ def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, sour
                               train_loss=info["train_loss"], train_s=info["train_s"], curve=curve,
                               **curve_means(curve))  # fmt: skip
                 weights = info["model"]
-            engine.update_weights(weights)
-            records_path = args.work_dir / name / f"{arm}-seed{seed}.eval.jsonl"
-            record.update(eval_record(engine, task, fmt, cfg, weights, records_path))
+            if weights != loaded:
+                engine.update_weights(weights)
+                loaded = weights
+            record.update(eval_record(engine, task, fmt, cfg, weights, folder.with_name(folder.name + ".eval.jsonl")))
             print(f"[bench_gsm8k] {name} {arm} seed {seed}: strict {record['strict_accuracy']:.3f} flexible "
                   f"{record['flexible_accuracy']:.3f}", flush=True)  # fmt: skip
             record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if arm != "base" and not args.keep_models:
-                shutil.rmtree(args.work_dir / name / f"{arm}-seed{seed}")
+                shutil.rmtree(folder)
     finally:
         engine.close()
 
 
 def run_pipelines(spec: dict, args, source: str) -> list[dict]:
     """``dynsdpb run`` of the pipeline config once per trainer (resumed if cut short); per-round accuracy and steps."""
-    from bench_rounds import round_breakdown
+    from bench_rounds import round_breakdown, rounds_in
 
     path = Path(spec["config"])
     base = yaml.safe_load(path.read_text())
@@ -242,7 +242,7 @@ def run_pipelines(spec: dict, args, source: str) -> list[dict]:
                 raise UserInputError(f"{source}: pipeline run {run_dir} {how} (output above; a rerun resumes it)")
             state = json.loads(state_path.read_text())
         info = state["info"]
-        rounds = sorted({int(k.split("/")[0].split("_")[1]) for k in info if k.startswith("round_")})
+        rounds = rounds_in(info)
         out.append({
             "trainer": trainer, "config": str(path), "run_dir": str(run_dir),
             "rounds": [{"round": r, **{k: info.get(f"round_{r}/eval", {}).get(k) for k in

@@ -25,6 +25,11 @@ from common import save  # noqa: E402
 PHASES = ("generate", "filter", "train", "eval")
 
 
+def rounds_in(info: dict) -> list[int]:
+    """The round numbers (0 = the start model's evaluation) with a phase in ``state.json``'s ``info``."""
+    return sorted({int(k.split("/")[0].removeprefix("round_")) for k in info if k.startswith("round_")})
+
+
 def round_breakdown(info: dict, r: int) -> dict:
     """Seconds per category for round ``r`` from the phase infos of ``state.json``."""
     phases = {p: info.get(f"round_{r}/{p}", {}) for p in PHASES}
@@ -72,7 +77,7 @@ def main() -> None:
     args = p.parse_args()
     state = json.loads((Path(args.run_dir) / "state.json").read_text())
     info = state["info"]
-    rounds = sorted({int(k.split("/")[0].split("_")[1]) for k in info if k.startswith("round_")} - {0})
+    rounds = [r for r in rounds_in(info) if r > 0]
     if not any("engine_generate_s" in v for v in info.values()):
         sys.exit(f"{args.run_dir}: no engine timings in state.json (run made before they were recorded?)")
     rows = [round_breakdown(info, r) for r in rounds]
