@@ -117,13 +117,14 @@ def gold_rows(task, fmt, examples) -> list[dict]:
 
 
 def training_curve(trainer_dir: Path) -> dict:
-    """Per-step ``loss`` and ``dynsdpb/*`` values from the last complete checkpoint's log (empty if none)."""
-    from dynsdpb_selfplay.distill.core import last_complete_checkpoint
+    """Per-step ``loss`` and ``dynsdpb/*`` values from the round's saved trainer log (empty if there is none)."""
+    from dynsdpb_selfplay.rounds.rundir import read_jsonl_records
+    from dynsdpb_selfplay.rounds.training import LOG_HISTORY
 
-    last = last_complete_checkpoint(str(trainer_dir))
-    if last is None:
+    path = Path(trainer_dir) / LOG_HISTORY
+    if not path.is_file():
         return {}
-    history = json.loads((Path(last) / "trainer_state.json").read_text())["log_history"]
+    history = read_jsonl_records(path)
     steps = [h for h in history if "loss" in h and "step" in h]
     curve = {"step": [h["step"] for h in steps]}
     for name, key in CURVE.items():

@@ -75,6 +75,9 @@ def test_two_rounds_end_to_end(tmp_path, tiny, pipeline, capsys):
         assert rows and len({row["id"] for row in rows}) == len(rows)
         assert (run_dir / f"round_{r}" / "model" / "model.safetensors").exists()
         assert state["info"][f"round_{r}/train"]["steps"] == 4
+        # The checkpoints were for resuming the phase; its per-step log outlives them.
+        assert list((run_dir / f"round_{r}" / "trainer").glob("checkpoint-*")) == []
+        assert [h["step"] for h in _step_logs(run_dir, r)] == [1, 2, 3, 4]
     # Where the wall time went: engine start once, generation inside the engine, round 1's weights handed over.
     info = state["info"]
     assert info["round_0/eval"]["engine_start_s"] > 0 and "engine_start_s" not in info["round_1/generate"]
@@ -108,13 +111,16 @@ def test_two_rounds_end_to_end(tmp_path, tiny, pipeline, capsys):
 
 def test_sft_baseline_trains_on_the_same_data(tmp_path, tiny):
     dyn, sft = tmp_path / "dyn", tmp_path / "sft"
-    cfg = config(tiny, rounds=1)
+    cfg = config(tiny, rounds=1, **{"training.keep_checkpoints": True})
     assert main(["run", str(write(tmp_path, cfg, "a.yaml")), "--run-dir", str(dyn)]) == 0
     cfg["training"]["trainer"] = "sft"
     assert main(["run", str(write(tmp_path, cfg, "b.yaml")), "--run-dir", str(sft)]) == 0
     assert read(dyn / "round_1/train.jsonl") == read(sft / "round_1/train.jsonl")
     info = json.loads((sft / "state.json").read_text())["info"]["round_1/train"]
     assert info["trainer"] == "sft" and info["steps"] == 4
+    for run in (dyn, sft):  # training.keep_checkpoints: the last two saves (save_total_limit=2) stay
+        kept = sorted(p.name for p in (run / "round_1/trainer").glob("checkpoint-*"))
+        assert kept == ["checkpoint-2", "checkpoint-4"]
 
 
 @pytest.mark.parametrize(
@@ -234,10 +240,8 @@ def _metrics(obj, run_dir: Path):
 
 
 def _step_logs(run_dir: Path, r: int) -> list[dict]:
-    """The per-step training logs (loss, DynSDPB metrics) of round ``r``'s last checkpoint."""
-    ckpt = max((run_dir / f"round_{r}/trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    history = json.loads((ckpt / "trainer_state.json").read_text())["log_history"]
-    return [h for h in history if "loss" in h]
+    """The per-step training logs (loss, DynSDPB metrics) of round ``r``."""
+    return [h for h in read(run_dir / f"round_{r}/trainer/log_history.jsonl") if "loss" in h]
 
 
 def _report_table(run_dir: Path) -> list[list[str]]:
@@ -275,8 +279,7 @@ def assert_same_run(run_dir: Path, reference: Path, rounds=(1, 2)) -> None:
         weights = [(d / f"round_{r}/model/model.safetensors").read_bytes() for d in (run_dir, reference)]
         assert weights[0] == weights[1], r
         assert not (run_dir / f"round_{r}/model.tmp").exists()
-        for ckpt in (run_dir / f"round_{r}/trainer").glob("checkpoint-*"):
-            assert (ckpt / "trainer_state.json").is_file(), ckpt
+        assert list((run_dir / f"round_{r}/trainer").glob("checkpoint-*")) == []  # dropped once the phase is done
     assert _report_table(run_dir) == _report_table(reference)
     assert (run_dir / "accuracy.png").is_file()
     assert stale_temporaries(run_dir) == []

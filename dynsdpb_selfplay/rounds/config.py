@@ -98,6 +98,11 @@ class TrainingSection:
     max_length: int = 512
     bf16: bool | None = field(default=None, metadata={"help": "None: bf16 where the machine supports it."})
     save_steps: int = field(default=20, metadata={"help": "Checkpoint every N steps (the unit of resumption)."})
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={"help": "Keep round_r/trainer/checkpoint-N once the round's model is saved (they hold optimizer "
+                  "state and stored targets, about 6x the model's size); the per-step log is kept either way."},
+    )  # fmt: skip
     distillation: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "distillation_* fields of DynSDPBConfig, without the prefix."}
     )

@@ -24,7 +24,7 @@ from .generation import chunk_seed, run_chunked, self_correction_records, self_t
 from .report import round_line, write_report
 from .rundir import RunDir, read_jsonl_records, write_json, write_jsonl
 from .shards import run_shards
-from .training import train_round
+from .training import drop_checkpoints, train_round
 
 __all__ = ["Orchestrator", "run"]
 
@@ -191,6 +191,8 @@ class Orchestrator:
                 info["generate"] = self._phase(f"round_{r}/generate", self._generate, r=r, weights=weights)
                 info["filter"] = self._phase(f"round_{r}/filter", self._filter, r=r)
                 info["train"] = self._phase(f"round_{r}/train", self._train, r=r, weights=weights)
+                if not cfg.training.keep_checkpoints:  # after the phase is marked done: they were for resuming it
+                    drop_checkpoints(rd.round(r) / "trainer")
                 weights = info["train"]["model"]
                 if cfg.evaluation.enabled:
                     info["eval"] = self._phase(f"round_{r}/eval", self._evaluate, r=r, weights=weights)

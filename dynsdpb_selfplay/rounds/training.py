@@ -2,7 +2,9 @@
 
 The trainer checkpoints into ``round_r/trainer`` every ``save_steps``; an interrupted phase resumes from the last
 checkpoint (DynSDPB restores its stored targets too). The round's final weights are saved, merged if LoRA was used,
-as a plain safetensors directory ``round_r/model`` that every engine can load or reload in place.
+as a plain safetensors directory ``round_r/model`` that every engine can load or reload in place, and the trainer's
+per-step log as ``round_r/trainer/log_history.jsonl``, so the checkpoints can go once the phase is done
+(:func:`drop_checkpoints`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from pathlib import Path
 from ..errors import UserInputError
 from .config import RunConfig
 from .faults import armed, maybe_fault
+from .rundir import write_jsonl
+
+LOG_HISTORY = "log_history.jsonl"
 
 __all__ = ["train_round"]
 
@@ -26,6 +31,16 @@ def _drop_torn_checkpoints(trainer_dir: Path) -> None:
     for folder in Path(trainer_dir).glob("checkpoint-*"):
         if folder.is_dir() and not (folder / "trainer_state.json").is_file():
             shutil.rmtree(folder)
+
+
+def drop_checkpoints(trainer_dir: Path) -> int:
+    """Delete every ``checkpoint-N`` folder under ``trainer_dir``; returns how many. Only for a finished phase: the
+    round's model and ``log_history.jsonl`` hold what is kept, and the checkpoints (weights, optimizer state, stored
+    targets: about 6x the model's size) were only for resuming it."""
+    folders = [f for f in Path(trainer_dir).glob("checkpoint-*") if f.is_dir()]
+    for folder in folders:
+        shutil.rmtree(folder)
+    return len(folders)
 
 
 def _finished(checkpoint: str | None) -> bool:
@@ -167,6 +182,7 @@ def train_round(
     maybe_fault(phase, point="model_tmp")
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
+    write_jsonl(trainer_dir / LOG_HISTORY, trainer.state.log_history)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     loss = _round_loss(trainer.state.log_history)
     return {
