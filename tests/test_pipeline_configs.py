@@ -1,6 +1,8 @@
 """The shipped configs load and validate: run configs (with formats their tasks have), `dynsdpb classify` configs
-(``nlu_*.yaml``) and accelerate configs."""
+(``nlu_*.yaml``) and accelerate configs; the setup script checks the disk before it installs."""
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,8 @@ import pytest
 from dynsdpb_selfplay.rounds.config import load_config
 from dynsdpb_selfplay.tasks import get_task
 
-ALL = sorted((Path(__file__).parent.parent / "pipelines" / "configs").glob("*.yaml"))
+ROOT = Path(__file__).parent.parent
+ALL = sorted((ROOT / "pipelines" / "configs").glob("*.yaml"))
 CONFIGS = [p for p in ALL if not p.stem.startswith("nlu_")]
 NLU_CONFIGS = [p for p in ALL if p.stem.startswith("nlu_")]
 
@@ -53,3 +56,12 @@ def test_accelerate_configs_load(path):
         assert config.deepspeed_config["zero_stage"] == int(path.stem[-1])
     if path.stem == "fsdp2":
         assert config.fsdp_config["fsdp_version"] == 2
+
+
+def test_setup_refuses_to_start_on_a_full_disk(tmp_path):
+    """scripts/setup.sh says how much space it needs before pip fails halfway with 'No space left on device'."""
+    env = {**os.environ, "VENV": str(tmp_path / "venv"), "DYNSDPB_SETUP_MIN_FREE_GB": str(10**9)}
+    done = subprocess.run(["bash", str(ROOT / "scripts/setup.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert f"setup: {tmp_path} has" in done.stderr and f"needs about {10**9} GB" in done.stderr
+    assert not (tmp_path / "venv").exists()  # nothing half-made
