@@ -19,14 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import save  # noqa: E402
+from common import run_child, save  # noqa: E402
+
+from dynsdpb_selfplay.cli import sigterm_unwinds  # noqa: E402
 
 FORMATS = ("chat-0shot", "lmeval-gsm8k-cot-8shot")
 
@@ -89,29 +90,31 @@ def child(args) -> dict:
     config = EngineConfig(backend=args.backend, dtype=args.dtype, max_model_len=args.max_model_len)
     start = time.perf_counter()
     engine = make_engine(model, config)
-    result = {"backend": args.backend, "engine_start_s": time.perf_counter() - start, "rows": []}
-    raw = raw_vllm if args.backend == "vllm" else raw_hf
-    greedy = SamplingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
-    sampled = SamplingConfig(n=4, temperature=0.8, top_p=0.95, seed=0, max_new_tokens=args.max_new_tokens)
-    plan = [(fmt, b, greedy) for fmt in args.formats for b in args.batch_sizes]
-    plan += [(fmt, 8, sampled) for fmt in args.formats]
-    for fmt, batch, sampling in plan:
-        n_prompts = args.prompts if not (args.backend == "hf" and "8shot" in fmt) else args.hf_fewshot_prompts
-        prompts = prompts_for(engine, fmt, n_prompts)
-        ours(engine, prompts[:1], greedy)  # warm-up (and vLLM prefix cache of the shared shots)
-        for layer, (tokens, seconds) in measure_pair(raw, ours, engine, prompts, batch, sampling).items():
-            row = {"format": fmt, "batch": batch, "n": sampling.n, "layer": layer, "prompts": len(prompts),
-                   "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}  # fmt: skip
-            result["rows"].append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-    if args.backend == "vllm":
-        updates = []
-        for _ in range(3):
-            t = time.perf_counter()
-            engine.update_weights(model)
-            updates.append(time.perf_counter() - t)
-        result["update_weights_s"] = sorted(updates)[1]
-    engine.close()
+    try:  # the engine closes on any exit: a vLLM engine left open outlives this process
+        result = {"backend": args.backend, "engine_start_s": time.perf_counter() - start, "rows": []}
+        raw = raw_vllm if args.backend == "vllm" else raw_hf
+        greedy = SamplingConfig(temperature=0.0, max_new_tokens=args.max_new_tokens)
+        sampled = SamplingConfig(n=4, temperature=0.8, top_p=0.95, seed=0, max_new_tokens=args.max_new_tokens)
+        plan = [(fmt, b, greedy) for fmt in args.formats for b in args.batch_sizes]
+        plan += [(fmt, 8, sampled) for fmt in args.formats]
+        for fmt, batch, sampling in plan:
+            n_prompts = args.prompts if not (args.backend == "hf" and "8shot" in fmt) else args.hf_fewshot_prompts
+            prompts = prompts_for(engine, fmt, n_prompts)
+            ours(engine, prompts[:1], greedy)  # warm-up (and vLLM prefix cache of the shared shots)
+            for layer, (tokens, seconds) in measure_pair(raw, ours, engine, prompts, batch, sampling).items():
+                row = {"format": fmt, "batch": batch, "n": sampling.n, "layer": layer, "prompts": len(prompts),
+                       "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}  # fmt: skip
+                result["rows"].append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+        if args.backend == "vllm":
+            updates = []
+            for _ in range(3):
+                t = time.perf_counter()
+                engine.update_weights(model)
+                updates.append(time.perf_counter() - t)
+            result["update_weights_s"] = sorted(updates)[1]
+    finally:
+        engine.close()
     return result
 
 
@@ -174,7 +177,9 @@ def main() -> None:
     results = []
     for backend in args.backends:
         cmd = [sys.executable, __file__, "--backend", backend, *sys.argv[1:]]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+        proc = run_child(cmd, capture=True)
+        if proc.returncode != 0:
+            sys.exit(f"bench_generation: the {backend} measurement exited with {proc.returncode} (output above)")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     summary = summarize(results)
     print(json.dumps(summary, indent=1))
@@ -185,4 +190,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with sigterm_unwinds():  # `kill` closes the vLLM engine, in the child measuring it too
+        main()

@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,8 +42,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
-from common import save  # noqa: E402
+from common import run_child, save  # noqa: E402
 
+from dynsdpb_selfplay.cli import sigterm_unwinds  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 
 ARMS = {  # name -> (trainer, epochs multiplier, distillation overrides)
@@ -237,7 +237,7 @@ def run_pipelines(spec: dict, args, source: str) -> list[dict]:
                 cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
                 cli += [str(cfg_path), "--run-dir", str(run_dir)]
             print(f"[bench_gsm8k] pipeline {path} with trainer {trainer}: {' '.join(cli)}", flush=True)
-            code = subprocess.run(cli).returncode
+            code = run_child(cli).returncode
             if code != 0:
                 how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
                 raise UserInputError(f"{source}: pipeline run {run_dir} {how} (output above; a rerun resumes it)")
@@ -375,6 +375,10 @@ def main() -> int:
     except UserInputError as e:
         print(f"bench_gsm8k: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"bench_gsm8k: interrupted; finished runs are in {args.work_dir / 'runs.jsonl'} and the same command "
+              "resumes", file=sys.stderr)  # fmt: skip
+        return 130
     runs = [r for r in read_runs(log_path) if r["task"] in {task_label(t) for t in tasks}]
     summary = summarize(runs)
     table = markdown(summary)
@@ -393,4 +397,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with sigterm_unwinds():  # `kill` closes the vLLM engine and the pipeline child's, as Ctrl-C does
+        code = main()
+    sys.exit(code)

@@ -1,10 +1,12 @@
-"""What every benchmark records beside its numbers: the machine, the versions, and where the JSON goes."""
+"""What every benchmark records beside its numbers (the machine, the versions, where the JSON goes), and how it runs
+a child process without orphaning the child's vLLM engine."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import subprocess
 
 
 def environment() -> dict:
@@ -28,3 +30,22 @@ def save(result: dict, path: str | None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump({**result, **environment()}, f, indent=1)
+
+
+def run_child(cmd: list[str], capture: bool = False) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd)`` that lets the child clean up when this process is stopped. ``subprocess.run`` answers
+    any interrupt by SIGKILLing the child, whose vLLM engine processes then outlive it. Here a ``kill`` of this process
+    (:class:`~dynsdpb_selfplay.cli.Terminated`, under ``sigterm_unwinds``) is passed on as SIGTERM, on which
+    ``dynsdpb`` commands and the benchmarks unwind; on Ctrl-C, which reached the child's process group too, the child
+    is waited for. ``capture``: return the child's stdout (text)."""
+    from dynsdpb_selfplay.cli import Terminated
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if capture else None, text=True)
+    try:
+        out, _ = proc.communicate()
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated):
+            proc.terminate()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)

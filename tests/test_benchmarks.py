@@ -4,8 +4,10 @@ term), are scored, survive a rerun, and its pipeline pair runs; bad configs name
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -171,3 +173,38 @@ def test_shipped_bench_configs_are_valid(name):
             cfg = run_config(bench, task, arm, bench["seeds"][0], str(path))
             assert cfg.training.trainer == ARMS[arm][0]
     assert (REPO / bench["pipeline"]["config"]).is_file()
+
+
+def test_a_killed_benchmark_lets_its_child_close_its_engine(tmp_path):
+    """``kill`` of a benchmark reaches its child (a pipeline run, a generation measurement) as SIGTERM, so the
+    child's ``finally`` blocks run and its vLLM engine closes; ``subprocess.run`` would SIGKILL the child instead."""
+    ready, closed = tmp_path / "ready", tmp_path / "closed"
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import pathlib, time\n"
+        "from dynsdpb_selfplay.cli import sigterm_unwinds\n"
+        "with sigterm_unwinds():\n"
+        "    try:\n"
+        f"        pathlib.Path({str(ready)!r}).touch()\n"
+        "        time.sleep(120)\n"
+        "    finally:  # where a benchmark closes its engine\n"
+        f"        pathlib.Path({str(closed)!r}).touch()\n"
+    )
+    parent = tmp_path / "parent.py"
+    parent.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(BENCH)!r})\n"
+        "from common import run_child\n"
+        "from dynsdpb_selfplay.cli import sigterm_unwinds\n"
+        "with sigterm_unwinds():\n"
+        f"    run_child([sys.executable, {str(child)!r}])\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(parent)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready.exists(), "the child never started"
+    proc.send_signal(signal.SIGTERM)  # to the benchmark only, as `kill PID` does
+    stderr = proc.communicate(timeout=60)[1].decode()
+    assert closed.exists(), "the child was not let clean up"
+    assert proc.returncode != 0 and "Terminated" in stderr

@@ -7,6 +7,7 @@ Each subcommand module exposes ``add_parser(subparsers)`` (registers its parser 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import signal
 import sys
@@ -30,27 +31,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as a KeyboardInterrupt (see :func:`sigterm_unwinds`); its own class so that a parent can tell
+    a ``kill`` aimed at it alone (to pass on to its children) from Ctrl-C, which the whole process group gets."""
+
+
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"terminated by signal {signum}")
+    raise Terminated(f"terminated by signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Within the block SIGTERM (``kill``) unwinds like Ctrl-C: every ``finally`` runs, so an engine's vLLM
+    processes exit with the command instead of outliving it (they held GBs of memory otherwise). A no-op off the
+    main thread, where Python cannot install signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand. SIGTERM (``kill``) unwinds like Ctrl-C: every ``finally`` runs, so an engine's vLLM
-    processes exit with the command instead of outliving it (they held GBs of memory otherwise), and ``run`` says
-    which phases are saved."""
+    """Run one subcommand, under :func:`sigterm_unwinds` (so ``run`` also says which phases are saved on ``kill``)."""
     argv = sys.argv[1:] if argv is None else argv
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
-    try:
+    with sigterm_unwinds():
         # `dynsdpb sft` and `dynsdpb classify` hand their arguments to TRL's parser (YAML config + dataclass flags).
         if argv and argv[0] in ("sft", "classify"):
             module = importlib.import_module(f"{__name__}.{SUBCOMMANDS[argv[0]]}")
             return module.run(argv[1:])
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
