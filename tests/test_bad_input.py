@@ -213,6 +213,8 @@ CASES = [
          r"test\.jsonl:1: field 'answer' must be a string, got NoneType"),
     Case("gold answer without ####", gsm8k(GOOD + '\n{"question": "q", "answer": "7"}\n'), E,
          r"test\.jsonl:2: the answer has no final '#### <number>'"),
+    Case("gold answer without #### after blank lines", gsm8k(GOOD + '\n\n\n{"question": "q", "answer": "7"}\n'), E,
+         r"test\.jsonl:4: the answer has no final '#### <number>'"),  # the file's line, not the row's index
     Case("empty data file", gsm8k(""), E, r"test\.jsonl: no examples \(the file is empty\)"),
     Case("unknown split", lambda c: GSM8K(c.tmp).load("validation"), E, r"gsm8k: unknown split 'validation'"),
     Case("no data offline", offline_gsm8k, E, r"GSM8K: no local data and the hub is offline; .*DYNSDPB_GSM8K_DIR"),

@@ -25,7 +25,7 @@ def gsm8k(gsm8k_data):
 def test_gsm8k_loads_official_splits(gsm8k):
     test, train = gsm8k.load("test"), gsm8k.load("train")
     assert (len(test), len(train)) == (1319, 7473)
-    assert len({e.id for e in test}) == 1319
+    assert [e.id for e in test[:2]] == ["gsm8k-test-0", "gsm8k-test-1"] and test[-1].id == "gsm8k-test-1318"
     assert gsm8k.load("test", limit=5) == test[:5]
     assert all(re.fullmatch(r"-?[0-9.]+", e.answer) for e in test + train)
 
@@ -84,6 +84,13 @@ def test_prompt_formats(gsm8k):
     assert gsm8k.get_format(name="lmeval-gsm8k-5shot@v1").shots == 5
     with pytest.raises(UserInputError, match="shots"):
         gsm8k.get_format(shots=3)
+
+
+def test_gsm8k_ids_are_row_indices_whatever_blank_lines_the_file_has(tmp_path):
+    row = '{"question": "q%d", "answer": "#### %d"}\n'
+    (tmp_path / "test.jsonl").write_text("\n" + row % (0, 0) + "\n\n" + row % (1, 1))
+    loaded = [(e.id, e.question) for e in GSM8K(tmp_path).load("test")]
+    assert loaded == [("gsm8k-test-0", "q0"), ("gsm8k-test-1", "q1")]
 
 
 def test_gsm8k_dir_from_environment(gsm8k_data, monkeypatch):

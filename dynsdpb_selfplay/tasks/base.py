@@ -91,6 +91,12 @@ def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[
     """Rows of a JSONL file; a missing file, bytes that are not UTF-8, a malformed or truncated line, or a row whose
     ``required`` fields are missing or not strings raises :class:`UserInputError` naming the file and line (and the
     field). Blank lines are skipped; an empty file gives ``[]`` (the caller says whether that is an error)."""
+    return [row for _, row in read_jsonl_lines(path, required)]
+
+
+def read_jsonl_lines(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """:func:`read_jsonl` with each row's line number in the file (1-based), for callers whose own checks must name
+    the line: with blank lines the row's index is not its line."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"data file not found: {path}")
@@ -116,7 +122,7 @@ def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[
                 if not isinstance(row[key], str):
                     got = type(row[key]).__name__
                     raise UserInputError(f"{path}:{lineno}: field {key!r} must be a string, got {got}")
-            rows.append(row)
+            rows.append((lineno, row))
     return rows
 
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserInputError
-from .base import Example, Prompt, PromptFormat, Task, read_jsonl
+from .base import Example, Prompt, PromptFormat, Task, read_jsonl_lines
 from .prompts import FORMATS, chat_prompt, cot_prompt, qa_prompt
 
 __all__ = ["COT_EXEMPLARS", "GSM8K", "gold_answer"]
@@ -84,15 +84,16 @@ class GSM8K(Task):
         self.data_dir = data_dir if data_dir is not None else os.environ.get(ENV_DIR)
         self._cache: dict[str, list[Example]] = {}
 
-    def _rows(self, split: str) -> list[tuple[str, int, dict]]:
+    def _rows(self, split: str) -> list[tuple[str, dict]]:
+        """``(where, row)`` pairs; ``where`` names the row's file and line (or the hub dataset and row) in messages."""
         if self.data_dir:
             path = Path(self.data_dir) / f"{split}.jsonl"
             if not path.is_file():
                 raise UserInputError(f"GSM8K data file not found: {path} (set --data-dir or ${ENV_DIR})")
-            rows = read_jsonl(path, ("question", "answer"))
+            rows = read_jsonl_lines(path, ("question", "answer"))
             if not rows:
                 raise UserInputError(f"{path}: no examples (the file is empty)")
-            return [(str(path), i, row) for i, row in enumerate(rows, start=1)]
+            return [(f"{path}:{line}", row) for line, row in rows]
         if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
             raise UserInputError(
                 f"GSM8K: no local data and the hub is offline; point --data-dir or ${ENV_DIR} at a folder with "
@@ -104,18 +105,18 @@ class GSM8K(Task):
             data = load_dataset("openai/gsm8k", "main", split=split)
         except Exception as e:  # the hub client raises many kinds; all mean "no data"
             raise UserInputError(f"GSM8K: cannot load openai/gsm8k from the hub ({e}); set ${ENV_DIR}") from e
-        return [("openai/gsm8k", i, row) for i, row in enumerate(data, start=1)]
+        return [(f"openai/gsm8k {split} row {i}", row) for i, row in enumerate(data)]
 
     def load(self, split: str, limit: int | None = None) -> list[Example]:
         if split not in SPLITS:
             raise UserInputError(f"gsm8k: unknown split {split!r}; splits: {', '.join(SPLITS)}")
         if split not in self._cache:
             examples = []
-            for source, n, row in self._rows(split):
+            for i, (where, row) in enumerate(self._rows(split)):
                 gold = gold_answer(row["answer"])
                 if gold is None:
-                    raise UserInputError(f"{source}:{n}: the answer has no final '#### <number>'")
-                examples.append(Example(f"gsm8k-{split}-{n - 1}", row["question"], gold, row["answer"]))
+                    raise UserInputError(f"{where}: the answer has no final '#### <number>'")
+                examples.append(Example(f"gsm8k-{split}-{i}", row["question"], gold, row["answer"]))
             self._cache[split] = examples
         examples = self._cache[split]
         return examples if limit is None else examples[:limit]
