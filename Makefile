@@ -13,7 +13,7 @@ export DYNSDPB_GSM8K_DIR ?= $(if $(wildcard $(GSM8K_DIR)/test.jsonl),$(abspath $
 RESULTS := benchmarks/results
 STEP := $(PY) benchmarks/bench_step.py --model smollm2-135m-shape --bf16 --steps 6 --repeats 2
 
-.PHONY: setup test lint demo bench bench-step bench-cache bench-generation bench-gsm8k bench-rounds
+.PHONY: setup test lint demo bench bench-step bench-cache bench-generation bench-gsm8k bench-arith-lr bench-rounds
 
 setup:
 	bash scripts/setup.sh
@@ -29,7 +29,7 @@ lint: setup
 demo: setup
 	bash pipelines/demo.sh
 
-bench: bench-step bench-cache bench-generation bench-gsm8k bench-rounds
+bench: bench-step bench-cache bench-generation bench-gsm8k bench-arith-lr bench-rounds
 
 bench-step: setup
 	$(STEP) --out $(RESULTS)/step_smollm2_bf16.json
@@ -44,6 +44,9 @@ bench-generation: setup
 
 bench-gsm8k: setup
 	$(PY) benchmarks/bench_gsm8k.py --config benchmarks/configs/gsm8k_cpu.yaml --out $(RESULTS)/gsm8k_cpu.json
+
+bench-arith-lr: setup
+	$(PY) benchmarks/bench_gsm8k.py --config benchmarks/configs/arith_lr1e-3_cpu.yaml --out $(RESULTS)/arith_lr1e-3_cpu.json
 
 # The round overhead of bench-gsm8k's DynSDPB pipeline run (the demo config).
 bench-rounds:

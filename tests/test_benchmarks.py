@@ -75,6 +75,7 @@ def test_bench_gsm8k_arms_pipelines_and_rerun(tmp_path, tiny):
     assert summary["dynamic"]["seeds"] == 2 and "flexible_minus_sft" in summary["dynamic"]
     assert summary["repeat"]["mean_ce"]["mean"] > 0 and summary["sft"]["mean_ce"]["mean"] > 0
     assert "flexible_minus_sft_2x" in summary["sft"] and "flexible_minus_sft" not in summary["sft"]
+    assert "flexible_minus_repeat" in summary["static"] and "flexible_minus_repeat" not in summary["repeat"]
     assert result["machine"]["cpus"] and result["versions"]["torch"]
     records = (tmp_path / "work" / "arith" / "dynamic-seed1.eval.jsonl").read_text().splitlines()
     assert len(records) == 4 and not (tmp_path / "work" / "arith" / "dynamic-seed1").exists()
@@ -159,9 +160,9 @@ def test_step_bench_counts_the_flops_of_the_model_it_builds():
     assert matmul_peak_gflops("float32", size=128, seconds=0.3) > 0
 
 
-@pytest.mark.parametrize("name", ["gsm8k_cpu.yaml", "gsm8k_gpu.yaml"])
+@pytest.mark.parametrize("name", ["gsm8k_cpu.yaml", "gsm8k_gpu.yaml", "arith_lr1e-3_cpu.yaml"])
 def test_shipped_bench_configs_are_valid(name):
-    """Every run the CPU and GPU configurations describe passes the run-config validation (no model is loaded)."""
+    """Every run the shipped configurations describe passes the run-config validation (no model is loaded)."""
     sys.path.insert(0, str(BENCH))
     from bench_gsm8k import ARMS, load_bench_config, run_config
 
@@ -172,7 +173,25 @@ def test_shipped_bench_configs_are_valid(name):
         for arm in bench["arms"]:
             cfg = run_config(bench, task, arm, bench["seeds"][0], str(path))
             assert cfg.training.trainer == ARMS[arm][0]
-    assert (REPO / bench["pipeline"]["config"]).is_file()
+    assert "pipeline" not in bench or (REPO / bench["pipeline"]["config"]).is_file()
+
+
+def test_summary_pairs_each_arm_with_a_baseline_run_of_the_same_seed():
+    """Paired differences are taken seed by seed (hand-computed: diffs 3.0, 8.0, 5.5 points; mean 5.5, sd 2.5,
+    t(0.975, 2) = 4.303, so 4.303 * 2.5 / sqrt(3) = 6.211 points); a seed without a baseline run is left out (but
+    counts in the arm's own mean: 52.375, sd 25.34, 3.182 * 25.34 / 2 = 40.3 points)."""
+    sys.path.insert(0, str(BENCH))
+    from bench_gsm8k import markdown, summarize
+
+    flexible = {"repeat": [0.320, 0.355, 0.355], "static": [0.350, 0.435, 0.410, 0.9]}
+    runs = [{"task": "t", "arm": arm, "seed": seed, "strict_accuracy": acc, "flexible_accuracy": acc}
+            for arm, accs in flexible.items() for seed, acc in enumerate(accs)]  # fmt: skip
+    static = summarize(runs)["t"]["static"]
+    assert static["seeds"] == 4 and static["flexible_accuracy"]["mean"] == pytest.approx(0.52375)
+    assert static["flexible_minus_repeat"]["mean"] == pytest.approx(0.055)
+    assert static["flexible_minus_repeat"]["ci95"] == pytest.approx(0.06211, abs=1e-5)
+    assert "flexible_minus_sft" not in static
+    assert "| static | 4 | 52.4 ± 40.3 | 52.4 ± 40.3 | - | - | 5.5 ± 6.2 |" in markdown(summarize(runs))
 
 
 def test_a_killed_benchmark_lets_its_child_close_its_engine(tmp_path):
