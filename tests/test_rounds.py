@@ -334,7 +334,7 @@ def test_fault_points_fire_only_where_set(monkeypatch):
 def test_only_complete_checkpoints_are_resumed(tmp_path):
     """A checkpoint gets trainer_state.json last: one without it is a save killed midway, never resumed from."""
     from dynsdpb_selfplay.distill.trainer import last_complete_checkpoint
-    from dynsdpb_selfplay.rounds.training import _drop_torn_checkpoints
+    from dynsdpb_selfplay.rounds.training import drop_checkpoints
 
     for step, files in [(2, ["model.safetensors", "trainer_state.json"]), (4, ["dynsdpb_targets_rank0.safetensors",
                         "model.safetensors"]), (10, ["trainer_state.json"])]:  # fmt: skip
@@ -343,7 +343,7 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
             (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
     (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
     assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
-    _drop_torn_checkpoints(tmp_path)
+    drop_checkpoints(tmp_path, torn_only=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
     assert last_complete_checkpoint(str(tmp_path / "none")) is None
 

@@ -25,6 +25,7 @@ def gsm8k(gsm8k_data):
 def test_gsm8k_loads_official_splits(gsm8k):
     test, train = gsm8k.load("test"), gsm8k.load("train")
     assert (len(test), len(train)) == (1319, 7473)
+    assert len({e.id for e in test}) == 1319
     assert [e.id for e in test[:2]] == ["gsm8k-test-0", "gsm8k-test-1"] and test[-1].id == "gsm8k-test-1318"
     assert gsm8k.load("test", limit=5) == test[:5]
     assert all(re.fullmatch(r"-?[0-9.]+", e.answer) for e in test + train)

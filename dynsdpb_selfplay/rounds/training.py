@@ -25,22 +25,16 @@ LOG_HISTORY = "log_history.jsonl"
 __all__ = ["train_round"]
 
 
-def _drop_torn_checkpoints(trainer_dir: Path) -> None:
-    """Delete ``checkpoint-N`` folders without their trainer state: saves killed midway (see
-    :func:`~dynsdpb_selfplay.distill.trainer.last_complete_checkpoint`); the resumed run writes them again."""
+def drop_checkpoints(trainer_dir: Path, torn_only: bool = False) -> None:
+    """Delete the ``checkpoint-N`` folders under ``trainer_dir``.
+
+    ``torn_only``: just those without their trainer state, saves killed midway (see
+    :func:`~dynsdpb_selfplay.distill.trainer.last_complete_checkpoint`); the resumed run writes them again. Otherwise
+    all of them, only for a finished phase: the round's model and ``log_history.jsonl`` hold what is kept, and the
+    checkpoints (weights, optimizer state, stored targets: about 6x the model's size) were only for resuming it."""
     for folder in Path(trainer_dir).glob("checkpoint-*"):
-        if folder.is_dir() and not (folder / "trainer_state.json").is_file():
+        if folder.is_dir() and not (torn_only and (folder / "trainer_state.json").is_file()):
             shutil.rmtree(folder)
-
-
-def drop_checkpoints(trainer_dir: Path) -> int:
-    """Delete every ``checkpoint-N`` folder under ``trainer_dir``; returns how many. Only for a finished phase: the
-    round's model and ``log_history.jsonl`` hold what is kept, and the checkpoints (weights, optimizer state, stored
-    targets: about 6x the model's size) were only for resuming it."""
-    folders = [f for f in Path(trainer_dir).glob("checkpoint-*") if f.is_dir()]
-    for folder in folders:
-        shutil.rmtree(folder)
-    return len(folders)
 
 
 def _finished(checkpoint: str | None) -> bool:
@@ -162,7 +156,7 @@ def train_round(
                 maybe_fault(phase, torn=trainer.state.global_step)
 
         trainer.save_model = save_model_then_fault
-    _drop_torn_checkpoints(trainer_dir)
+    drop_checkpoints(trainer_dir, torn_only=True)
     last = last_complete_checkpoint(str(trainer_dir))
     start = time.perf_counter()
     if _finished(last):
