@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 GSM8K_DIR ?= ../shared/data/gsm8k
 export DYNSDPB_GSM8K_DIR ?= $(if $(wildcard $(GSM8K_DIR)/test.jsonl),$(abspath $(GSM8K_DIR)))
 RESULTS := benchmarks/results
-STEP := $(PY) benchmarks/bench_step.py --model smollm2-135m-shape --bf16 --steps 6 --repeats 2
+STEP := $(PY) benchmarks/bench_step.py --model smollm2-135m-shape --steps 6 --repeats 2  # dtype auto: bf16 only where native
 
 .PHONY: setup test lint demo bench bench-step bench-cache bench-generation bench-gsm8k bench-arith-lr bench-rounds
 
@@ -32,9 +32,9 @@ demo: setup
 bench: bench-step bench-cache bench-generation bench-gsm8k bench-arith-lr bench-rounds
 
 bench-step: setup
-	$(STEP) --out $(RESULTS)/step_smollm2_bf16.json
-	$(STEP) --lora --out $(RESULTS)/step_smollm2_bf16_lora.json
-	$(STEP) --prompt-frac 0 --variants plain dynsdpb-full --no-memory --out $(RESULTS)/step_smollm2_bf16_all_labelled.json
+	$(STEP) --out $(RESULTS)/step_smollm2.json
+	$(STEP) --lora --out $(RESULTS)/step_smollm2_lora.json
+	$(STEP) --prompt-frac 0 --variants plain dynsdpb-full --no-memory --out $(RESULTS)/step_smollm2_all_labelled.json
 
 bench-cache: setup
 	$(PY) benchmarks/bench_cache.py --samples 64 --out $(RESULTS)/cache.json

@@ -164,7 +164,12 @@ def main() -> None:
     g.add_argument("--hf-fewshot-prompts", type=int, default=16, help="fewer for transformers on 8-shot (slow)")
     g.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--dtype", default="bfloat16")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="auto: bfloat16 where the device computes it natively, else float32 (float16 on old GPUs)",
+    )
     g.add_argument("--max-model-len", type=int, default=2048)
     g.add_argument("--backends", nargs="+", default=["vllm", "hf"])
     o = p.add_argument_group("output")

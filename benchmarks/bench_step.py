@@ -66,10 +66,10 @@ def build_trainer(args, variant: str, output_dir: str):
 
         peft = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"])
     sft = SFTConfig(
-        output_dir=output_dir, use_cpu=not torch.cuda.is_available(), bf16=args.bf16, report_to="none",
-        per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=1e-5, logging_steps=1000,
-        save_strategy="no", max_length=args.seq_len, disable_tqdm=True, gradient_checkpointing=args.grad_ckpt,
-        dataloader_num_workers=0, seed=0,
+        output_dir=output_dir, use_cpu=not torch.cuda.is_available(), bf16=args.dtype == "bfloat16",
+        report_to="none", per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=1e-5,
+        logging_steps=1000, save_strategy="no", max_length=args.seq_len, disable_tqdm=True,
+        gradient_checkpointing=args.grad_ckpt, dataloader_num_workers=0, seed=0,
     )  # fmt: skip
     trainer = SFTTrainer(model=model, args=sft, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=peft)  # fmt: skip
@@ -175,7 +175,12 @@ def main() -> None:
     g.add_argument("--seq-len", type=int, default=256)
     g.add_argument("--prompt-frac", type=float, default=0.25, help="share of each row masked as prompt")
     g.add_argument("--lora", action="store_true", help="LoRA r=16 on q,v instead of full fine-tuning")
-    g.add_argument("--bf16", action="store_true", help="bf16 autocast (SFTConfig bf16=True)")
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float32"],
+        default="auto",
+        help="bfloat16 autocast or float32; auto: bfloat16 where the device computes it natively",
+    )
     g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
     g = p.add_argument_group("measurement")
     g.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -190,6 +195,10 @@ def main() -> None:
     import tempfile
 
     import torch
+
+    from dynsdpb_selfplay.precision import resolve_dtype
+
+    args.dtype = resolve_dtype(args.dtype, what="--dtype")  # a child resolves the same way from its own argv
 
     if args.child:
         with tempfile.TemporaryDirectory() as d:
@@ -209,7 +218,7 @@ def main() -> None:
                 times[v] += time_steps(args, v, os.path.join(d, f"{v}-{r}"))
                 print(f"[{r}] {v}: median {statistics.median(times[v]):.3f} s/step", flush=True)
     memory = {} if args.no_memory else {v: child_peak(args, v) for v in args.variants}
-    dtype = "bfloat16" if args.bf16 else "float32"
+    dtype = args.dtype
     peak = matmul_peak_gflops(dtype)
     flops = model_flops_per_step(args)
     base = statistics.median(times["plain"]) if "plain" in times else None

@@ -1,4 +1,5 @@
-"""What every benchmark records beside its numbers (the machine, the versions, where the JSON goes), and how it runs
+"""What every benchmark records beside its numbers (the machine with its CPU capability and whether it computes bf16
+natively, the versions, where the JSON goes), and how it runs
 a child process without orphaning the child's vLLM engine."""
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ def environment() -> dict:
             versions[name] = __import__(name).__version__
         except ImportError:
             versions[name] = None
+    from dynsdpb_selfplay.precision import cpu_features
+
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(), "gpu": gpu}
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(), "gpu": gpu,
+               "cpu": cpu_features()}  # fmt: skip
     return {"machine": machine, "versions": versions}
 
 

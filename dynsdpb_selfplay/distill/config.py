@@ -127,8 +127,26 @@ class DistillationArguments:
 
 @dataclass
 class DynSDPBConfig(SFTConfig, DistillationArguments):
-    """``SFTConfig`` plus the ``distillation_*`` fields of :class:`DistillationArguments`."""
+    """``SFTConfig`` plus the ``distillation_*`` fields of :class:`DistillationArguments`.
+
+    One default differs from ``SFTConfig``: ``bf16=None`` means bf16 autocast only where the device computes bf16
+    natively (:mod:`dynsdpb_selfplay.precision`), instead of TRL's "always unless fp16", which on a CPU without
+    bf16 instructions trains ~20x slower than fp32."""
+
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bf16 (mixed) precision. None (default): on where the device computes bf16 natively (a GPU that "
+            "supports it, a CPU with AVX-512-BF16 or AMX), off elsewhere (and under fp16); True on a CPU without "
+            "bf16 instructions warns (PyTorch emulates them, ~20x slower than fp32)."
+        },
+    )
 
     def __post_init__(self) -> None:
+        from ..precision import resolve_bf16
+
+        if self.bf16 is None and self.fp16:
+            self.bf16 = False
+        self.bf16 = resolve_bf16(self.bf16, use_cpu=self.use_cpu, what="bf16")
         SFTConfig.__post_init__(self)
         self.validate_distillation()

@@ -13,10 +13,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from ..errors import UserInputError
+from ..precision import DTYPES, resolve_dtype
 
 __all__ = ["Completion", "Engine", "EngineConfig", "Generation", "SamplingConfig", "resolve_dtype"]
-
-DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass
@@ -50,7 +49,11 @@ class EngineConfig:
 
     backend: str = field(default="auto", metadata={"help": "'vllm', 'hf', or 'auto' (vLLM when importable)."})
     dtype: str = field(
-        default="auto", metadata={"help": "'auto' (bf16 where supported, else fp32), 'bfloat16', 'float16', 'float32'."}
+        default="auto",
+        metadata={
+            "help": "'auto': bfloat16 where the device computes it natively (a GPU that supports it, a CPU with "
+            "AVX-512-BF16 or AMX), float16 on other GPUs, float32 on other CPUs; or 'bfloat16', 'float16', 'float32'."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Engine seed (vLLM) / torch seed before sampling (hf)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub (off: safer)."})
@@ -92,18 +95,6 @@ class EngineConfig:
             raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization}: must be in (0, 1]")
         if self.max_model_len is not None and self.max_model_len < 16:
             raise ValueError(f"max_model_len={self.max_model_len}: must be >= 16")
-
-
-def resolve_dtype(dtype: str) -> str:
-    """``auto`` -> bfloat16 on a GPU that supports it or a CPU with AVX-512/AMX, else float32."""
-    if dtype != "auto":
-        return dtype
-    import torch
-
-    if torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    capability = torch.backends.cpu.get_cpu_capability()
-    return "bfloat16" if capability.startswith(("AVX512", "AMX")) else "float32"
 
 
 @dataclass
