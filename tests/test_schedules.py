@@ -1,5 +1,7 @@
 """The alpha/tau rules on hand-made teacher statistics."""
 
+import math
+
 import pytest
 import torch
 
@@ -39,3 +41,30 @@ def test_make_schedule_names_and_callables():
     assert alpha.tolist() == [1.5] and tau.tolist() == [2.0]
     with pytest.raises(ValueError, match="distillation_schedule"):
         make_schedule("sometimes", 1.0, 2.0)
+
+
+def test_topk_uncertainty_hand_computed():
+    from dynsdpb_selfplay.distill.losses import teacher_stats
+
+    # p = softmax(log [4, 2, 1, 1] / 8): top-2 renormalised = [2/3, 1/3], top-4 = p itself.
+    logits = torch.tensor([[4.0, 2.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]).log()
+    labels = torch.tensor([0, 3])
+    full = teacher_stats(logits, labels)
+    h = 1.75 * math.log(2)  # H([1/2, 1/4, 1/8, 1/8]) = 1.75 bits
+    assert full.entropy.tolist() == pytest.approx([h / math.log(4), 1.0])
+    top2 = teacher_stats(logits, labels, uncertainty_topk=2)
+    h2 = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
+    assert top2.entropy.tolist() == pytest.approx([h2 / math.log(2), 1.0])
+    assert top2.margin.tolist() == full.margin.tolist() == pytest.approx([0.25, 0.0])
+    assert top2.top1_correct.tolist() == [True, False]
+    # k beyond the vocabulary is the whole vocabulary.
+    assert teacher_stats(logits, labels, uncertainty_topk=99).entropy.tolist() == pytest.approx(full.entropy.tolist())
+
+
+def test_new_options_are_validated_with_their_names():
+    from dynsdpb_selfplay.distill.config import DistillationArguments
+
+    with pytest.raises(ValueError, match="distillation_progress"):
+        DistillationArguments(distillation_progress="cosine")
+    with pytest.raises(ValueError, match="distillation_uncertainty_topk"):
+        DistillationArguments(distillation_uncertainty_topk=1)

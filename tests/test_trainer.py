@@ -295,3 +295,13 @@ def test_a_training_set_emptied_by_max_length_is_refused_with_the_reason(tmp_pat
 
     with pytest.raises(DatasetTooSmallError, match="max_length=12"):
         attach_dynsdpb(_sft_trainer(tmp_path, tokenizer, max_length=12))
+
+
+def test_linear_progress_scales_alpha_by_the_step_it_teaches(tmp_path, tokenizer):
+    # Static alpha0 = 1: the targets stored during step s teach step s + 1, and carry alpha = (s + 1) / S.
+    t = run(tmp_path, tokenizer, max_steps=6, distillation_schedule="static", distillation_progress="linear")
+    alphas = losses(t, "dynsdpb/alpha")
+    assert alphas[0] == 0  # the first step distills nothing
+    assert alphas[1:] == pytest.approx([s / 6 for s in range(2, 7)], rel=1e-6)
+    dynamic = run(tmp_path / "d", tokenizer, max_steps=6, distillation_uncertainty_topk=4)
+    assert 0 < min(losses(dynamic, "dynsdpb/alpha")[1:]) and max(losses(dynamic, "dynsdpb/alpha")) <= 1

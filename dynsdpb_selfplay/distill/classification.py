@@ -108,7 +108,7 @@ class DynSDPBClassificationMixin(DynSDPBCore):
 
         if self.dynsdpb.distillation_alpha > 0 and plan.store_rows.numel():
             z, y = logits.detach()[plan.store_rows].float(), labels[plan.store_rows]
-            alpha, tau = self._dynsdpb_schedule(teacher_stats(z, y))
+            alpha, tau = self._scheduled(teacher_stats(z, y, self.dynsdpb.distillation_uncertainty_topk))
             new = build_targets(z, tau.to(z.device), alpha.to(z.device), self.dynsdpb.distillation_topk)
             self._store_new_targets(plan, [new])
 

@@ -45,6 +45,22 @@ class DistillationArguments:
         default=0.5,
         metadata={"help": "Dynamic schedule: factor in [0, 1] on alpha where the stored top-1 is not the label."},
     )
+    distillation_progress: str = field(
+        default="constant",
+        metadata={
+            "help": "How alpha follows training progress: 'constant' (alpha0 throughout) or 'linear' (alpha scaled by "
+            "s/S, where s is the optimizer step a stored target teaches and S the run's total steps, as in "
+            "progressive self-knowledge distillation: little influence early, full weight at the end)."
+        },
+    )
+    distillation_uncertainty_topk: int | None = field(
+        default=None,
+        metadata={
+            "help": "Dynamic schedule: None measures uncertainty as H(p)/log V over the whole vocabulary (small "
+            "for nearly every token of a pretrained LM over a large vocabulary); k >= 2 as the entropy of the stored "
+            "prediction renormalised over its k most probable outcomes, divided by log k."
+        },
+    )
     distillation_topk: int | None = field(
         default=None,
         metadata={
@@ -90,6 +106,11 @@ class DistillationArguments:
             raise bad("distillation_wrong_top1_weight", "must be in [0, 1]")
         if isinstance(self.distillation_schedule, str) and self.distillation_schedule not in ("static", "dynamic"):
             raise bad("distillation_schedule", "must be 'static' or 'dynamic' (or a Schedule / callable in Python)")
+        if self.distillation_progress not in ("constant", "linear"):
+            raise bad("distillation_progress", "must be 'constant' or 'linear'")
+        k = self.distillation_uncertainty_topk
+        if k is not None and not (isinstance(k, int) and k >= 2):
+            raise bad("distillation_uncertainty_topk", "must be None (whole vocabulary) or an integer >= 2")
         if self.distillation_topk is not None and not (
             isinstance(self.distillation_topk, int) and self.distillation_topk >= 1
         ):

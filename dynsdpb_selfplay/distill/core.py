@@ -142,6 +142,15 @@ class DynSDPBCore:
             self.data_collator = IndexCollator(self.data_collator)
         self._keep_index_column()
 
+    def _scheduled(self, stats) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha, tau)`` of the targets stored now: the schedule's, with ``alpha`` scaled by ``s / S`` under
+        ``distillation_progress='linear'``, where ``s = global_step + 2`` is the (1-based) optimizer step these
+        targets teach and ``S`` the run's total steps."""
+        alpha, tau = self._dynsdpb_schedule(stats)
+        if self.dynsdpb.distillation_progress == "linear":
+            alpha = alpha * min(1.0, (self.state.global_step + 2) / max(self.state.max_steps, 1))
+        return alpha, tau
+
     def _warn_topk_temperature(self, vocabulary: str) -> None:
         settings = self.dynsdpb
         if settings.distillation_topk is not None and settings.distillation_temperature > 1.5:

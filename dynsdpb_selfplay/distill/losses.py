@@ -107,27 +107,42 @@ class TeacherStats:
     top1_correct: torch.Tensor
 
 
-def teacher_stats(logits: torch.Tensor, labels: torch.Tensor) -> TeacherStats:
+def teacher_stats(logits: torch.Tensor, labels: torch.Tensor, uncertainty_topk: int | None = None) -> TeacherStats:
     """Uncertainty and discrimination of stored predictions.
 
     Args:
         logits: ``[n, V]`` logits (any float dtype; computed in fp32).
         labels: ``[n]`` the label token of each row.
+        uncertainty_topk: ``None``: ``entropy = H(p) / log V``; ``k``: the entropy of ``p`` renormalised over its
+            ``k`` largest entries, divided by ``log k`` (see :func:`teacher_stats_from_softmax`).
     """
     z = logits.float()
     lse = z.logsumexp(-1, keepdim=True)
-    return teacher_stats_from_softmax(z, (z - lse).exp(), lse, labels)
+    return teacher_stats_from_softmax(z, (z - lse).exp(), lse, labels, uncertainty_topk)
 
 
 def teacher_stats_from_softmax(
-    z: torch.Tensor, p: torch.Tensor, lse: torch.Tensor, labels: torch.Tensor
+    z: torch.Tensor, p: torch.Tensor, lse: torch.Tensor, labels: torch.Tensor, uncertainty_topk: int | None = None
 ) -> TeacherStats:
     """:func:`teacher_stats` reusing a softmax already computed: ``p = exp(z - lse)``, ``z`` fp32 ``[n, V]``,
-    ``lse`` ``[n, 1]``. ``H(p) = lse - sum_v p_v z_v``."""
-    entropy = (lse.squeeze(-1) - (p * z).sum(-1)) / math.log(z.shape[-1])
-    top2 = p.topk(min(2, z.shape[-1]), dim=-1)
-    margin = top2.values[:, 0] - (top2.values[:, 1] if z.shape[-1] > 1 else 0.0)
-    return TeacherStats(entropy.clamp(0.0, 1.0), margin, top2.indices[:, 0] == labels)
+    ``lse`` ``[n, 1]``. ``H(p) = lse - sum_v p_v z_v``.
+
+    With ``uncertainty_topk = k`` (``2 <= k``, capped at ``V``) the uncertainty is ``H(p~) / log k`` with
+    ``p~ = top_k(p) / sum top_k(p)``: how undecided the prediction is among its ``k`` best candidates. On a
+    pretrained LM over a 49k vocabulary ``H(p) / log V`` is small for most tokens, so the dynamic alpha barely moves
+    from alpha0; the top-k form spans ``[0, 1]``."""
+    v = z.shape[-1]
+    k = min(2, v) if uncertainty_topk is None else min(uncertainty_topk, v)
+    top = p.topk(k, dim=-1)
+    if uncertainty_topk is None:
+        entropy = (lse.squeeze(-1) - (p * z).sum(-1)) / math.log(v)
+    elif k > 1:
+        q = top.values / top.values.sum(-1, keepdim=True)
+        entropy = -torch.xlogy(q, q).sum(-1) / math.log(k)
+    else:
+        entropy = torch.zeros_like(top.values[:, 0])
+    margin = top.values[:, 0] - (top.values[:, 1] if v > 1 else 0.0)
+    return TeacherStats(entropy.clamp(0.0, 1.0), margin, top.indices[:, 0] == labels)
 
 
 def build_targets(logits: torch.Tensor, tau: torch.Tensor, alpha: torch.Tensor, topk: int | None = None) -> Targets:

@@ -78,7 +78,8 @@ class DynSDPBMixin(DynSDPBCore):
 
     # ------------------------------------------------------------------------------------------------ loss
     def _make_targets(self, z, p, lse, labels) -> Targets:
-        alpha, tau = self._dynsdpb_schedule(teacher_stats_from_softmax(z, p, lse, labels))
+        stats = teacher_stats_from_softmax(z, p, lse, labels, self.dynsdpb.distillation_uncertainty_topk)
+        alpha, tau = self._scheduled(stats)
         return build_targets(z, tau.to(z.device), alpha.to(z.device), self.dynsdpb.distillation_topk)
 
     def _dynsdpb_loss(self, model, inputs, plan, return_outputs, num_items_in_batch):

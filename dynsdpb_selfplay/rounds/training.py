@@ -24,7 +24,7 @@ from .rundir import write_jsonl
 
 LOG_HISTORY = "log_history.jsonl"
 
-__all__ = ["drop_checkpoints", "save_round_model", "train_round", "training_args"]
+__all__ = ["build_trainer", "drop_checkpoints", "save_round_model", "train_round", "training_args"]
 
 
 def drop_checkpoints(trainer_dir: Path, torn_only: bool = False) -> None:
@@ -109,23 +109,24 @@ def save_round_model(trainer, tokenizer, out_dir: Path, phase: str = "") -> Path
     return out_dir
 
 
-def train_round(
-    rows: list[dict], init_model: str, out_dir: Path, trainer_dir: Path, cfg: RunConfig, phase: str
-) -> dict:
-    """Fine-tune ``init_model`` on ``rows``; returns a summary (``model`` is the directory of the new weights)."""
+def build_trainer(rows: list[dict], init_model: str, trainer_dir: Path, cfg: RunConfig) -> tuple[object, dict]:
+    """The round's trainer over ``rows``, starting from ``init_model`` (fp32 master weights), or ``None`` and why not.
+
+    Returns ``(trainer, info)``; ``info`` has ``rows`` and how many rows ``max_length`` dropped or cut, and
+    ``skipped`` (the reason) when there is nothing to train: too few rows for half a batch, or no row left with a
+    completion token once cut to ``training.max_length``."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainerState
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from ..distill.trainer import DatasetTooSmallError, DynSDPBTrainer, last_complete_checkpoint
+    from ..distill.trainer import DatasetTooSmallError, DynSDPBTrainer
 
     t = cfg.training
+    info = {"rows": len(rows)}
     step_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
     if len(rows) < max(step_batch // 2, 1):
-        return {"skipped": f"{len(rows)} training rows, fewer than half a batch ({step_batch})", "model": init_model,
-                "rows": len(rows)}  # fmt: skip
-
+        return None, {**info, "skipped": f"{len(rows)} training rows, fewer than half a batch ({step_batch})"}
     args = training_args(cfg, trainer_dir)
     remote = cfg.engine.trust_remote_code  # one switch for the run: the engine and the trainer load the same model
     tokenizer = AutoTokenizer.from_pretrained(init_model, trust_remote_code=remote)
@@ -144,15 +145,33 @@ def train_round(
         trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                       peft_config=peft_config)  # fmt: skip
     except DatasetTooSmallError as e:
-        return {"skipped": f"training.max_length={t.max_length} drops rows whose prompt fills it: {e}",
-                "model": init_model, "rows": len(rows)}  # fmt: skip
+        return None, {**info, "skipped": f"training.max_length={t.max_length} drops rows whose prompt fills it: {e}"}
     # TRL cuts every row to max_length and drops those left without a completion token (prompt too long).
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
-    fit = {"dropped_over_max_length": len(rows) - len(lengths),
-           "cut_at_max_length": sum(n >= t.max_length for n in lengths)}  # fmt: skip
+    info.update(
+        dropped_over_max_length=len(rows) - len(lengths), cut_at_max_length=sum(n >= t.max_length for n in lengths)
+    )
     if not lengths:
-        return {"skipped": f"every prompt fills training.max_length={t.max_length}; no completion token is left",
-                "model": init_model, "rows": len(rows), **fit}  # fmt: skip
+        return None, {
+            **info,
+            "skipped": f"every prompt fills training.max_length={t.max_length}; no completion token is left",
+        }
+    return trainer, info
+
+
+def train_round(
+    rows: list[dict], init_model: str, out_dir: Path, trainer_dir: Path, cfg: RunConfig, phase: str
+) -> dict:
+    """Fine-tune ``init_model`` on ``rows``; returns a summary (``model`` is the directory of the new weights)."""
+    from transformers import TrainerCallback, TrainerState
+
+    from ..distill.trainer import last_complete_checkpoint
+
+    t = cfg.training
+    trainer, fit = build_trainer(rows, init_model, trainer_dir, cfg)
+    if trainer is None:
+        return {"model": init_model, **fit}
+    tokenizer = trainer.processing_class
 
     class Fault(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -199,7 +218,6 @@ def train_round(
     loss = _round_loss(trainer.state.log_history)
     return {
         "model": str(out_dir),
-        "rows": len(rows),
         "steps": trainer.state.global_step,
         "train_loss": loss if loss is not None or result is None else result.training_loss,
         "last_loss": logs[-1]["loss"] if logs else None,

@@ -1,0 +1,82 @@
+"""Tables and plots of a regime study's summary (``regime_stats.summarize_regime`` per regime)."""
+
+from __future__ import annotations
+
+__all__ = ["markdown", "plot"]
+
+
+def _pct(s: dict | None, scale: float = 100.0) -> str:
+    if not s:
+        return "-"
+    m, h = s["mean"] * scale, s["ci95"] * scale
+    return f"{m:.1f}" if h != h else f"{m:.1f} ± {h:.1f}"
+
+
+def _diff(s: dict | None) -> str:
+    if not s:
+        return "-"
+    sign = " **>0**" if s["mean"] - s["ci95"] > 0 else (" **<0**" if s["mean"] + s["ci95"] < 0 else "")
+    return f"{_pct(s)} ({s['wins']}/{s['n']}){sign}"
+
+
+def markdown(summary: dict, bench: dict) -> str:
+    """One table per regime: final and validation-selected test metric per arm, and paired differences to the
+    baselines (mean ± 95% t-interval in points; wins/seeds; bold where the interval excludes 0)."""
+    metric = summary["metric"]
+    baselines = [b for b in bench.get("baselines", ["sft", "repeat"])]
+    base = summary.get("base")
+    lines = []
+    if base:
+        lines += [f"Base model before training: test {100 * base['test'][metric]:.1f}%, validation "
+                  f"{100 * base['val'][metric]:.1f}% ({metric}).", ""]  # fmt: skip
+    head = "| arm | seeds | final | val-selected | epochs chosen |"
+    rule = "|---|---|---|---|---|"
+    for b in baselines:
+        head += f" final − {b} | val-sel − {b} |"
+        rule += "---|---|"
+    for label, arms in summary["regimes"].items():
+        lines += [f"**{label}** ({metric} test accuracy in %, mean ± 95% t-interval over seeds; differences are "
+                  "paired by seed, (wins/seeds))", "", head, rule]  # fmt: skip
+        for arm, c in arms.items():
+            row = (f"| {arm} | {len(c['seeds'])} | {_pct(c['final'])} | {_pct(c['val_selected'])} | "
+                   f"{','.join(map(str, c['selected_epochs']))} |")  # fmt: skip
+            for b in baselines:
+                row += f" {_diff(c.get(f'minus_{b}_final'))} | {_diff(c.get(f'minus_{b}_val'))} |"
+            lines.append(row)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: str) -> None:
+    """Test metric against epoch per arm (mean over seeds, shaded 95% interval), one panel per regime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = list(summary["regimes"])
+    cols = min(len(regimes), 4)
+    rows = -(-len(regimes) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    base = summary.get("base")
+    metric = summary["metric"]
+    for ax, label in zip(axes.flat, regimes, strict=False):
+        for arm, c in summary["regimes"][label].items():
+            xs = list(range(1, len(c["curve"]) + 1))
+            mean = [100 * s["mean"] for s in c["curve"]]
+            half = [0.0 if s["ci95"] != s["ci95"] else 100 * s["ci95"] for s in c["curve"]]
+            if base:
+                xs, mean, half = [0, *xs], [100 * base["test"][metric], *mean], [0.0, *half]
+            (line,) = ax.plot(xs, mean, marker="o", ms=3, lw=1.2, label=arm)
+            low = [m - h for m, h in zip(mean, half, strict=True)]
+            high = [m + h for m, h in zip(mean, half, strict=True)]
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.12)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("epoch (N sample visits; equal steps for every arm)", fontsize=8)
+        ax.set_ylabel(f"test {metric} accuracy, %", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(regimes) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

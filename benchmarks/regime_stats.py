@@ -1,0 +1,87 @@
+"""Statistics of the regime studies (``bench_regimes``, ``bench_nlu_regimes``): per-epoch curves over seeds, the
+epoch chosen on the validation split, and paired differences between arms with 95% t-intervals.
+
+A run is a dict ``{"regime", "arm", "seed", "epochs": [{"epoch": e, "test": {...}, "val": {...}}, ...]}`` whose
+``test``/``val`` hold metric values (accuracy, MCC, ...) after epoch ``e`` (1-based). Two arms are compared on the
+same seed, which means the same training subset, initialisation and data order, so the seed-to-seed spread of the
+data cancels in the difference.
+
+* **final**: the metric on the test split after the last epoch.
+* **validation-selected**: the test metric after the epoch with the best *validation* metric (the earliest on ties);
+  the test split never chooses anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dynsdpb_selfplay.evaluate import mean_ci95  # noqa: E402
+
+__all__ = ["curve", "paired", "pick", "select_epoch", "summarize_regime"]
+
+
+def select_epoch(val: list[float]) -> int:
+    """Index of the best validation value, the earliest on ties (the cheaper model when nothing is gained)."""
+    if not val:
+        raise ValueError("select_epoch of no epochs")
+    return max(range(len(val)), key=lambda i: (val[i], -i))
+
+
+def pick(run: dict, metric: str, how: str) -> float:
+    """The test ``metric`` of ``run`` after its last epoch (``how="final"``) or after the epoch with the best
+    validation ``metric`` (``how="val"``)."""
+    epochs = run["epochs"]
+    if how == "final":
+        return epochs[-1]["test"][metric]
+    if how == "val":
+        return epochs[select_epoch([e["val"][metric] for e in epochs])]["test"][metric]
+    raise ValueError(f"how={how!r}: expected 'final' or 'val'")
+
+
+def _stat(values: list[float]) -> dict:
+    mean, half = mean_ci95(values)
+    return {"mean": mean, "ci95": half, "n": len(values)}
+
+
+def paired(runs: list[dict], arm: str, baseline: str, metric: str, how: str) -> dict | None:
+    """Mean and 95% t-interval of ``pick(arm) - pick(baseline)`` over the seeds both arms ran (``None`` if none)."""
+    by = {(r["arm"], r["seed"]): r for r in runs}
+    seeds = sorted(s for a, s in by if a == arm and (baseline, s) in by)
+    if not seeds:
+        return None
+    diffs = [pick(by[(arm, s)], metric, how) - pick(by[(baseline, s)], metric, how) for s in seeds]
+    return {**_stat(diffs), "per_seed": diffs, "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
+
+
+def curve(runs: list[dict], arm: str, metric: str, split: str = "test") -> list[dict]:
+    """Mean and 95% t-interval over seeds of ``split``'s ``metric`` after each epoch."""
+    mine = [r for r in runs if r["arm"] == arm]
+    n = min(len(r["epochs"]) for r in mine)
+    return [_stat([r["epochs"][e][split][metric] for r in mine]) for e in range(n)]
+
+
+def summarize_regime(runs: list[dict], metric: str, baselines: tuple[str, ...]) -> dict:
+    """Per arm: test curve, final and validation-selected metric, chosen epochs, and paired differences to each
+    baseline present, for both ways of picking the epoch."""
+    out = {}
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        mine = [r for r in runs if r["arm"] == arm]
+        cell = {
+            "seeds": sorted(r["seed"] for r in mine),
+            "curve": curve(runs, arm, metric),
+            "val_curve": curve(runs, arm, metric, "val"),
+            "final": _stat([pick(r, metric, "final") for r in mine]),
+            "val_selected": _stat([pick(r, metric, "val") for r in mine]),
+            "selected_epochs": [select_epoch([e["val"][metric] for e in r["epochs"]]) + 1 for r in mine],
+        }
+        for baseline in baselines:
+            if baseline != arm:
+                for how in ("final", "val"):
+                    diff = paired(runs, arm, baseline, metric, how)
+                    if diff is not None:
+                        cell[f"minus_{baseline}_{how}"] = diff
+        out[arm] = cell
+    return out

@@ -1,0 +1,111 @@
+"""The regime studies' statistics against hand-computed values, and bench_regimes end to end on the tiny model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, save_tiny_model
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from regime_stats import paired, pick, select_epoch, summarize_regime  # noqa: E402
+
+TESTS = Path(__file__).parent
+
+
+def run(arm, seed, test, val):
+    return {"arm": arm, "seed": seed, "epochs": [{"epoch": i + 1, "test": {"acc": t}, "val": {"acc": v}}
+                                                  for i, (t, v) in enumerate(zip(test, val, strict=True))]}  # fmt: skip
+
+
+def test_select_epoch_takes_the_best_validation_value_and_the_earliest_on_ties():
+    assert select_epoch([0.1, 0.4, 0.3]) == 1
+    assert select_epoch([0.2, 0.5, 0.5, 0.1]) == 1
+    assert select_epoch([0.7]) == 0
+    with pytest.raises(ValueError):
+        select_epoch([])
+
+
+def test_pick_never_lets_the_test_split_choose():
+    r = run("a", 0, test=[0.9, 0.1, 0.5], val=[0.2, 0.6, 0.4])
+    assert pick(r, "acc", "final") == 0.5
+    assert pick(r, "acc", "val") == 0.1  # epoch 2 wins on validation, whatever its test score
+    with pytest.raises(ValueError):
+        pick(r, "acc", "best")
+
+
+def test_paired_differences_and_their_t_interval_by_hand():
+    runs = [run("sft", s, [0.1, b], [0.0, 0.0]) for s, b in enumerate([0.30, 0.40, 0.35])]
+    runs += [run("dyn", s, [0.2, b], [0.0, 0.0]) for s, b in enumerate([0.35, 0.42, 0.41])]
+    runs.append(run("dyn", 9, [0.9, 0.9], [0.0, 0.0]))  # no sft run with seed 9: not paired
+    d = paired(runs, "dyn", "sft", "acc", "final")
+    # differences 0.05, 0.02, 0.06: mean 13/300, sd = sqrt(((0.05-m)^2 + (0.02-m)^2 + (0.06-m)^2) / 2)
+    m = 0.13 / 3
+    sd = (((0.05 - m) ** 2 + (0.02 - m) ** 2 + (0.06 - m) ** 2) / 2) ** 0.5
+    assert d["n"] == 3 and d["wins"] == 3 and d["losses"] == 0
+    assert d["mean"] == pytest.approx(m) and d["ci95"] == pytest.approx(4.303 * sd / 3**0.5)
+    assert d["per_seed"] == pytest.approx([0.05, 0.02, 0.06])
+    # Validation picks epoch 1 (ties go to the earliest): differences 0.1 each, zero spread.
+    v = paired(runs, "dyn", "sft", "acc", "val")
+    assert v["mean"] == pytest.approx(0.1) and v["ci95"] == pytest.approx(0.0, abs=1e-12)
+    assert paired(runs, "dyn", "missing", "acc", "final") is None
+
+
+def test_summary_curves_and_selected_epochs():
+    runs = [run("sft", 0, [0.1, 0.3], [0.2, 0.1]), run("sft", 1, [0.3, 0.5], [0.1, 0.3])]
+    runs += [run("dyn", 0, [0.2, 0.3], [0.1, 0.2]), run("dyn", 1, [0.3, 0.6], [0.4, 0.4])]
+    s = summarize_regime(runs, "acc", ("sft",))
+    assert [c["mean"] for c in s["sft"]["curve"]] == pytest.approx([0.2, 0.4])
+    assert s["sft"]["selected_epochs"] == [1, 2] and s["dyn"]["selected_epochs"] == [2, 1]
+    assert s["sft"]["val_selected"]["mean"] == pytest.approx((0.1 + 0.5) / 2)
+    assert s["dyn"]["minus_sft_final"]["per_seed"] == pytest.approx([0.0, 0.1])
+    assert s["dyn"]["minus_sft_val"]["per_seed"] == pytest.approx([0.3 - 0.1, 0.3 - 0.5])
+    assert "minus_sft_final" not in s["sft"]
+
+
+def test_bench_regimes_end_to_end_and_rerun(tmp_path):
+    tiny = str(save_tiny_model(tmp_path / "m"))
+    cfg = {
+        "model": tiny, "work_dir": str(tmp_path / "work"), "seeds": [0], "epochs": 2,
+        "task": {"name": "arith", "options": {"steps": 1}, "format": "chat-0shot"},
+        "data": {"pool": 40, "validation_start": 40, "validation": 3, "test": 4}, "max_new_tokens": 6,
+        "engine": {"backend": "hf", "dtype": "float32"},
+        "training": {"per_device_train_batch_size": 4, "max_length": 512, "bf16": False},
+        "regimes": [{"label": "full-8", "size": 8, "learning_rate": 1e-3},
+                    {"label": "lora-8", "size": 8, "learning_rate": 1e-3, "lora": {"r": 4, "alpha": 8,
+                                                                                   "target_modules": ["q_proj"]}}],
+        "arms": {"sft": {"trainer": "sft"}, "dynamic": {"distillation": {"schedule": "dynamic", "progress": "linear"}}},
+    }  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "result.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_regimes.py"), "--config", str(path), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    runs = [r for r in result["runs"] if r["arm"] != "base"]
+    assert len(runs) == 2 * 2
+    for r in runs:
+        # Equal steps for every arm: 8 rows / batch 4 = 2 steps per epoch, scored after each.
+        assert r["steps"] == 4 and [e["step"] for e in r["epochs"]] == [2, 4]
+        assert all(0 <= e[s]["flexible"] <= 1 for e in r["epochs"] for s in ("test", "val"))
+        if r["arm"] == "sft":
+            assert all(a is None for a in r["alpha"])
+        else:
+            assert r["alpha"][0] == 0 and max(r["alpha"]) > 0
+    summary = result["summary"]["regimes"]
+    assert set(summary) == {"full-8", "lora-8"}
+    assert summary["full-8"]["dynamic"]["minus_sft_final"]["n"] == 1
+    assert result["machine"]["cpu"]["capability"]
+    assert out.with_suffix(".png").is_file() and "val-sel − sft" in out.with_suffix(".md").read_text()
+    # Training with LoRA scored merged weights and left the scratch weights folder loadable.
+    assert (Path(cfg["work_dir"]) / "weights" / "config.json").is_file()
+    # A rerun trains nothing and reports the same.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert proc.returncode == 0 and "[bench_regimes]" not in proc.stdout
+    assert json.loads(out.read_text())["summary"] == result["summary"]
