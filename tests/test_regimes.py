@@ -109,3 +109,24 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
     assert proc.returncode == 0 and "[bench_regimes]" not in proc.stdout
     assert json.loads(out.read_text())["summary"] == result["summary"]
+
+
+def test_self_training_summary_pairs_trainers_by_seed():
+    from bench_self_training import pipeline_config, summarize
+
+    def runs(trainer, seed, accs):
+        return {"trainer": trainer, "seed": seed, "rounds": [{"round": k, "flexible_accuracy": a}
+                                                              for k, a in enumerate(accs)]}  # fmt: skip
+
+    s = summarize([runs("sft", 0, [0.1, 0.2]), runs("sft", 1, [0.1, 0.3]),
+                   runs("dynsdpb", 0, [0.1, 0.25]), runs("dynsdpb", 1, [0.1, 0.45])])  # fmt: skip
+    assert s["sft"]["rounds"][1]["accuracy"]["mean"] == pytest.approx(0.25)
+    assert s["sft"]["rounds"][1]["gain_over_round_0"]["mean"] == pytest.approx(0.15)
+    d = s["dynsdpb"]["rounds"][1]["minus_sft"]
+    # differences 0.05 and 0.15: mean 0.1, t(1) = 12.706, sd = 0.0707
+    assert d["mean"] == pytest.approx(0.1) and d["ci95"] == pytest.approx(12.706 * 0.1 / 2**0.5 / 2**0.5)
+    assert "minus_sft" not in s["sft"]["rounds"][1]
+    cfg = pipeline_config({"pipeline": str(REPO / "pipelines" / "configs" / "demo.yaml"),
+                           "set": {"rounds": 3, "training.accumulate_data": True}}, "sft", 4)  # fmt: skip
+    assert cfg["rounds"] == 3 and cfg["seed"] == 4 and "run_dir" not in cfg
+    assert cfg["training"]["accumulate_data"] is True and cfg["training"]["trainer"] == "sft"

@@ -1,0 +1,200 @@
+"""Do self-training rounds raise held-out accuracy, and does DynSDPB inside them matter? The same ``dynsdpb run``
+config with ``training.trainer: sft`` and ``dynsdpb``, over seeds (the run seed: sampling, data order, LoRA init).
+
+Per (trainer, seed) one pipeline run (a child ``dynsdpb run``, resumed if cut short); per round the held-out
+accuracy of each run, its mean and 95% t-interval over seeds, the paired (same seed) difference dynsdpb - sft, and
+each round's gain over round 0 (the base model, the same for every run).
+
+    .venv/bin/python benchmarks/bench_self_training.py --config benchmarks/configs/self_training_cpu.yaml \\
+        --out benchmarks/results/self_training_cpu.json
+
+The study config names a pipeline config and what to change in it::
+
+    pipeline: pipelines/configs/demo.yaml
+    set: {rounds: 3, training.accumulate_data: true}     # dotted keys into the pipeline config
+    trainers: [sft, dynsdpb]
+    seeds: [0, 1, 2]
+    work_dir: runs/bench_self_training_cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import yaml  # noqa: E402
+from bench_rounds import round_breakdown, rounds_in  # noqa: E402
+from common import run_child, save  # noqa: E402
+
+from dynsdpb_selfplay.cli import sigterm_unwinds  # noqa: E402
+from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
+from dynsdpb_selfplay.evaluate import mean_ci95  # noqa: E402
+
+KEYS = {"pipeline", "set", "trainers", "seeds", "work_dir", "metric"}
+
+
+def load_study(path: str) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserInputError(f"{path}: cannot read the study config ({e})") from None
+    unknown = sorted(set(data) - KEYS) if isinstance(data, dict) else ["(not a mapping)"]
+    if unknown:
+        raise UserInputError(f"{path}: unknown key(s) {unknown}; known: {', '.join(sorted(KEYS))}")
+    if "pipeline" not in data:
+        raise UserInputError(f"{path}: pipeline: give the `dynsdpb run` config to study")
+    return data
+
+
+def pipeline_config(study: dict, trainer: str, seed: int) -> dict:
+    """The pipeline config with the study's ``set`` overrides (dotted keys), the trainer and the seed."""
+    cfg = yaml.safe_load(Path(study["pipeline"]).read_text())
+    for key, value in {**study.get("set", {}), "training.trainer": trainer, "seed": seed}.items():
+        node, *path = key.split(".")
+        target = cfg
+        for part in [node, *path][:-1]:
+            target = target.setdefault(part, {})
+        target[[node, *path][-1]] = value
+    cfg.pop("run_dir", None)
+    return cfg
+
+
+def run_one(study: dict, trainer: str, seed: int, work_dir: Path) -> dict:
+    """One pipeline run (started, resumed, or read back when finished); its per-round accuracies."""
+    from dynsdpb_selfplay.rounds.config import from_dict
+
+    run_dir = work_dir / f"{trainer}-seed{seed}"
+    state_path = run_dir / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"done": []}
+    if "report" not in state["done"]:
+        cli = [sys.executable, "-m", "dynsdpb_selfplay.cli", "run"]
+        if state_path.exists():
+            cli += ["--resume", str(run_dir)]
+        else:
+            cfg = pipeline_config(study, trainer, seed)
+            from_dict(cfg, source=f"{study['pipeline']} (trainer {trainer}, seed {seed})")  # fail before hours
+            path = work_dir / f"{trainer}-seed{seed}.yaml"
+            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            cli += [str(path), "--run-dir", str(run_dir)]
+        print(f"[bench_self_training] {trainer} seed {seed}: {' '.join(cli)}", flush=True)
+        code = run_child(cli).returncode
+        if code != 0:
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+            raise UserInputError(f"run {run_dir} {how} (output above; the same command resumes it)")
+        state = json.loads(state_path.read_text())
+    info = state["info"]
+    rounds = []
+    for r in rounds_in(info):
+        ev, tr = info.get(f"round_{r}/eval", {}), info.get(f"round_{r}/train", {})
+        rounds.append({"round": r, **{k: ev.get(k) for k in ("strict_accuracy", "flexible_accuracy", "n_samples",
+                                                                 "flexible_ci95")},
+                       "train_rows": tr.get("rows"), "steps": tr.get("steps"),
+                       "kept_rows": info.get(f"round_{r}/filter", {}).get("rows"),
+                       **({"time": round_breakdown(info, r)} if r else {})})  # fmt: skip
+    return {"trainer": trainer, "seed": seed, "run_dir": str(run_dir), "rounds": rounds}
+
+
+def summarize(runs: list[dict], metric: str = "flexible_accuracy") -> dict:
+    """Per trainer and round: mean and 95% t-interval over seeds, the gain over round 0, and per round the paired
+    difference of each trainer to ``sft`` (same seed)."""
+
+    def stat(values):
+        mean, half = mean_ci95(values)
+        return {"mean": mean, "ci95": half, "n": len(values)}
+
+    by = {(r["trainer"], r["seed"]): {x["round"]: x[metric] for x in r["rounds"]} for r in runs}
+    out = {}
+    for trainer in dict.fromkeys(r["trainer"] for r in runs):
+        seeds = sorted(s for t, s in by if t == trainer)
+        rounds = sorted(set.intersection(*(set(by[(trainer, s)]) for s in seeds)))
+        cell = {"seeds": seeds, "rounds": {}}
+        for k in rounds:
+            entry = {"accuracy": stat([by[(trainer, s)][k] for s in seeds])}
+            if k:
+                entry["gain_over_round_0"] = stat([by[(trainer, s)][k] - by[(trainer, s)][0] for s in seeds])
+            paired = [s for s in seeds if trainer != "sft" and k in by.get(("sft", s), {})]
+            if paired:
+                entry["minus_sft"] = stat([by[(trainer, s)][k] - by[("sft", s)][k] for s in paired])
+            cell["rounds"][k] = entry
+        out[trainer] = cell
+    return out
+
+
+def markdown(summary: dict) -> str:
+    def pct(s):
+        return (
+            "-" if not s else f"{100 * s['mean']:.1f}" + ("" if s["ci95"] != s["ci95"] else f" ± {100 * s['ci95']:.1f}")
+        )
+
+    lines = ["| trainer | round | accuracy % | gain over round 0 | minus sft (paired) |", "|---|---|---|---|---|"]
+    for trainer, cell in summary.items():
+        for k, e in cell["rounds"].items():
+            lines.append(f"| {trainer} | {k} | {pct(e['accuracy'])} | {pct(e.get('gain_over_round_0'))} | "
+                         f"{pct(e.get('minus_sft'))} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for trainer, cell in summary.items():
+        ks = list(cell["rounds"])
+        mean = [100 * cell["rounds"][k]["accuracy"]["mean"] for k in ks]
+        half = [0.0 if (h := cell["rounds"][k]["accuracy"]["ci95"]) != h else 100 * h for k in ks]
+        ax.errorbar(ks, mean, yerr=half, marker="o", capsize=3, label=f"{trainer} ({len(cell['seeds'])} seeds)")
+    ax.set_xlabel("round (0 = base model)")
+    ax.set_ylabel("held-out accuracy, %")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="study YAML (benchmarks/configs/self_training_*.yaml)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
+    p.add_argument("--out", help="JSON result path (a PNG plot and a .md table are written beside it)")
+    args = p.parse_args()
+    start = time.perf_counter()
+    try:
+        study = load_study(args.config)
+        seeds = args.seeds or study.get("seeds", [0, 1, 2])
+        trainers = study.get("trainers", ["sft", "dynsdpb"])
+        work_dir = Path(study.get("work_dir", "runs/bench_self_training"))
+        work_dir.mkdir(parents=True, exist_ok=True)
+        runs = [run_one(study, t, s, work_dir) for s in seeds for t in trainers]
+    except UserInputError as e:
+        print(f"bench_self_training: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench_self_training: interrupted; the same command resumes the runs", file=sys.stderr)
+        return 130
+    summary = summarize(runs, study.get("metric", "flexible_accuracy"))
+    table = markdown(summary)
+    print(table)
+    if args.out:
+        save({"benchmark": "self_training", "config": {**study, "seeds": seeds}, "summary": summary, "runs": runs,
+              "wall_s_this_invocation": time.perf_counter() - start}, args.out)  # fmt: skip
+        stem = os.path.splitext(args.out)[0]
+        Path(stem + ".md").write_text(table)
+        plot(summary, stem + ".png")
+    return 0
+
+
+if __name__ == "__main__":
+    with sigterm_unwinds():
+        code = main()
+    sys.exit(code)
