@@ -35,7 +35,7 @@ def markdown(summary: dict, bench: dict) -> str:
         head += f" final − {b} | val-sel − {b} |"
         rule += "---|---|"
     for label, arms in summary["regimes"].items():
-        lines += [f"**{label}** ({metric} test accuracy in %, mean ± 95% t-interval over seeds; differences are "
+        lines += [f"**{label}** (test {metric} x100, mean ± 95% t-interval over seeds; differences are "
                   "paired by seed, (wins/seeds))", "", head, rule]  # fmt: skip
         for arm, c in arms.items():
             row = (f"| {arm} | {len(c['seeds'])} | {_pct(c['final'])} | {_pct(c['val_selected'])} | "
