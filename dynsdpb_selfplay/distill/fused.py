@@ -166,13 +166,14 @@ def fused_ce_distill(
     kd_rows: torch.Tensor | None = None,
     kd_targets: Targets | None = None,
     num_distilled: float | torch.Tensor = 1.0,
+    kd_weight: float = 1.0,
     store_rows: torch.Tensor | None = None,
     make_targets: Callable[..., Targets] | None = None,
     logit_scale: float = 1.0,
     softcap: float | None = None,
     chunk_size: int = 256,
 ) -> tuple[torch.Tensor, FusedOutputs]:
-    """``L = sum_t CE_t / num_items + sum_i alpha_i tau_i^2 KL_i / num_distilled``, fused with the LM head.
+    """``L = sum_t CE_t / num_items + kd_weight * sum_i alpha_i tau_i^2 KL_i / num_distilled``, fused with the LM head.
 
     Args:
         hidden: ``[N, H]`` final hidden states at the label positions (already shifted: row ``t`` predicts
@@ -182,6 +183,8 @@ def fused_ce_distill(
         num_items: CE normalizer (``num_items_in_batch`` under gradient accumulation), clamped to >= 1.
         kd_rows: ``[D]`` sorted indices into ``N`` of the distilled tokens; ``kd_targets`` their targets.
         num_distilled: KL normalizer (distilled tokens in the whole optimizer step), clamped to >= 1.
+        kd_weight: factor on the KD term alone (undoes what the caller's trainer later does to the whole loss, e.g.
+            dividing it by the accumulation steps; the logged sums are unaffected).
         store_rows: ``[S]`` sorted indices into ``N`` whose targets to store for the next step;
             ``make_targets(logits [s, V], probs [s, V], lse [s, 1], labels [s]) -> Targets`` (fp32, detached; ``probs``
             is the softmax at temperature 1 and ``lse`` its log-normalizer) builds them.
@@ -199,7 +202,7 @@ def fused_ce_distill(
         "store_rows": empty if store_rows is None else store_rows.to(device),
         "make_targets": make_targets,
         "ce_scale": 1.0 / max(float(num_items), 1.0),
-        "kd_scale": 1.0 / max(float(num_distilled), 1.0),
+        "kd_scale": float(kd_weight) / max(float(num_distilled), 1.0),
         "logit_scale": float(logit_scale),
         "softcap": softcap,
         "chunk_size": int(chunk_size),

@@ -7,8 +7,9 @@ mixin and a :class:`~.config.DynSDPBConfig`; :func:`attach_dynsdpb` turns an alr
 ``transformers.Trainer`` over a sequence classifier, see :mod:`.classification`) into the same thing by swapping
 its class for a subclass with the right mixin, so an existing recipe gains DynSDPB with one line.
 
-The CE is normalized by the label tokens of the whole optimizer step (``num_items_in_batch``, exactly as TRL) and
-the KL by the distilled tokens of the whole step.
+The CE is TRL's (normalized by the label tokens of the whole optimizer step, ``num_items_in_batch``, or, for a
+model that takes no loss kwargs, the micro-batch mean the Trainer divides by the accumulation steps), and the KL is
+normalized by the distilled tokens of the whole step on every model family.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class DynSDPBMixin(DynSDPBCore):
                 kd_rows=plan.kd_rows,
                 kd_targets=self._gathered_targets(plan),
                 num_distilled=plan.num_distilled,
+                kd_weight=self._kd_loss_weight(num_items_in_batch),
                 # alpha = 0 stores nothing, so nothing is ever distilled: plain CE at no extra cost.
                 store_rows=plan.store_rows if settings.distillation_alpha > 0 else None,
                 make_targets=self._make_targets,
@@ -119,8 +121,7 @@ class DynSDPBMixin(DynSDPBCore):
         if not torch.isfinite(loss):
             return self._nonfinite_loss(model, loss, inputs, plan)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
-            loss = loss * (self.accelerator.num_processes // tp)
+            loss = loss * self._data_parallel_processes()
 
         self._store_new_targets(plan, out.stored)
         self._log_dynsdpb(plan, out, mask, inputs)
