@@ -59,13 +59,17 @@ def parity(out_dir: str, family: str) -> None:
 
 
 def tear_down() -> None:
-    # Tear gloo down before the interpreter exits: left to exit, its threads can abort the process (SIGABRT,
-    # "terminate called without an active exception"; seen once in CI after a successful run).
+    # Wait for the other rank, then leave without running gloo's destructors. Left to the interpreter's exit, its
+    # threads can abort the process (SIGABRT, "terminate called without an active exception"; seen once in CI), and
+    # destroy_process_group() can deadlock: it joins gloo's worker threads holding the GIL while one of them frees a
+    # finished all-gather whose tensor needs the GIL (seen here: a rank hung until the test's 300 s timeout).
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
