@@ -8,8 +8,9 @@ mixin and a :class:`~.config.DynSDPBConfig`; :func:`attach_dynsdpb` turns an alr
 its class for a subclass with the right mixin, so an existing recipe gains DynSDPB with one line.
 
 The CE is TRL's (normalized by the label tokens of the whole optimizer step, ``num_items_in_batch``, or, for a
-model that takes no loss kwargs, the micro-batch mean the Trainer divides by the accumulation steps), and the KL is
-normalized by the distilled tokens of the whole step on every model family.
+model that takes no loss kwargs, the micro-batch mean the Trainer divides by the accumulation steps), the KL is
+normalized by the distilled tokens of the whole step on every model family, and MoE models keep SFTTrainer's
+``router_aux_loss_coef * aux_loss`` (:mod:`.architectures`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transformers import Trainer
 from trl import SFTTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
+from .architectures import router_aux_loss
 from .batching import INDEX_COLUMN, MicroBatchPlan, plan_micro_batch
 from .config import DistillationArguments, DynSDPBConfig
 from .core import TARGETS_FILE, DatasetTooSmallError, DynSDPBCore, last_complete_checkpoint
@@ -74,6 +76,10 @@ class DynSDPBMixin(DynSDPBCore):
         self._dynsdpb_transform = logit_transform(model.config)
         self._warn_topk_temperature("a large vocabulary")
 
+    def _dynsdpb_aux_loss(self) -> bool:
+        """SFTTrainer adds the MoE load-balancing loss (``aux_loss_enabled``, set from ``router_aux_loss_coef``)."""
+        return bool(getattr(self, "aux_loss_enabled", False))
+
     def _plan_micro_batch(self, batch: dict, micro_index: int) -> MicroBatchPlan:
         return plan_micro_batch(batch, self._dynsdpb_store, self._first_position(micro_index, batch["labels"].shape[0]))
 
@@ -86,6 +92,9 @@ class DynSDPBMixin(DynSDPBCore):
         labels = inputs["labels"]
         forward = {k: v for k, v in inputs.items() if k not in ("labels", INDEX_COLUMN)}
         forward.update(use_cache=False, output_hidden_states=True, **self._dynsdpb_forward_kwargs)
+        aux_loss = self._dynsdpb_aux_loss()
+        if aux_loss:  # as SFTTrainer.compute_loss: MoE models return their router logits
+            forward["output_router_logits"] = True
         outputs = model(**forward)
         hidden = outputs.hidden_states[-1][:, :-1]
         shifted = labels[:, 1:]
@@ -118,16 +127,24 @@ class DynSDPBMixin(DynSDPBCore):
                 softcap=softcap,
                 chunk_size=settings.distillation_chunk_size,
             )
-        if not torch.isfinite(loss):
-            return self._nonfinite_loss(model, loss, inputs, plan)
+        # From here on, exactly SFTTrainer.compute_loss: the token-normalised loss times the processes DDP averages
+        # over, then the weighted MoE aux loss, a per-micro-batch mean (over the accumulation steps when the Trainer
+        # leaves accumulation to the loss).
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self._data_parallel_processes()
+        aux = None
+        if aux_loss:
+            aux = router_aux_loss(self.accelerator.unwrap_model(model), outputs, forward.get("attention_mask"))
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + self.router_aux_loss_coef * aux.to(loss.device) / steps
+        if not torch.isfinite(loss):
+            return self._nonfinite_loss(model, loss, inputs, plan)
 
         self._store_new_targets(plan, out.stored)
-        self._log_dynsdpb(plan, out, mask, inputs)
+        self._log_dynsdpb(plan, out, mask, inputs, aux)
         return (loss, outputs) if return_outputs else loss
 
-    def _log_dynsdpb(self, plan: MicroBatchPlan, out, mask: torch.Tensor, inputs: dict) -> None:
+    def _log_dynsdpb(self, plan: MicroBatchPlan, out, mask: torch.Tensor, inputs: dict, aux=None) -> None:
         """TRL's per-micro-batch metrics, as ``SFTTrainer.compute_loss`` keeps them, plus the DynSDPB sums."""
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics["train"]
@@ -138,6 +155,8 @@ class DynSDPBMixin(DynSDPBCore):
         if "attention_mask" in inputs:
             self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
             metrics["num_tokens"] = [self._total_train_tokens]
+        if aux is not None:
+            metrics["aux_loss"].append(gather(aux.detach()).mean().item())
         values = (n_label, out.ce_sum, plan.kd_rows.numel(), out.kl_sum, out.kd_sum, out.alpha_sum, out.tau_sum,
                   out.tail_mass_sum, plan.label_tokens_repeated)  # fmt: skip
         self._add_dynsdpb_sums(values, mask.device)
