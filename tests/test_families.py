@@ -171,3 +171,24 @@ def test_accumulation_and_micro_batch_size_do_not_change_the_run(runs):
     for trainer in runs["shapes"].values():  # the KD term enters the loss whole, as logged
         ce, kd = logged(trainer, "dynsdpb/ce"), logged(trainer, "dynsdpb/kd_loss")
         assert logged(trainer) == pytest.approx([c + k for c, k in zip(ce, kd, strict=True)], rel=1e-5)
+
+
+def test_a_family_whose_logits_are_not_the_heads_projection_is_refused_naming_it(tmp_path, tokenizer):
+    # BERT's LM head runs a dense + GELU + LayerNorm transform before the decoder: the fused kernel, which projects
+    # the last hidden state through the output embedding, would train another objective.
+    from transformers import BertConfig, BertLMHeadModel
+
+    from dynsdpb_selfplay import attach_dynsdpb
+
+    def bert():
+        return BertLMHeadModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                          num_attention_heads=4, intermediate_size=64, is_decoder=True))  # fmt: skip
+
+    match = r"cannot serve BertLMHeadModel exactly: its logits are not the LM head"
+    sft = SFTTrainer(model=bert(), args=SFTConfig(**sft_kwargs(tmp_path / "a")), train_dataset=equal_completion_rows(),
+                     processing_class=tokenizer)  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        attach_dynsdpb(sft)
+    with pytest.raises(ValueError, match=match):
+        DynSDPBTrainer(model=bert(), args=DynSDPBConfig(**sft_kwargs(tmp_path / "b")),
+                       train_dataset=equal_completion_rows(), processing_class=tokenizer)  # fmt: skip

@@ -10,7 +10,8 @@ its class for a subclass with the right mixin, so an existing recipe gains DynSD
 The CE is TRL's (normalized by the label tokens of the whole optimizer step, ``num_items_in_batch``, or, for a
 model that takes no loss kwargs, the micro-batch mean the Trainer divides by the accumulation steps), the KL is
 normalized by the distilled tokens of the whole step on every model family, and MoE models keep SFTTrainer's
-``router_aux_loss_coef * aux_loss`` (:mod:`.architectures`).
+``router_aux_loss_coef * aux_loss``. Families whose logits the fused kernel cannot reproduce are refused at
+construction (:mod:`.architectures`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from transformers import Trainer
 from trl import SFTTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from .architectures import router_aux_loss
+from .architectures import check_logits_path, router_aux_loss
 from .batching import INDEX_COLUMN, MicroBatchPlan, plan_micro_batch
 from .config import DistillationArguments, DynSDPBConfig
 from .core import TARGETS_FILE, DatasetTooSmallError, DynSDPBCore, last_complete_checkpoint
@@ -75,6 +76,9 @@ class DynSDPBMixin(DynSDPBCore):
         self._dynsdpb_forward_kwargs = {"logits_to_keep": 1} if accepts else {}
         self._dynsdpb_transform = logit_transform(model.config)
         self._warn_topk_temperature("a large vocabulary")
+        row = self.train_dataset[0]
+        probe = list(row["input_ids"][:32]) if "input_ids" in row else list(range(min(16, head.weight.shape[0])))
+        check_logits_path(self.model, head, self._dynsdpb_transform, probe, router_logits=self._dynsdpb_aux_loss())
 
     def _dynsdpb_aux_loss(self) -> bool:
         """SFTTrainer adds the MoE load-balancing loss (``aux_loss_enabled``, set from ``router_aux_loss_coef``)."""
