@@ -7,8 +7,8 @@ dropout off so runs compare step for step. Each family is here for what it exerc
 * ``gemma2``: final logit soft-capping (``z = c * tanh(s / c)``) applied by the fused kernel.
 * ``gemma4``: a Gemma 4 config resolves to ``Gemma4ForConditionalGeneration``, whose ``accepts_loss_kwargs`` is
   False: transformers passes ``num_items_in_batch=None`` and divides each micro-batch loss by the accumulation steps.
-* ``mixtral``: mixture of experts; SFTTrainer adds ``router_aux_loss_coef * aux_loss`` (coefficient 0.5 here, so it
-  is not lost in rounding).
+* ``mixtral``, ``qwen2_moe`` (with a shared expert): mixture of experts; SFTTrainer adds
+  ``router_aux_loss_coef * aux_loss`` (coefficient 0.5 here, so it is not lost in rounding).
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def _config(name: str, vocab_size: int):
         return transformers.Gemma4Config(text_config=text, vision_config=None, audio_config=None)
     if name == "mixtral":
         return transformers.MixtralConfig(**c, num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.5)
+    if name == "qwen2_moe":
+        return transformers.Qwen2MoeConfig(**c, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                           shared_expert_intermediate_size=32, router_aux_loss_coef=0.5)  # fmt: skip
     raise KeyError(name)
 
 
@@ -51,7 +54,8 @@ def _config(name: str, vocab_size: int):
 # gradient differences, not amplified by Adam's normalisation).
 PARITY = dict(max_steps=3, optim="sgd", learning_rate=0.2, distillation_schedule="static", distillation_temperature=2.0)
 
-FAMILIES = ("llama", "qwen3", "mistral", "phi3", "gemma2", "gemma4", "mixtral")
+FAMILIES = ("llama", "qwen3", "mistral", "phi3", "gemma2", "gemma4", "mixtral", "qwen2_moe")
+MOE = ("mixtral", "qwen2_moe")
 
 
 def build(name: str, vocab_size: int, seed: int = 0):

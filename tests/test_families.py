@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import FAMILIES, build, equal_completion_rows
+from families import FAMILIES, MOE, build, equal_completion_rows
 from fixtures import plain_overlap, sft_kwargs
 from trl import SFTConfig, SFTTrainer
 
@@ -82,7 +82,7 @@ def one_thread():
 def runs(request, tmp_path_factory, tokenizer):
     family = request.param
     tmp = tmp_path_factory.mktemp(family)
-    no_aux = {"router_aux_loss_coef": 0.0} if family == "mixtral" else {}
+    no_aux = {"router_aux_loss_coef": 0.0} if family in MOE else {}
     out = {"family": family}
     out["shapes"] = {(m, a): train(family, tmp / f"{m}x{a}", tokenizer, DynSDPBTrainer, m, a, **no_aux)
                      for m, a in SHAPES}  # fmt: skip
@@ -145,7 +145,7 @@ def test_alpha_zero_reproduces_sft_trainer(runs):
     assert logged(dyn) == pytest.approx(logged(sft), rel=1e-5)
     assert logged(dyn, "mean_token_accuracy") == pytest.approx(logged(sft, "mean_token_accuracy"), rel=1e-6)
     assert logged(dyn, "entropy") == pytest.approx(logged(sft, "entropy"), rel=1e-4)
-    if runs["family"] == "mixtral":
+    if runs["family"] in MOE:
         assert sft.aux_loss_enabled and len(logged(sft, "aux_loss")) == STEPS
         assert logged(dyn, "aux_loss") == pytest.approx(logged(sft, "aux_loss"), rel=1e-5)
     assert_same_params(params(dyn), params(sft), rtol=1e-4)
