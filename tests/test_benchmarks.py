@@ -244,3 +244,20 @@ def test_a_killed_benchmark_lets_its_child_close_its_engine(tmp_path):
     stderr = proc.communicate(timeout=60)[1].decode()
     assert closed.exists(), "the child was not let clean up"
     assert proc.returncode != 0 and "Terminated" in stderr
+
+
+def test_gpu_check_script_runs_its_kernel_checks_small_on_cpu():
+    # scripts/gpu_check.py is meant for a CUDA machine; its checks run here small (--device cpu), so a broken check
+    # is found before device time is spent on it.
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_check", BENCH.parent / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    rows = gpu_check.kernel_checks(torch.device("cpu"), small=True)
+    assert len(rows) == 8 and all(r["ok"] for r in rows)
+    assert all(r["fused_vs_naive"]["loss"] < 1e-3 for r in rows)
+    assert gpu_check.unmet_requirements(("trl",)) == []
+    assert gpu_check.unmet_requirements(("no-such-package-here",)) == ["no-such-package-here: not installed"]
