@@ -6,8 +6,8 @@ Each configuration trains through the real trainer (``trainer.train()``); a call
 the first ``--warmup`` steps are dropped. Configurations are interleaved (plain, dynsdpb, plain, dynsdpb, ...) so
 that load on a shared machine hits them alike; the result is the ratio of median step times. Peak memory is the peak
 RSS of a separate child process per configuration on CPU (``torch.cuda.max_memory_allocated`` on GPU). Weights are
-random: step time does not depend on their values, so ``smollm2-135m-shape`` (SmolLM2-135M's exact architecture)
-needs no download.
+random: step time does not depend on their values, so ``smollm2-135m-shape`` (SmolLM2-135M's exact architecture) and
+``qwen2.5-0.5b-shape`` (Qwen2.5-0.5B's) need no download.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ MODELS = {
                  num_key_value_heads=2, vocab_size=49152),
     "smollm2-135m-shape": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                                num_key_value_heads=3, vocab_size=49152, head_dim=64),
+    # Qwen2.5-0.5B(-Instruct): Qwen2 (q/k/v biases), 494 M parameters of which 136 M in the tied 151,936-row head.
+    "qwen2.5-0.5b-shape": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                               num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+                               rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}),
 }  # fmt: skip
 VARIANTS = {
     "plain": None,
@@ -44,16 +48,14 @@ def build_trainer(args, variant: str, output_dir: str):
     import torch
     from datasets import Dataset
     from fixtures import make_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from dynsdpb_selfplay import attach_dynsdpb
 
     tok = make_tokenizer()
     torch.manual_seed(0)
-    cfg = LlamaConfig(**MODELS[args.model], max_position_embeddings=1024, tie_word_embeddings=True,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
-    model = LlamaForCausalLM(cfg)
+    model = AutoModelForCausalLM.from_config(model_config(args.model))
     # Rows of exactly seq_len tokens (char tokenizer): prompt_frac of them masked as prompt.
     n_prompt = int(args.seq_len * args.prompt_frac)
     rows = []
@@ -76,6 +78,15 @@ def build_trainer(args, variant: str, output_dir: str):
     if VARIANTS[variant] is not None:
         attach_dynsdpb(trainer, **VARIANTS[variant])
     return trainer
+
+
+def model_config(name: str):
+    """The ``transformers`` config of a ``MODELS`` shape (Llama unless it names another ``model_type``)."""
+    from transformers import AutoConfig
+
+    shape = dict(MODELS[name])
+    return AutoConfig.for_model(shape.pop("model_type", "llama"), **shape, max_position_embeddings=1024,
+                                tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
 
 
 def matmul_peak_gflops(dtype_name: str, size: int = 2048, seconds: float = 3.0) -> float:

@@ -160,6 +160,23 @@ def test_step_bench_counts_the_flops_of_the_model_it_builds():
     assert matmul_peak_gflops("float32", size=128, seconds=0.3) > 0
 
 
+def test_bench_step_qwen_shape_is_qwen25_05b():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    sys.path.insert(0, str(BENCH))
+    from bench_step import model_config, model_flops_per_step
+
+    config = model_config("qwen2.5-0.5b-shape")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and model.model.layers[0].self_attn.head_dim == 64
+    n = sum(p.numel() for p in model.parameters())
+    assert n == 494_032_768  # Qwen2.5-0.5B's parameter count (tied embeddings counted once)
+    args = types.SimpleNamespace(model="qwen2.5-0.5b-shape", batch=1, seq_len=128, lora=False)
+    assert model_flops_per_step(args) == pytest.approx(128 * (6 * n + 12 * 24 * 896 * 128), rel=5e-4)
+
+
 @pytest.mark.parametrize("name", ["gsm8k_cpu.yaml", "gsm8k_gpu.yaml", "arith_lr1e-3_cpu.yaml"])
 def test_shipped_bench_configs_are_valid(name):
     """Every run the shipped configurations describe passes the run-config validation (no model is loaded)."""
@@ -227,3 +244,20 @@ def test_a_killed_benchmark_lets_its_child_close_its_engine(tmp_path):
     stderr = proc.communicate(timeout=60)[1].decode()
     assert closed.exists(), "the child was not let clean up"
     assert proc.returncode != 0 and "Terminated" in stderr
+
+
+def test_gpu_check_script_runs_its_kernel_checks_small_on_cpu():
+    # scripts/gpu_check.py is meant for a CUDA machine; its checks run here small (--device cpu), so a broken check
+    # is found before device time is spent on it.
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_check", BENCH.parent / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    rows = gpu_check.kernel_checks(torch.device("cpu"), small=True)
+    assert len(rows) == 8 and all(r["ok"] for r in rows)
+    assert all(r["fused_vs_naive"]["loss"] < 1e-3 for r in rows)
+    assert gpu_check.unmet_requirements(("trl",)) == []
+    assert gpu_check.unmet_requirements(("no-such-package-here",)) == ["no-such-package-here: not installed"]

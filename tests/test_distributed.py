@@ -1,4 +1,5 @@
-"""DynSDPB across 2 processes (gloo, CPU) through torchrun: per-rank overlap, coverage, resume."""
+"""DynSDPB across 2 processes (gloo, CPU) through torchrun: per-rank overlap, coverage, resume, and the same run as
+one process on a model without loss kwargs."""
 
 import json
 import os
@@ -74,3 +75,31 @@ def test_checkpoint_holds_each_ranks_targets_and_resumes_the_same_batches(runs):
         assert resumed[r]["seen"] == full[r]["seen"][4:]
         after = [h["loss"] for h in resumed[r]["logs"]][4:]
         assert after == pytest.approx([h["loss"] for h in full[r]["logs"]][4:], rel=1e-4)
+
+
+def test_two_processes_train_like_one_on_a_model_without_loss_kwargs(tmp_path, tokenizer):
+    # Gemma 4 (Gemma4ForConditionalGeneration) takes no loss kwargs: transformers passes num_items_in_batch=None and
+    # divides each micro-batch loss by the accumulation steps, and DDP averages over the processes. The KD term is
+    # normalised by the distilled tokens of the whole step (both ranks), so neither may shrink it.
+    # 2 processes x 2 rows x accumulation 2 against 1 process x 8 rows: the same 8 rows per step, in the same order.
+    import torch
+    from families import PARITY, build, equal_completion_rows
+    from fixtures import sft_kwargs
+
+    from dynsdpb_selfplay import DynSDPBConfig, DynSDPBTrainer
+
+    launch(tmp_path, "parity", "gemma4")
+    two = json.loads((tmp_path / "parity-gemma4.json").read_text())
+    assert two["world"] == 2 and two["accepts_loss_kwargs"] is False
+    one = DynSDPBTrainer(model=build("gemma4", len(tokenizer)), processing_class=tokenizer,
+                         args=DynSDPBConfig(**sft_kwargs(tmp_path / "one", per_device_train_batch_size=8, **PARITY)),
+                         train_dataset=equal_completion_rows())  # fmt: skip
+    one.train()
+    logs = [h for h in one.state.log_history if "loss" in h]
+    assert logs[-1]["dynsdpb/kd_loss"] > 0
+    for key in ("loss", "dynsdpb/kd_loss", "dynsdpb/ce"):
+        got, want = [h[key] for h in two["logs"]], [h[key] for h in logs]
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), key
+    weights = torch.load(tmp_path / "parity-gemma4.pt")
+    for name, value in one.model.named_parameters():
+        torch.testing.assert_close(weights[name], value.detach(), rtol=1e-5, atol=1e-6, msg=name)

@@ -178,3 +178,66 @@ def test_fused_under_bf16_autocast_is_close_to_fp32():
         approx, _ = fused_ce_distill(hidden, weight, bias, labels, num_items=13, kd_rows=kd_rows, kd_targets=targets)
     assert approx.dtype == torch.float32
     assert approx.item() == pytest.approx(exact.item(), rel=2e-2)
+
+
+# ------------------------------------------------------------------------------------ numerical edge cases
+def test_topk_gradient_stays_finite_when_the_students_tail_mass_is_tiny():
+    # Teacher (k = 1): p = 1/2 on token 0, 1/2 in the tail. Student: z_0 = 120, so q_tail = 15 e^-120 ~ 1e-51: the
+    # ratio p_tail / q_tail (~1e51) overflows fp32 although the gradient, q_v - p_tail q_v / q_tail, is O(1).
+    v = 16
+    hidden = torch.zeros(1, 4)
+    hidden[0, 0] = 1.0
+    hidden.requires_grad_(True)
+    weight = torch.zeros(v, 4)
+    weight[0, 0] = 120.0
+    weight.requires_grad_(True)
+    teacher = torch.zeros(1, v)
+    teacher[0, 0] = math.log(v - 1)
+    targets = build_targets(teacher, torch.ones(1), torch.ones(1), topk=1)
+    labels, rows = torch.tensor([0]), torch.tensor([0])
+    ref, _ = distillation_loss(hidden @ weight.T, labels, rows, targets)
+    loss, _ = fused_ce_distill(hidden, weight, None, labels, num_items=1, kd_rows=rows, kd_targets=targets)
+    torch.testing.assert_close(loss, ref)
+    grads = _grads(loss, hidden, weight)
+    for got, want in zip(grads, _grads(ref, hidden, weight), strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    # Hand value: dL/dz_v = q_v - p_tail q_v / q_tail = -1/30 off the top-k, q_0 - p_0 = 1/2 on it; h = e_0.
+    assert grads[1][:, 0].tolist() == pytest.approx([0.5] + [-1 / 30] * (v - 1), rel=1e-5)
+
+
+@pytest.mark.parametrize("topk", [None, 5])
+def test_a_masked_vocabulary_entry_keeps_loss_gradients_and_statistics_finite(topk):
+    # A logit of -inf (a vocabulary entry masked by the head's bias) has probability 0; 0 * log 0 must count as 0.
+    from dynsdpb_selfplay.distill.losses import teacher_stats_from_softmax
+    from dynsdpb_selfplay.distill.schedules import DynamicSchedule
+
+    hidden, weight, bias, _, kd_rows, _ = _case(None)
+    n, v = hidden.shape[0], weight.shape[0]
+    with torch.no_grad():
+        bias[-1] = float("-inf")
+    labels = torch.arange(n) % (v - 1)  # never the masked entry
+    teacher_z = torch.nn.functional.linear(torch.randn(len(kd_rows), hidden.shape[1]), weight, bias).detach()
+    targets = build_targets(teacher_z, torch.tensor([1.0, 2.0, 3.0, 1.5]), torch.ones(4), topk)
+    assert torch.isinf(targets.logp).any() or topk is not None
+
+    stats = teacher_stats(teacher_z, labels[: len(kd_rows)])
+    assert torch.isfinite(stats.entropy).all() and 0 < stats.entropy.min()
+    z = torch.nn.functional.linear(hidden, weight, bias)
+    ref, ref_sums = distillation_loss(z, labels, kd_rows, targets, num_items=n, num_distilled=4)
+    assert torch.isfinite(ref) and torch.isfinite(ref_sums["kl_sum"])
+    ref_grads = _grads(ref, hidden, weight, bias)
+
+    def make(z, p, lse, y):
+        alpha, tau = DynamicSchedule()(teacher_stats_from_softmax(z, p, lse, y))
+        return build_targets(z, tau, alpha, topk)
+
+    loss, out = fused_ce_distill(hidden, weight, bias, labels, num_items=n, kd_rows=kd_rows, kd_targets=targets,
+                                 num_distilled=4, store_rows=torch.tensor([0, 2]), make_targets=make)  # fmt: skip
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for got, want in zip(_grads(loss, hidden, weight, bias), ref_grads, strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert torch.isfinite(out.entropy_sum) and torch.isfinite(out.kl_sum)
+    stored = out.stored[0]
+    assert torch.isfinite(stored.alpha).all() and torch.isfinite(stored.tau).all() and stored.alpha.min() > 0

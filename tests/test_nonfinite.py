@@ -79,3 +79,24 @@ def test_classifier_skip_and_stop(tmp_path, tokenizer):
     poison(t, at_step=2)
     with pytest.raises(NonFiniteLossError, match="optimizer step 2"):
         t.train()
+
+
+def test_a_masked_vocabulary_entry_trains_with_the_dynamic_schedule(tmp_path, tokenizer):
+    # A head whose bias masks one vocabulary entry (-inf logit): probability 0, so 0 * log 0 terms must count as 0.
+    # Before, the stored entropy, hence the dynamic alpha, was NaN and the next step's loss NaN.
+    model = make_model(len(tokenizer))
+    head = torch.nn.Linear(model.config.hidden_size, len(tokenizer), bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[-1] = float("-inf")
+    model.lm_head, model.config.tie_word_embeddings = head, False
+    kw = sft_kwargs(tmp_path / "out", max_steps=3, distillation_schedule="dynamic")
+    t = DynSDPBTrainer(model=model, args=DynSDPBConfig(**kw), train_dataset=arithmetic_dataset(16),
+                       processing_class=tokenizer)  # fmt: skip
+    t.train()
+    logs = [h for h in t.state.log_history if "loss" in h]
+    assert len(logs) == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)
+    assert logs[-1]["dynsdpb/distilled_tokens"] > 0 and 0 < logs[-1]["dynsdpb/alpha"] < 1
+    assert all(torch.isfinite(torch.tensor(h["entropy"])) for h in logs)
+    assert model.lm_head.bias[-1].item() == float("-inf")

@@ -228,6 +228,18 @@ def test_bad_distillation_fields_fail_at_construction(tmp_path, field, value, ma
         DynSDPBConfig(**sft_kwargs(tmp_path, **{field: value}))
 
 
+def test_min_temperature_is_validated_only_where_the_schedule_uses_it(tmp_path):
+    from dynsdpb_selfplay.distill.config import DistillationArguments
+
+    # The static rule never reads distillation_min_temperature (default 1.0): tau0 < 1 is a valid static setup.
+    cfg = DynSDPBConfig(**sft_kwargs(tmp_path, distillation_schedule="static", distillation_temperature=0.5))
+    assert cfg.distillation_temperature == 0.5
+    assert DistillationArguments(distillation_schedule="static", distillation_temperature=0.5).distillation_alpha == 1
+    with pytest.raises(ValueError, match="distillation_min_temperature"):
+        DistillationArguments(distillation_schedule="dynamic", distillation_temperature=0.5)
+    DistillationArguments(distillation_temperature=0.5, distillation_min_temperature=0.25)  # dynamic, in range
+
+
 def _sft_trainer(tmp_path, tokenizer, dataset=None, **overrides):
     return SFTTrainer(
         model=make_model(len(tokenizer)),

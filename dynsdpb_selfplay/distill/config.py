@@ -39,7 +39,10 @@ class DistillationArguments:
     )
     distillation_min_temperature: float = field(
         default=1.0,
-        metadata={"help": "Dynamic schedule: temperature of a stored prediction with zero top-1/top-2 margin."},
+        metadata={
+            "help": "Dynamic schedule: temperature of a stored prediction with zero top-1/top-2 margin, in "
+            "(0, distillation_temperature]. Not used (nor checked) by the static schedule."
+        },
     )
     distillation_wrong_top1_weight: float = field(
         default=0.5,
@@ -100,8 +103,15 @@ class DistillationArguments:
             raise bad("distillation_alpha", "must be >= 0")
         if not self.distillation_temperature > 0:
             raise bad("distillation_temperature", "must be > 0")
-        if not 0 < self.distillation_min_temperature <= self.distillation_temperature:
-            raise bad("distillation_min_temperature", "must be in (0, distillation_temperature]")
+        # Only the dynamic rule reads the minimum temperature: a static tau0 < 1 must not trip over its default.
+        if self.distillation_schedule == "dynamic" and not (
+            0 < self.distillation_min_temperature <= self.distillation_temperature
+        ):
+            raise bad(
+                "distillation_min_temperature",
+                "must be in (0, distillation_temperature] under the dynamic schedule; with distillation_temperature "
+                "< 1 set it lower too (the static schedule does not use it)",
+            )
         if not 0 <= self.distillation_wrong_top1_weight <= 1:
             raise bad("distillation_wrong_top1_weight", "must be in [0, 1]")
         if isinstance(self.distillation_schedule, str) and self.distillation_schedule not in ("static", "dynamic"):

@@ -11,7 +11,8 @@ What "previous step" means: the previous *optimizer* step. Under gradient accumu
 optimizer step (all its micro-batches, on all ranks) is what overlaps by half with the next one; targets stored while
 accumulating step ``s`` (weights ``w_s``) teach step ``s + 1`` (weights ``w_{s+1}``). The KL is normalized by the
 distilled positions of the whole step, so (micro-batch 8, accumulation 1) and (micro-batch 2, accumulation 4) give
-the same loss.
+the same loss, and enters each micro-batch's loss with the weight that undoes what the Trainer does to that loss
+afterwards (:meth:`DynSDPBCore._kd_loss_weight`), on every model family.
 """
 
 from __future__ import annotations
@@ -208,6 +209,30 @@ class DynSDPBCore:
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             total = self.accelerator.gather(total).sum()
         return total
+
+    def _data_parallel_processes(self) -> int:
+        """Processes DDP averages gradients over (tensor-parallel ranks share a batch), as transformers counts them."""
+        tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+        return self.accelerator.num_processes // tp
+
+    def _kd_loss_weight(self, num_items_in_batch) -> float:
+        """Factor on a micro-batch's KD term ``sum alpha tau^2 KL / D`` so that it reaches the gradients whole.
+
+        ``D`` counts the distilled tokens of the whole optimizer step (of every process when tokens are averaged
+        across devices), so the KD terms of a step already add up to the step's KD loss. Two things transformers does
+        to the returned loss would shrink it again, both where the model takes no loss kwargs (``num_items_in_batch``
+        is then ``None``; e.g. Gemma 3/4 and Qwen-VL conditional-generation classes): ``training_step`` divides the
+        loss by the accumulation steps (``loss_is_scaled_for_ga`` false), and nothing multiplies it back by the
+        number of processes before DDP averages the gradients. The CE keeps TRL's handling (per-micro-batch mean)."""
+        weight = 1.0
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:  # transformers' own rule in training_step (compute_loss_func is refused)
+            scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        if not scaled:
+            weight *= self.current_gradient_accumulation_steps
+        if num_items_in_batch is None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            weight *= self._data_parallel_processes()
+        return weight
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # Called once at the start of every optimizer step: last step's writes become this step's targets.

@@ -7,11 +7,13 @@ immediately forms the gradient of the loss with respect to the logits::
 
     dL/dz_t  = (softmax(z_t) - onehot(y_t)) / N                                  (CE, every label token)
              + alpha_t * tau_t * (q_t - p_t) / D                                  (full targets)
-             + alpha_t * tau_t * (q_t * (1 - p_tail/q_tail) [off top-k] ; q_t - p_t [on top-k]) / D   (top-k + tail)
+             + alpha_t * tau_t * (q_t - p_tail * q_t/q_tail [off top-k] ; q_t - p_t [on top-k]) / D   (top-k + tail)
 
 with ``q_t = softmax(z_t / tau_t)``. That gradient is pushed through the projection at once (``dL/dh = g W``,
 ``dL/dW = g^T h``), so backward only scales the saved results by the incoming gradient. Peak extra memory is a few
-``[chunk, V]`` fp32 buffers instead of ``[N, V]`` logits and their softmax.
+``[chunk, V]`` fp32 buffers instead of ``[N, V]`` logits and their softmax. ``q_t/q_tail <= 1`` is formed in log
+space, and ``0 * log 0`` counts as 0 (a masked vocabulary entry, logit ``-inf``), so the gradients stay finite wherever
+the reference :func:`~.losses.distillation_loss` does.
 
 Logit scaling and soft-capping (Gemma-style ``z = c * tanh(s / c)``) are applied like TRL's fused head does.
 :func:`~.losses.distillation_loss` is the unfused reference this must match.
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .losses import Targets
+from .losses import Targets, weighted_sum
 
 __all__ = ["FusedOutputs", "fused_ce_distill", "logit_transform"]
 
@@ -84,7 +86,7 @@ class _FusedCEDistill(torch.autograd.Function):
                 g = (z - lse).exp_()  # softmax at T = 1
                 z_y = z.gather(-1, y[:, None])
                 sums["ce"] += (lse - z_y).sum()
-                sums["ent"] += (lse.squeeze(-1) - (g * z).sum(-1)).sum()
+                sums["ent"] += (lse.squeeze(-1) - weighted_sum(g, z)).sum()
                 sums["ok"] += (z.argmax(-1) == y).sum()
 
                 s_local, s_lo, s_hi = _rows_in(store_rows, start, end)
@@ -103,19 +105,21 @@ class _FusedCEDistill(torch.autograd.Function):
                     coef = (t.alpha * t.tau * plan["kd_scale"])[:, None]
                     if not t.is_topk:
                         p = t.logp.exp()
-                        kl = (p * (t.logp - lq)).sum(-1)
+                        kl = weighted_sum(p, t.logp - lq)
                         gk = q - p
                     else:
                         idx = t.indices.long()
                         lq_k = lq.gather(-1, idx)
-                        lq_tail = lq.scatter(-1, idx, float("-inf")).logsumexp(-1)
+                        lq_off = lq.scatter(-1, idx, float("-inf"))  # student log-probs outside the top-k
+                        lq_tail = lq_off.logsumexp(-1)
                         p_k, p_tail = t.logp.exp(), t.tail_logp.exp()
-                        has_tail = p_tail > 0
-                        kl = (p_k * (t.logp - lq_k)).sum(-1) + torch.where(
-                            has_tail, p_tail * (t.tail_logp - lq_tail), 0.0
+                        kl = weighted_sum(p_k, t.logp - lq_k) + torch.where(
+                            p_tail > 0, p_tail * (t.tail_logp - lq_tail), 0.0
                         )
-                        ratio = torch.where(has_tail, (t.tail_logp - lq_tail).exp(), 0.0)  # p_tail / q_tail
-                        gk = q * (1.0 - ratio[:, None])
+                        # Off the top-k: q_v - p_tail * q_v / q_tail, with q_v / q_tail = exp(lq_v - lq_tail) <= 1 taken
+                        # in log space (the ratio p_tail / q_tail alone overflows fp32 when q_tail is tiny).
+                        shift = torch.where(torch.isfinite(lq_tail), lq_tail, 0.0)
+                        gk = q - p_tail[:, None] * (lq_off - shift[:, None]).exp()
                         gk.scatter_(-1, idx, lq_k.exp() - p_k)
                         sums["tail"] += p_tail.sum()
                     g.index_add_(0, k_local, gk * coef)
@@ -162,13 +166,14 @@ def fused_ce_distill(
     kd_rows: torch.Tensor | None = None,
     kd_targets: Targets | None = None,
     num_distilled: float | torch.Tensor = 1.0,
+    kd_weight: float = 1.0,
     store_rows: torch.Tensor | None = None,
     make_targets: Callable[..., Targets] | None = None,
     logit_scale: float = 1.0,
     softcap: float | None = None,
     chunk_size: int = 256,
 ) -> tuple[torch.Tensor, FusedOutputs]:
-    """``L = sum_t CE_t / num_items + sum_i alpha_i tau_i^2 KL_i / num_distilled``, fused with the LM head.
+    """``L = sum_t CE_t / num_items + kd_weight * sum_i alpha_i tau_i^2 KL_i / num_distilled``, fused with the LM head.
 
     Args:
         hidden: ``[N, H]`` final hidden states at the label positions (already shifted: row ``t`` predicts
@@ -178,6 +183,8 @@ def fused_ce_distill(
         num_items: CE normalizer (``num_items_in_batch`` under gradient accumulation), clamped to >= 1.
         kd_rows: ``[D]`` sorted indices into ``N`` of the distilled tokens; ``kd_targets`` their targets.
         num_distilled: KL normalizer (distilled tokens in the whole optimizer step), clamped to >= 1.
+        kd_weight: factor on the KD term alone (undoes what the caller's trainer later does to the whole loss, e.g.
+            dividing it by the accumulation steps; the logged sums are unaffected).
         store_rows: ``[S]`` sorted indices into ``N`` whose targets to store for the next step;
             ``make_targets(logits [s, V], probs [s, V], lse [s, 1], labels [s]) -> Targets`` (fp32, detached; ``probs``
             is the softmax at temperature 1 and ``lse`` its log-normalizer) builds them.
@@ -195,7 +202,7 @@ def fused_ce_distill(
         "store_rows": empty if store_rows is None else store_rows.to(device),
         "make_targets": make_targets,
         "ce_scale": 1.0 / max(float(num_items), 1.0),
-        "kd_scale": 1.0 / max(float(num_distilled), 1.0),
+        "kd_scale": float(kd_weight) / max(float(num_distilled), 1.0),
         "logit_scale": float(logit_scale),
         "softcap": softcap,
         "chunk_size": int(chunk_size),

@@ -41,10 +41,19 @@ __all__ = [
     "kl_to_targets",
     "teacher_stats",
     "teacher_stats_from_softmax",
+    "weighted_sum",
 ]
 
 # log(0) stand-in for an empty tail bucket: exp() of it is 0 in fp32, and 0 * it stays finite.
 _LOG_ZERO = -1e30
+
+
+def weighted_sum(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``sum_v p_v x_v`` over the last dimension, with ``0 * x = 0`` where ``p_v = 0`` (as ``xlogy`` does).
+
+    A masked vocabulary entry has logit ``-inf``, so ``p_v = 0`` and ``x_v`` is ``-inf`` (``z_v``, ``log p_v``) or
+    ``NaN`` (``log p_v - log q_v``); the plain product would make the sum ``NaN``."""
+    return torch.where(p > 0, p * x, 0.0).sum(-1)
 
 
 @dataclass
@@ -135,7 +144,7 @@ def teacher_stats_from_softmax(
     k = min(2, v) if uncertainty_topk is None else min(uncertainty_topk, v)
     top = p.topk(k, dim=-1)
     if uncertainty_topk is None:
-        entropy = (lse.squeeze(-1) - (p * z).sum(-1)) / math.log(v)
+        entropy = (lse.squeeze(-1) - weighted_sum(p, z)) / math.log(v)
     elif k > 1:
         q = top.values / top.values.sum(-1, keepdim=True)
         entropy = -torch.xlogy(q, q).sum(-1) / math.log(k)
@@ -183,11 +192,11 @@ def kl_to_targets(logits: torch.Tensor, targets: Targets) -> torch.Tensor:
     lq = torch.log_softmax(logits.float() / targets.tau[:, None], dim=-1)
     lp = targets.logp
     if not targets.is_topk:
-        return (lp.exp() * (lp - lq)).sum(-1)
+        return weighted_sum(lp.exp(), lp - lq)
     idx = targets.indices.long()
     lq_k = lq.gather(-1, idx)
     lq_tail = lq.scatter(-1, idx, float("-inf")).logsumexp(-1)
-    kept = (lp.exp() * (lp - lq_k)).sum(-1)
+    kept = weighted_sum(lp.exp(), lp - lq_k)
     p_tail = targets.tail_logp.exp()
     # An empty tail (p_tail == 0) contributes 0, also where lq_tail is -inf.
     tail = torch.where(p_tail > 0, p_tail * (targets.tail_logp - lq_tail), torch.zeros_like(p_tail))

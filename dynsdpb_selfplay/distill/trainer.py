@@ -7,8 +7,11 @@ mixin and a :class:`~.config.DynSDPBConfig`; :func:`attach_dynsdpb` turns an alr
 ``transformers.Trainer`` over a sequence classifier, see :mod:`.classification`) into the same thing by swapping
 its class for a subclass with the right mixin, so an existing recipe gains DynSDPB with one line.
 
-The CE is normalized by the label tokens of the whole optimizer step (``num_items_in_batch``, exactly as TRL) and
-the KL by the distilled tokens of the whole step.
+The CE is TRL's (normalized by the label tokens of the whole optimizer step, ``num_items_in_batch``, or, for a
+model that takes no loss kwargs, the micro-batch mean the Trainer divides by the accumulation steps), the KL is
+normalized by the distilled tokens of the whole step on every model family, and MoE models keep SFTTrainer's
+``router_aux_loss_coef * aux_loss``. Families whose logits the fused kernel cannot reproduce are refused at
+construction (:mod:`.architectures`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from transformers import Trainer
 from trl import SFTTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
+from .architectures import check_logits_path, router_aux_loss
 from .batching import INDEX_COLUMN, MicroBatchPlan, plan_micro_batch
 from .config import DistillationArguments, DynSDPBConfig
 from .core import TARGETS_FILE, DatasetTooSmallError, DynSDPBCore, last_complete_checkpoint
@@ -72,6 +76,13 @@ class DynSDPBMixin(DynSDPBCore):
         self._dynsdpb_forward_kwargs = {"logits_to_keep": 1} if accepts else {}
         self._dynsdpb_transform = logit_transform(model.config)
         self._warn_topk_temperature("a large vocabulary")
+        row = self.train_dataset[0]
+        probe = list(row["input_ids"][:32]) if "input_ids" in row else list(range(min(16, head.weight.shape[0])))
+        check_logits_path(self.model, head, self._dynsdpb_transform, probe, router_logits=self._dynsdpb_aux_loss())
+
+    def _dynsdpb_aux_loss(self) -> bool:
+        """SFTTrainer adds the MoE load-balancing loss (``aux_loss_enabled``, set from ``router_aux_loss_coef``)."""
+        return bool(getattr(self, "aux_loss_enabled", False))
 
     def _plan_micro_batch(self, batch: dict, micro_index: int) -> MicroBatchPlan:
         return plan_micro_batch(batch, self._dynsdpb_store, self._first_position(micro_index, batch["labels"].shape[0]))
@@ -86,6 +97,9 @@ class DynSDPBMixin(DynSDPBCore):
         labels = inputs["labels"]
         forward = {k: v for k, v in inputs.items() if k not in ("labels", INDEX_COLUMN)}
         forward.update(use_cache=False, output_hidden_states=True, **self._dynsdpb_forward_kwargs)
+        aux_loss = self._dynsdpb_aux_loss()
+        if aux_loss:  # as SFTTrainer.compute_loss: MoE models return their router logits
+            forward["output_router_logits"] = True
         outputs = model(**forward)
         hidden = outputs.hidden_states[-1][:, :-1]
         shifted = labels[:, 1:]
@@ -110,6 +124,7 @@ class DynSDPBMixin(DynSDPBCore):
                 kd_rows=plan.kd_rows,
                 kd_targets=self._gathered_targets(plan),
                 num_distilled=plan.num_distilled,
+                kd_weight=self._kd_loss_weight(num_items_in_batch),
                 # alpha = 0 stores nothing, so nothing is ever distilled: plain CE at no extra cost.
                 store_rows=plan.store_rows if settings.distillation_alpha > 0 else None,
                 make_targets=self._make_targets,
@@ -117,17 +132,24 @@ class DynSDPBMixin(DynSDPBCore):
                 softcap=softcap,
                 chunk_size=settings.distillation_chunk_size,
             )
+        # From here on, exactly SFTTrainer.compute_loss: the token-normalised loss times the processes DDP averages
+        # over, then the weighted MoE aux loss, a per-micro-batch mean (over the accumulation steps when the Trainer
+        # leaves accumulation to the loss).
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self._data_parallel_processes()
+        aux = None
+        if aux_loss:
+            aux = router_aux_loss(self.accelerator.unwrap_model(model), outputs, forward.get("attention_mask"))
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + self.router_aux_loss_coef * aux.to(loss.device) / steps
         if not torch.isfinite(loss):
             return self._nonfinite_loss(model, loss, inputs, plan)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
-            loss = loss * (self.accelerator.num_processes // tp)
 
         self._store_new_targets(plan, out.stored)
-        self._log_dynsdpb(plan, out, mask, inputs)
+        self._log_dynsdpb(plan, out, mask, inputs, aux)
         return (loss, outputs) if return_outputs else loss
 
-    def _log_dynsdpb(self, plan: MicroBatchPlan, out, mask: torch.Tensor, inputs: dict) -> None:
+    def _log_dynsdpb(self, plan: MicroBatchPlan, out, mask: torch.Tensor, inputs: dict, aux=None) -> None:
         """TRL's per-micro-batch metrics, as ``SFTTrainer.compute_loss`` keeps them, plus the DynSDPB sums."""
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics["train"]
@@ -138,6 +160,8 @@ class DynSDPBMixin(DynSDPBCore):
         if "attention_mask" in inputs:
             self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
             metrics["num_tokens"] = [self._total_train_tokens]
+        if aux is not None:
+            metrics["aux_loss"].append(gather(aux.detach()).mean().item())
         values = (n_label, out.ce_sum, plan.kd_rows.numel(), out.kl_sum, out.kd_sum, out.alpha_sum, out.tau_sum,
                   out.tail_mass_sum, plan.label_tokens_repeated)  # fmt: skip
         self._add_dynsdpb_sums(values, mask.device)
