@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .engines.base import Engine, SamplingConfig
+from .engines.base import Engine, SamplingConfig, progress_bar
 from .tasks.base import Example, PromptFormat, Task, check_examples
 
 __all__ = ["EvalResult", "evaluate", "mean_ci95", "wilson_interval", "write_jsonl"]
@@ -90,7 +90,8 @@ def evaluate(
     stop = list(dict.fromkeys([*fmt.stop, *sampling.stop]))
     sampling = SamplingConfig(**{**asdict(sampling), "stop": stop})
     gen_start = time.perf_counter()
-    generations = engine.generate(prompts, sampling)
+    with progress_bar(engine, len(prompts), f"{task.name} {split or ''} evaluation".replace("  ", " ")):
+        generations = engine.generate(prompts, sampling)
     gen_s = time.perf_counter() - gen_start
     records = []
     for ex, prompt, gen in zip(examples, prompts, generations, strict=True):

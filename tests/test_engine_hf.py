@@ -128,3 +128,17 @@ def test_missing_vllm_says_how_to_install(monkeypatch, tiny_model_dirs):
     with pytest.raises(EngineUnavailableError, match="pip install vllm"):
         make_engine(str(tiny_model_dirs[0]), EngineConfig(backend="vllm"))
     assert isinstance(make_engine(str(tiny_model_dirs[0]), EngineConfig(backend="auto", dtype="float32")), HFEngine)
+
+
+def test_queued_groups_run_in_submission_order_each_as_its_own_batch(tiny_model_dirs):
+    engine = HFEngine.from_pretrained(str(tiny_model_dirs[0]), EngineConfig(backend="hf", dtype="float32"))
+    greedy = SamplingConfig(max_new_tokens=6)
+    ids = [engine.encode(p) for p in ("12", "abc", "Say 7.", "x y")]
+    first, second = engine.submit(ids[:2], greedy), engine.submit(ids[2:], greedy)
+    order, out = [], {}
+    for ticket, gens in engine.completed():
+        order.append(ticket)
+        out[ticket] = [g.completions[0].token_ids for g in gens]
+    assert order == [first, second]
+    assert out[first] == [g.completions[0].token_ids for g in engine.generate_ids(ids[:2], greedy)]
+    assert out[second] == [g.completions[0].token_ids for g in engine.generate_ids(ids[2:], greedy)]

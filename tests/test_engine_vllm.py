@@ -75,3 +75,29 @@ def test_update_weights_in_place(engine, tiny_model_dirs):
     finally:
         engine.update_weights(str(tiny_model_dirs[0]))
     assert _ids(engine.generate(PROMPTS, GREEDY)) == before
+
+
+def test_queued_groups_run_together_and_each_comes_back_whole(engine):
+    # Three groups queued at once, one with a follow-up submitted while the others run: each group's greedy
+    # generations equal the same group generated alone, and the engine reports progress per finished prompt.
+    ids = [engine.encode(p) for p in PROMPTS]
+    alone = [_ids(engine.generate_ids(ids[k : k + 3], GREEDY)) for k in (0, 3, 5)]
+    seen = []
+    engine.progress = lambda prompts, tokens: seen.append((prompts, tokens))
+    try:
+        tickets = {engine.submit(ids[k : k + 3], GREEDY): k for k in (0, 3)}
+        out, follow = {}, None
+        for ticket, gens in engine.completed():
+            out[ticket] = _ids(gens)
+            if follow is None:
+                follow = engine.submit(ids[5:8], GREEDY)
+    finally:
+        engine.progress = None
+    assert [out[t] for t in tickets] == alone[:2] and out[follow] == alone[2]
+    assert sum(p for p, _ in seen) == 9 and sum(t for _, t in seen) == sum(
+        len(c) for g in out.values() for p in g for c in p
+    )
+    with pytest.raises(RuntimeError, match="pending"):
+        engine.submit(ids[:1], GREEDY)
+        engine.generate_ids(ids[:1], GREEDY)
+    list(engine.completed())  # drain what the refused call left queued

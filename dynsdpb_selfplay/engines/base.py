@@ -5,17 +5,25 @@ Contract of :meth:`Engine.generate`: prompts (chat message lists or plain string
 see the same ids. Each prompt yields ``sampling.n`` completions in input order. A completion's ``text`` excludes the
 EOS token and is cut before the first stop string (vLLM's convention); ``token_ids`` are the generated ids;
 ``finish_reason`` is ``"stop"`` (EOS or stop string) or ``"length"`` (hit ``max_new_tokens``).
+
+Queued generation (:meth:`Engine.submit`, :meth:`Engine.completed`) lets a caller hand the engine many groups of
+prompts at once (each with its own sampling settings, e.g. one seed per saved chunk) and act on each group as soon as
+it completes, submitting follow-up groups meanwhile. vLLM batches every queued request together; the default, used by
+the transformers backend, runs the groups one at a time in submission order, each as its own batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import UserInputError
 from ..precision import DTYPES, resolve_dtype
 
-__all__ = ["Completion", "Engine", "EngineConfig", "Generation", "SamplingConfig", "resolve_dtype"]
+__all__ = ["Completion", "Engine", "EngineConfig", "Generation", "SamplingConfig", "progress_bar", "resolve_dtype"]
 
 
 @dataclass
@@ -111,11 +119,15 @@ class Generation:
 
 
 class Engine(ABC):
-    """A loaded model that generates. Use as a context manager, or call :meth:`close` to free it."""
+    """A loaded model that generates. Use as a context manager, or call :meth:`close` to free it.
+
+    ``progress``: an optional ``callback(prompts, tokens)`` told how many prompts completed and how many tokens they
+    generated, as the engine goes (a progress bar); every backend calls it at least once per completed batch."""
 
     name = "engine"
     tokenizer = None
     model_path: str = ""
+    progress: Callable[[int, int], None] | None = None
 
     def encode(self, prompt) -> list[int]:
         """Token ids of a prompt: a message list goes through the chat template (with the generation prompt, no
@@ -148,6 +160,30 @@ class Engine(ABC):
     ) -> list[Generation]:
         """Generate from token ids (the backends implement this)."""
 
+    # ------------------------------------------------------------------------------------ queued generation
+    def submit(self, prompt_ids: list[list[int]], sampling: SamplingConfig, lora_path: str | None = None) -> int:
+        """Queue a group of prompts (token ids) with one sampling setting; returns the group's ticket. Nothing runs
+        until :meth:`completed` is iterated."""
+        if not hasattr(self, "_queue"):
+            self._queue, self._tickets = deque(), 0
+        self._tickets += 1
+        self._queue.append((self._tickets, [list(p) for p in prompt_ids], sampling, lora_path))
+        return self._tickets
+
+    def completed(self) -> Iterator[tuple[int, list[Generation]]]:
+        """Run the queued groups, yielding ``(ticket, generations)`` as each group completes (generations in the
+        group's prompt order); groups submitted while iterating run too. Here: one group at a time, in submission
+        order, each as its own :meth:`generate_ids` call, so a group's results do not depend on what else was
+        queued (resuming a half-done phase regenerates exactly what the uninterrupted run would have)."""
+        queue = getattr(self, "_queue", deque())
+        while queue:
+            ticket, prompt_ids, sampling, lora_path = queue.popleft()
+            yield ticket, self.generate_ids(prompt_ids, sampling, lora_path=lora_path)
+
+    def _report(self, generations: list[Generation]) -> None:
+        if self.progress is not None and generations:
+            self.progress(len(generations), sum(len(c.token_ids) for g in generations for c in g.completions))
+
     @abstractmethod
     def update_weights(self, checkpoint_dir: str) -> None:
         """Load new weights of the same architecture from a safetensors checkpoint directory, in place."""
@@ -161,3 +197,30 @@ class Engine(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def progress_bar(engine: Engine | None, total: int, desc: str):
+    """Within the block, a progress bar of ``engine``'s completed prompts (out of ``total``) with generated
+    tokens/s, fed by its ``progress`` callback: long generations show how far they are instead of minutes of
+    silence."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="prompt", leave=False, dynamic_ncols=True)
+    tokens = 0
+
+    def update(prompts: int, new_tokens: int) -> None:
+        nonlocal tokens
+        tokens += new_tokens
+        bar.update(prompts)
+        bar.set_postfix_str(f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.0f} tok/s", refresh=False)
+
+    previous = None if engine is None else engine.progress
+    if engine is not None:
+        engine.progress = update
+    try:
+        yield bar
+    finally:
+        if engine is not None:
+            engine.progress = previous
+        bar.close()

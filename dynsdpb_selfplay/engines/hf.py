@@ -101,6 +101,7 @@ class HFEngine(Engine):
                 for row, i in enumerate(batch):
                     seqs = new[row * sampling.n : (row + 1) * sampling.n]
                     results[i] = Generation(list(prompt_ids[i]), [self._completion(s, sampling) for s in seqs])
+                self._report([results[i] for i in batch])
         finally:
             if lora_path is not None:
                 self.model.disable_adapters()

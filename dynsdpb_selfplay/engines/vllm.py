@@ -94,17 +94,48 @@ class VLLMEngine(Engine):
         return LoRARequest(f"adapter{lora_id}", lora_id, lora_path)
 
     def generate_ids(self, prompt_ids, sampling, lora_path=None):
+        if getattr(self, "_groups", None):  # completed() would hand their results here, and they would be lost
+            raise RuntimeError("generate_ids() while submitted groups are pending; iterate completed() instead")
+        ticket = self.submit(prompt_ids, sampling, lora_path)
+        for done, generations in self.completed():
+            if done == ticket:
+                return generations
+        raise RuntimeError("vLLM finished without completing the submitted prompts")
+
+    # Queued generation: every submitted request goes into vLLM's scheduler at once, so the engine batches across
+    # groups (chunks, passes) up to max_num_seqs; a group is handed back as soon as its last request finishes.
+    def submit(self, prompt_ids, sampling, lora_path=None):
+        if not hasattr(self, "_groups"):
+            self._groups, self._owner, self._tickets = {}, {}, 0
+        self._tickets += 1
         requests = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
-        outputs = self.llm.generate(
-            requests, self._sampling_params(sampling), use_tqdm=False, lora_request=self._lora_request(lora_path)
+        ids = self.llm.enqueue(
+            requests, self._sampling_params(sampling), lora_request=self._lora_request(lora_path), use_tqdm=False
         )
-        return [
-            Generation(
-                list(prompt_ids[i]),
-                [Completion(c.text, list(c.token_ids), c.finish_reason or "length") for c in out.outputs],
-            )
-            for i, out in enumerate(outputs)
-        ]
+        # enqueue() returns internal ids ("<n>-<suffix>"); step() reports the request by its external id "<n>".
+        ids = [str(i).rsplit("-", 1)[0] for i in ids]
+        self._groups[self._tickets] = ([list(p) for p in prompt_ids], ids, {})
+        self._owner.update({rid: (self._tickets, k) for k, rid in enumerate(ids)})
+        return self._tickets
+
+    def completed(self):
+        engine = self.llm.llm_engine
+        while getattr(self, "_groups", None):
+            if not engine.has_unfinished_requests():
+                raise RuntimeError(f"vLLM holds no request of the {len(self._groups)} group(s) still pending")
+            for out in engine.step():
+                if not out.finished or out.request_id not in self._owner:
+                    continue
+                ticket, k = self._owner.pop(out.request_id)
+                prompts, ids, done = self._groups[ticket]
+                done[out.request_id] = Generation(
+                    prompts[k],
+                    [Completion(c.text, list(c.token_ids), c.finish_reason or "length") for c in out.outputs],
+                )
+                self._report([done[out.request_id]])
+                if len(done) == len(ids):
+                    del self._groups[ticket]
+                    yield ticket, [done[i] for i in ids]
 
     def update_weights(self, checkpoint_dir: str) -> None:
         from ..models import check_model_dir

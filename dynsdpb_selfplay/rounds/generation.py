@@ -1,25 +1,32 @@
 """Generation phases: sampled solutions (self-training) and answer-then-revise trajectories (self-correction).
 
 Questions are processed in chunks; each finished chunk is one atomically written file, and chunk ``i`` samples with
-seed ``hash(run seed, round, i)``, so an interrupted phase resumes at the first missing chunk and produces exactly
-the records an uninterrupted run would have: nothing lost, nothing duplicated.
+seed ``hash(run seed, round, i)``, so an interrupted phase resumes at the missing chunks and produces the records an
+uninterrupted run would have: nothing lost, nothing duplicated.
+
+Every pending chunk is handed to the engine at once (:meth:`~..engines.base.Engine.submit`), so vLLM batches the
+whole round (a chunk's follow-up pass, the hinted retry or the review turn, is queued as soon as its first pass
+completes), and each chunk is saved as soon as its last pass completes. A chunk's records come from a *chunk
+program*: a generator that yields ``(prompts, sampling)`` requests, receives their generations, and returns the
+chunk's records.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from ..engines.base import Engine, SamplingConfig
+from ..engines.base import Engine, SamplingConfig, progress_bar
 from ..errors import UserInputError
-from ..tasks.base import Example, PromptFormat, Task
+from ..tasks.base import Example, PromptFormat, Task, check_examples
 from .faults import maybe_fault
 from .rundir import read_jsonl_records, write_jsonl
 
-__all__ = ["chunk_seed", "run_chunked", "self_correction_records", "self_training_records"]
+__all__ = ["chunk_seed", "generate_round", "round_questions", "run_chunked", "run_program", "run_programs",
+           "self_correction_records", "self_training_records"]  # fmt: skip
+
+ChunkProgram = Generator[tuple[list, SamplingConfig], list, list[dict]]
 
 
 def chunk_seed(seed: int, round_index: int, chunk: int) -> int:
@@ -27,37 +34,72 @@ def chunk_seed(seed: int, round_index: int, chunk: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def run_programs(engine: Engine, programs: dict[int, ChunkProgram], on_done: Callable[[int, list[dict]], None]):
+    """Drive chunk programs to completion through the engine's queue: every program's first request is submitted at
+    once, each follow-up as soon as the request before it completes; ``on_done(key, records)`` when one returns."""
+    waiting: dict[int, tuple[int, ChunkProgram]] = {}
+
+    def advance(key: int, program: ChunkProgram, result: list | None) -> None:
+        try:
+            prompts, sampling = next(program) if result is None else program.send(result)
+        except StopIteration as stop:
+            on_done(key, stop.value)
+            return
+        waiting[engine.submit([engine.encode(p) for p in prompts], sampling)] = (key, program)
+
+    for key, program in programs.items():
+        advance(key, program, None)
+    for ticket, generations in engine.completed():
+        advance(*waiting.pop(ticket), generations)
+    if waiting:
+        raise RuntimeError(f"the engine finished with {len(waiting)} chunk(s) still waiting for generations")
+
+
+def run_program(engine: Engine, program: ChunkProgram) -> list[dict]:
+    """The records of one chunk program (e.g. the self-correction evaluation of a held-out set)."""
+    out: list[dict] = []
+    run_programs(engine, {0: program}, lambda _, records: out.extend(records))
+    return out
+
+
 def run_chunked(
     examples: list[Example],
     out_dir: Path,
     chunk_size: int,
-    make_records: Callable[[list[Example], int], list[dict]] | None,
+    make_records: Callable[[list[Example], int], ChunkProgram] | None,
     seed_of: Callable[[int], int],
     desc: str,
+    engine: Engine | None = None,
     fault_phase: str = "",
     select: Callable[[int], bool] | None = None,
 ) -> list[dict]:
-    """``make_records(chunk, seed)`` for every chunk not on disk yet; all records, in question order.
+    """Generate every chunk not on disk yet (``make_records(chunk, seed)`` is its program) and return all records,
+    in question order.
 
     With ``select``, only chunks ``i`` with ``select(i)`` are generated (a shard) and only their records returned.
-    Chunk ``i``'s records depend only on its questions and ``seed_of(i)``, so shards merged in chunk order equal
-    an unsharded run."""
+    Chunk ``i``'s records depend only on its questions and ``seed_of(i)``, so shards merged in chunk order equal an
+    unsharded run."""
     chunks = [examples[i : i + chunk_size] for i in range(0, len(examples), chunk_size)]
-    records: list[dict] = []
-    for i, chunk in enumerate(tqdm(chunks, desc=desc, unit="chunk", leave=False)):
-        if select is not None and not select(i):
-            continue
+    mine = [i for i in range(len(chunks)) if select is None or select(i)]
+    records: dict[int, list[dict]] = {}
+    for i in mine:
         path = out_dir / f"chunk-{i:05d}.jsonl"
         if path.exists():
-            records += read_jsonl_records(path)
-            continue
-        if make_records is None:
-            raise RuntimeError(f"{path} is missing after the generation shards finished")
-        new = make_records(chunk, seed_of(i))
-        write_jsonl(path, new, fault_phase)
-        records += new
-        maybe_fault(fault_phase, chunk=i)
-    return records
+            records[i] = read_jsonl_records(path)
+    missing = [i for i in mine if i not in records]
+    if missing:
+        if make_records is None or engine is None:
+            raise RuntimeError(f"{out_dir / f'chunk-{missing[0]:05d}.jsonl'} is missing after the generation shards")
+
+        def save(i: int, new: list[dict]) -> None:
+            write_jsonl(out_dir / f"chunk-{i:05d}.jsonl", new, fault_phase)
+            records[i] = new
+            maybe_fault(fault_phase, chunk=i)
+
+        total = sum(len(chunks[i]) for i in missing)
+        with progress_bar(engine, total, desc):
+            run_programs(engine, {i: make_records(chunks[i], seed_of(i)) for i in missing}, save)
+    return [r for i in mine for r in records[i]]
 
 
 def _with_hint(prompt, gold: str):
@@ -81,13 +123,13 @@ def _solution_record(task: Task, fmt: PromptFormat, ex: Example, k: int, source:
 
 
 def self_training_records(
-    engine: Engine, task: Task, fmt: PromptFormat, sampling: SamplingConfig, rationalize: bool, verify: str
-) -> Callable[[list[Example], int], list[dict]]:
+    task: Task, fmt: PromptFormat, sampling: SamplingConfig, rationalize: bool, verify: str
+) -> Callable[[list[Example], int], ChunkProgram]:
     """Sample ``sampling.n`` solutions per question; optionally rationalize the unsolved ones with a hint."""
 
-    def make(chunk: list[Example], seed: int) -> list[dict]:
+    def program(chunk: list[Example], seed: int) -> ChunkProgram:
         prompts = [task.build_prompt(ex, fmt) for ex in chunk]
-        gens = engine.generate(prompts, SamplingConfig(**{**vars(sampling), "seed": seed}))
+        gens = yield prompts, SamplingConfig(**{**vars(sampling), "seed": seed})
         records = []
         for ex, prompt, gen in zip(chunk, prompts, gens, strict=True):
             records += [_solution_record(task, fmt, ex, k, "sample", prompt, c) for k, c in enumerate(gen.completions)]
@@ -96,16 +138,14 @@ def self_training_records(
             todo = [(ex, p) for ex, p in zip(chunk, prompts, strict=True) if ex.id not in solved]
             if todo:
                 hinted = [_with_hint(p, ex.answer) for ex, p in todo]
-                gens = engine.generate(hinted, SamplingConfig(**{**vars(sampling), "seed": seed + 1}))
+                gens = yield hinted, SamplingConfig(**{**vars(sampling), "seed": seed + 1})
                 # Recorded with the original prompt: the hint is removed from what the model will be trained on.
                 for (ex, prompt), gen in zip(todo, gens, strict=True):
-                    records += [
-                        _solution_record(task, fmt, ex, k, "rationalized", prompt, c)
-                        for k, c in enumerate(gen.completions)
-                    ]
+                    records += [_solution_record(task, fmt, ex, k, "rationalized", prompt, c)
+                                for k, c in enumerate(gen.completions)]  # fmt: skip
         return records
 
-    return make
+    return program
 
 
 def correction_turns(prompt, first: str, instruction: str) -> list[dict]:
@@ -115,19 +155,19 @@ def correction_turns(prompt, first: str, instruction: str) -> list[dict]:
 
 
 def self_correction_records(
-    engine: Engine, task: Task, fmt: PromptFormat, sampling: SamplingConfig, instruction: str, verify: str
-) -> Callable[[list[Example], int], list[dict]]:
+    task: Task, fmt: PromptFormat, sampling: SamplingConfig, instruction: str, verify: str
+) -> Callable[[list[Example], int], ChunkProgram]:
     """First attempt, then a review turn; each record holds both answers and whether each verifies."""
 
-    def make(chunk: list[Example], seed: int) -> list[dict]:
+    def program(chunk: list[Example], seed: int) -> ChunkProgram:
         prompts = [task.build_prompt(ex, fmt) for ex in chunk]
-        first = engine.generate(prompts, SamplingConfig(**{**vars(sampling), "seed": seed}))
+        first = yield prompts, SamplingConfig(**{**vars(sampling), "seed": seed})
         convs, meta = [], []
         for ex, prompt, gen in zip(chunk, prompts, first, strict=True):
             for k, c in enumerate(gen.completions):
                 convs.append(correction_turns(prompt, c.text, instruction))
                 meta.append((ex, prompt, k, c.text))
-        revised = engine.generate(convs, SamplingConfig(**{**vars(sampling), "n": 1, "seed": seed + 1}))
+        revised = yield convs, SamplingConfig(**{**vars(sampling), "n": 1, "seed": seed + 1})
         records = []
         for (ex, prompt, k, text), gen in zip(meta, revised, strict=True):
             rev = gen.completions[0].text
@@ -138,4 +178,35 @@ def self_correction_records(
                             "revised_answer": b["flexible_answer"]})  # fmt: skip
         return records
 
-    return make
+    return program
+
+
+def round_questions(cfg, task: Task, r: int) -> list[Example]:
+    """The questions round ``r`` generates from: the whole ``task.train_split``, or its ``r``-th block of
+    ``task.train_limit`` questions (the first block every round when ``new_questions_each_round`` is off)."""
+    t = cfg.task
+    what = f"round {r}: task.train_split {t.train_split!r}"
+    if t.train_limit is None:
+        return check_examples(task.load(t.train_split), what)
+    block = r - 1 if t.new_questions_each_round else 0
+    first, end = block * t.train_limit, (block + 1) * t.train_limit
+    examples = task.load(t.train_split, limit=end)
+    what += f" (questions {first}-{end - 1}, task.train_limit={t.train_limit})"
+    return check_examples(examples[first:], what)
+
+
+def generate_round(cfg, task: Task, fmt: PromptFormat, r: int, out_dir: Path, engine: Engine | None,
+                   shard: tuple[int, int] | None = None) -> list[dict]:  # fmt: skip
+    """Round ``r``'s generation records, generating the chunks missing from ``out_dir`` (only those of shard ``k``
+    of ``n`` when given: chunks ``i % n == k``); with ``engine=None`` every chunk must be on disk already."""
+    g = cfg.generation
+    sampling = SamplingConfig(n=g.samples, temperature=g.temperature, top_p=g.top_p,
+                              max_new_tokens=g.max_new_tokens, stop=list(fmt.stop))  # fmt: skip
+    if cfg.pipeline == "self_training":
+        make = self_training_records(task, fmt, sampling, g.rationalize, cfg.filtering.verify)
+    else:
+        make = self_correction_records(task, fmt, sampling, g.correction_prompt, cfg.filtering.verify)
+    select = None if shard is None else (lambda i: i % shard[1] == shard[0])
+    return run_chunked(round_questions(cfg, task, r), out_dir, g.chunk_size, make,
+                       lambda i: chunk_seed(cfg.seed, r, i), f"round {r} generation", engine=engine,
+                       fault_phase=f"round_{r}/generate", select=select)  # fmt: skip

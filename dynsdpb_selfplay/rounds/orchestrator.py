@@ -16,11 +16,10 @@ from ..errors import UserInputError
 from ..evaluate import evaluate, wilson_interval
 from ..models import resolve_model
 from ..tasks import get_task
-from ..tasks.base import check_examples
 from .config import RunConfig, from_dict
 from .faults import maybe_fault
 from .filtering import filter_self_correction, filter_self_training, transitions
-from .generation import chunk_seed, run_chunked, self_correction_records, self_training_records
+from .generation import generate_round, run_program, self_correction_records
 from .report import round_line, write_report
 from .rundir import RunDir, read_jsonl_records, write_json, write_jsonl
 from .shards import run_shards
@@ -91,31 +90,8 @@ class Orchestrator:
         maybe_fault(name, point="done")
         return info
 
-    def _questions(self, r: int):
-        t = self.cfg.task
-        what = f"round {r}: task.train_split {t.train_split!r}"
-        if t.train_limit is None:
-            return check_examples(self.task.load(t.train_split), what)
-        block = r - 1 if t.new_questions_each_round else 0
-        first, end = block * t.train_limit, (block + 1) * t.train_limit
-        examples = self.task.load(t.train_split, limit=end)
-        what += f" (questions {first}-{end - 1}, task.train_limit={t.train_limit})"
-        return check_examples(examples[first:], what)
-
-    def _generation_chunks(self, r: int, engine, shard: tuple[int, int] | None = None) -> list[dict]:
-        """Generate round ``r``'s missing chunks (only shard ``k`` of ``n`` when given: chunks ``i % n == k``)."""
-        cfg, g = self.cfg, self.cfg.generation
-        sampling = SamplingConfig(n=g.samples, temperature=g.temperature, top_p=g.top_p,
-                                  max_new_tokens=g.max_new_tokens, stop=list(self.fmt.stop))  # fmt: skip
-        if cfg.pipeline == "self_training":
-            make = self_training_records(engine, self.task, self.fmt, sampling, g.rationalize, cfg.filtering.verify)
-        else:
-            make = self_correction_records(engine, self.task, self.fmt, sampling, g.correction_prompt,
-                                           cfg.filtering.verify)  # fmt: skip
-        select = None if shard is None else (lambda i: i % shard[1] == shard[0])
-        return run_chunked(self._questions(r), self.run_dir.round(r) / "generations", g.chunk_size, make,
-                           lambda i: chunk_seed(cfg.seed, r, i), f"round {r} generation",
-                           fault_phase=f"round_{r}/generate", select=select)  # fmt: skip
+    def _generation_chunks(self, r: int, engine) -> list[dict]:
+        return generate_round(self.cfg, self.task, self.fmt, r, self.run_dir.round(r) / "generations", engine)
 
     def _generate(self, r: int, weights: str) -> dict:
         shards = self.cfg.generation.shards
@@ -161,9 +137,9 @@ class Orchestrator:
         result = evaluate(engine, self.task, examples, self.fmt, greedy, model_name=weights, split=cfg.task.eval_split)
         summary, records = dict(result.summary), result.records
         if cfg.pipeline == "self_correction":
-            make = self_correction_records(engine, self.task, self.fmt, greedy, cfg.generation.correction_prompt,
+            make = self_correction_records(self.task, self.fmt, greedy, cfg.generation.correction_prompt,
                                            cfg.filtering.verify)  # fmt: skip
-            corr = make(examples, cfg.seed)
+            corr = run_program(engine, make(examples, cfg.seed))
             trans = transitions(corr)
             n = len(corr)
             summary.update(trans)

@@ -42,13 +42,19 @@ def run_shards(run_dir: Path, round_index: int, weights: str, shards: int) -> No
 
 def _main(run_dir: str, round_index: str, weights: str, shard: str, shards: str) -> None:
     from ..engines import make_engine
-    from .orchestrator import Orchestrator
+    from ..tasks import get_task
+    from .config import from_dict
+    from .generation import generate_round
     from .rundir import RunDir
 
     # No lock: the orchestrator that started this process holds it; shards write disjoint chunk files.
-    orch = Orchestrator(RunDir(run_dir), log=lambda *_: None)
-    with make_engine(weights, orch.cfg.engine) as engine:
-        orch._generation_chunks(int(round_index), engine, shard=(int(shard), int(shards)))
+    folder = RunDir(run_dir)
+    cfg = from_dict(folder.config())
+    task = get_task(cfg.task.name, **cfg.task.options)
+    r = int(round_index)
+    with make_engine(weights, cfg.engine) as engine:
+        generate_round(cfg, task, task.get_format(name=cfg.task.format), r, folder.round(r) / "generations", engine,
+                       shard=(int(shard), int(shards)))  # fmt: skip
 
 
 if __name__ == "__main__":
