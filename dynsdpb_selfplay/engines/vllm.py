@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 
-from ..errors import EngineUnavailableError
+from ..errors import EngineUnavailableError, UserInputError
+from ..memory import check_memory, vllm_cpu_need
 from .base import Completion, Engine, EngineConfig, Generation, SamplingConfig, resolve_dtype
 from .lifetime import guarded_children
 
@@ -35,14 +36,21 @@ class VLLMEngine(Engine):
 
         self.config = config = config or EngineConfig(backend="vllm")
         self.model_path = resolve_model(spec)
-        try:
-            import torch
-            from vllm import LLM
-        except ImportError as e:
-            raise EngineUnavailableError(f"{VLLM_INSTALL_HINT} ({e})") from e
+        import torch
+
         on_cpu = not torch.cuda.is_available()
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_space_gb))
+            kv = os.environ["VLLM_CPU_KVCACHE_SPACE"]
+            if not kv.isdigit():
+                raise UserInputError(f"VLLM_CPU_KVCACHE_SPACE={kv!r}: expected a whole number of GiB")
+            # Before vLLM is even imported: a start that cannot fit fails in a second, not once it is halfway.
+            check_memory(vllm_cpu_need(self.model_path, resolve_dtype(config.dtype), int(kv), config.max_model_len,
+                                       workers=config.tensor_parallel_size))  # fmt: skip
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise EngineUnavailableError(f"{VLLM_INSTALL_HINT} ({e})") from e
         enforce_eager = on_cpu if config.enforce_eager is None else config.enforce_eager
         kwargs = dict(
             model=self.model_path,

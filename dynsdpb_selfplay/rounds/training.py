@@ -119,6 +119,7 @@ def train_round(
     from trl import SFTTrainer
 
     from ..distill.trainer import DatasetTooSmallError, DynSDPBTrainer, last_complete_checkpoint
+    from ..memory import check_memory, training_need
 
     t = cfg.training
     step_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
@@ -126,6 +127,8 @@ def train_round(
         return {"skipped": f"{len(rows)} training rows, fewer than half a batch ({step_batch})", "model": init_model,
                 "rows": len(rows)}  # fmt: skip
 
+    if not torch.cuda.is_available():  # on a GPU the model and its optimizer live in GPU memory
+        check_memory(training_need(init_model, t.per_device_train_batch_size, t.max_length, t.lora is not None))
     args = training_args(cfg, trainer_dir)
     remote = cfg.engine.trust_remote_code  # one switch for the run: the engine and the trainer load the same model
     tokenizer = AutoTokenizer.from_pretrained(init_model, trust_remote_code=remote)
