@@ -29,13 +29,13 @@ import importlib.util, subprocess, sys, time
 spec = importlib.util.spec_from_file_location("lifetime", {str(REPO / "dynsdpb_selfplay/engines/lifetime.py")!r})
 lifetime = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(lifetime)
-if len(sys.argv) > 1:
-    lifetime.record_to(sys.argv[1])
 child_code = "import signal, subprocess, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
 child_code += "subprocess.Popen(['sleep', '300']); time.sleep(300)"
 with lifetime.guarded_children():
     child = subprocess.Popen([sys.executable, "-c", child_code])
 outside = subprocess.Popen(["sleep", "300"])  # started outside the block: not guarded
+if len(sys.argv) > 1:  # told to a running watchdog (a path with a space in it)
+    lifetime.record_to(sys.argv[1])
 print(child.pid, outside.pid, flush=True)
 time.sleep(300)
 """
@@ -95,9 +95,9 @@ def test_sigkill_of_the_parent_stops_the_children_it_started_in_the_block(parent
 
 def test_the_record_lists_the_guarded_processes_and_a_later_process_stops_them(parent, tmp_path):
     """The watchdog killed along with its parent (as a process-group SIGKILL would): the record is the backstop."""
-    record = tmp_path / "records" / "owner.json"
+    record = tmp_path / "run folder" / ".engines" / "owner.json"
     proc, child, grandchild, outside = parent(record)
-    listed = wait_for(lambda: record.is_file() and json.loads(record.read_text())["processes"], 10, "no record")
+    wait_for(lambda: record.is_file() and json.loads(record.read_text())["processes"], 10, "no record")
     wait_for(lambda: len(json.loads(record.read_text())["processes"]) == 2, 10, "the grandchild is not recorded")
     listed = {p["pid"]: p for p in json.loads(record.read_text())["processes"]}
     assert set(listed) == {child["pid"], grandchild["pid"]}

@@ -244,7 +244,8 @@ class _Guard:
         self.guarded[pid] = {"pid": pid, "start": st[2], "boot": _boot_id(), "cmd": cmd}
 
     def handle(self, line: str) -> None:
-        word, *pids = line.split()
+        word, _, rest = line.partition(" ")
+        pids = rest.split()
         if word == "watch":
             self.watching, self.excluded = True, {int(p) for p in pids}
         elif word == "unwatch":
@@ -252,9 +253,9 @@ class _Guard:
         elif word == "adopt":
             for p in pids:
                 self.adopt(int(p), self.parent)
-        elif word == "record":
+        elif word == "record":  # the rest of the line is the path (it may hold spaces)
             self.save(force_remove=True)
-            self.record = Path(pids[0]) if pids else None
+            self.record = Path(rest) if rest else None
             self._written = None
 
     def refresh(self) -> None:
@@ -307,6 +308,7 @@ def _watch(parent: int, record: str = "") -> None:
         elif not open_:
             time.sleep(POLL_S)
         guard.refresh()
+    guard.watching = False  # the parent's pid may already be someone else's: its children are not ours
     guard.refresh()
     stopped = stop(list(guard.guarded.values()))
     guard.save(force_remove=True)
