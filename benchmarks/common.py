@@ -41,10 +41,13 @@ def run_child(cmd: list[str], capture: bool = False) -> subprocess.CompletedProc
     any interrupt by SIGKILLing the child, whose vLLM engine processes then outlive it. Here a ``kill`` of this process
     (:class:`~dynsdpb_selfplay.cli.Terminated`, under ``sigterm_unwinds``) is passed on as SIGTERM, on which
     ``dynsdpb`` commands and the benchmarks unwind; on Ctrl-C, which reached the child's process group too, the child
-    is waited for. ``capture``: return the child's stdout (text)."""
+    is waited for; if this process is SIGKILLed, the child is stopped by the watchdog of
+    :mod:`dynsdpb_selfplay.engines.lifetime`. ``capture``: return the child's stdout (text)."""
     from dynsdpb_selfplay.cli import Terminated
+    from dynsdpb_selfplay.engines.lifetime import guarded_children
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if capture else None, text=True)
+    with guarded_children():  # a SIGKILL of this process cannot be passed on: the child is stopped from outside
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if capture else None, text=True)
     try:
         out, _ = proc.communicate()
     except KeyboardInterrupt as e:

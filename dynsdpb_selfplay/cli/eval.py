@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ..engines import EngineConfig, SamplingConfig, make_engine
     from ..evaluate import evaluate, write_jsonl
+    from ..rounds.faults import maybe_fault
     from ..tasks import get_task
     from ..tasks.base import check_examples
 
@@ -112,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     load_start = time.perf_counter()
     with make_engine(args.model, config) as engine:
         load_s = time.perf_counter() - load_start
+        maybe_fault("eval", point="loaded")
         result = evaluate(engine, task, examples, fmt, sampling, model_name=args.model, split=args.split)
     result.summary["load_s"] = load_s
     try:

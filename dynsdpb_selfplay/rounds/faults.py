@@ -17,6 +17,8 @@ The points, per phase (``round_r/<phase>`` or ``report``):
   is written to its temporary folder, before it replaces ``model/``;
 - eval: ``point=generated`` after the generations are scored, before anything is written;
 - report: ``point=plot`` after ``accuracy.png``, before ``report.md``.
+
+``dynsdpb eval`` has one: ``eval:point=loaded`` once its engine is up, before it generates.
 """
 
 from __future__ import annotations

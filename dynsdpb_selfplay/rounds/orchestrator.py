@@ -7,10 +7,11 @@ generation engine lives for the whole run; after a training phase its weights ar
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
-from ..engines import make_engine
+from ..engines import lifetime, make_engine
 from ..engines.base import Engine, SamplingConfig
 from ..errors import UserInputError
 from ..evaluate import evaluate, wilson_interval
@@ -74,6 +75,8 @@ class Orchestrator:
             raise UserInputError(f"{what} needs a chat prompt format; task.format={self.fmt.name!r} is plain text")
         self.base = resolve_model(self.cfg.model)
         self.engines = _EngineHolder(self.cfg)
+        # This process's engine or shards, recorded while they run, for a resume after a kill (RunDir.lock).
+        lifetime.record_to(run_dir.engine_records / f"{os.getpid()}.json")
 
     # ------------------------------------------------------------------------------------------- phases
     def _phase(self, name: str, fn, **kw) -> dict:
@@ -175,6 +178,7 @@ class Orchestrator:
                 self.log(round_line(r, info))
         finally:
             self.engines.close()
+            lifetime.record_to(None)
         md, png = write_report(rd.path, rd.config(), rounds, fault_phase="report")
         rd.mark_done("report", report=str(md), plot=str(png) if png else None)
         self.log(f"report: {md}" + (f" (plot: {png})" if png else ""))

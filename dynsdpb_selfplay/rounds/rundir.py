@@ -6,6 +6,8 @@ Layout::
       config.yaml            the resolved config (written once, at creation)
       state.json             {"done": ["round_0/eval", "round_1/generate", ...], ...}
       .lock                  held by the process running the job
+      .engines/PID.json      the processes (engine, shards) process PID started, by pid and start time, while they
+                             run: a resume stops those a killed attempt left (engines/lifetime.py)
       round_0/eval.jsonl, eval_summary.json
       round_1/generations/chunk-00000.jsonl ...   one file per finished chunk of questions
       round_1/generations.jsonl, train.jsonl, filter_summary.json
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from ..engines.lifetime import stop_recorded
 from ..errors import UserInputError
 from .faults import maybe_fault
 
@@ -94,11 +97,13 @@ def read_jsonl_records(path: Path) -> list[dict]:
 
 
 class RunDir:
-    """A run folder, locked by this process while open."""
+    """A run folder, locked by this process while open. Taking the lock stops the processes that an earlier holder,
+    now dead, recorded in ``.engines/`` and left running (:attr:`stopped` lists them)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = None
+        self.stopped: list[dict] = []
 
     # ------------------------------------------------------------------------------------- life cycle
     @classmethod
@@ -172,6 +177,8 @@ class RunDir:
         f.write(f"pid {os.getpid()}")
         f.flush()
         self._lock = f
+        # Whoever held the lock is dead: what it recorded and is still running is left over (an engine of GBs).
+        self.stopped = stop_recorded(self.engine_records)
         return self
 
     def close(self) -> None:
@@ -208,3 +215,8 @@ class RunDir:
 
     def round(self, r: int) -> Path:
         return self.path / f"round_{r}"
+
+    @property
+    def engine_records(self) -> Path:
+        """Folder of the records of the processes this run's processes started (``lifetime.record_to``)."""
+        return self.path / ".engines"

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..engines.lifetime import guarded_children
+
 __all__ = ["run_shards"]
 
 
@@ -30,7 +32,8 @@ def run_shards(run_dir: Path, round_index: int, weights: str, shards: int) -> No
         if gpus >= shards:
             env["CUDA_VISIBLE_DEVICES"] = str(k)
         cmd = [sys.executable, "-m", __name__, str(run_dir), str(round_index), weights, str(k), str(shards)]
-        procs.append(subprocess.Popen(cmd, env=env))
+        with guarded_children():  # a shard (and its engine) ends with the run, even a SIGKILLed one
+            procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     failed = [k for k, code in enumerate(codes) if code != 0]
     if failed:

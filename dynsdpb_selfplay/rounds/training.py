@@ -121,12 +121,15 @@ def build_trainer(rows: list[dict], init_model: str, trainer_dir: Path, cfg: Run
     from trl import SFTTrainer
 
     from ..distill.trainer import DatasetTooSmallError, DynSDPBTrainer
+    from ..memory import check_memory, training_need
 
     t = cfg.training
     info = {"rows": len(rows)}
     step_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
     if len(rows) < max(step_batch // 2, 1):
         return None, {**info, "skipped": f"{len(rows)} training rows, fewer than half a batch ({step_batch})"}
+    if not torch.cuda.is_available():  # on a GPU the model and its optimizer live in GPU memory
+        check_memory(training_need(init_model, t.per_device_train_batch_size, t.max_length, t.lora is not None))
     args = training_args(cfg, trainer_dir)
     remote = cfg.engine.trust_remote_code  # one switch for the run: the engine and the trainer load the same model
     tokenizer = AutoTokenizer.from_pretrained(init_model, trust_remote_code=remote)
