@@ -1,8 +1,8 @@
 """The regime study on an encoder classifier (the paper's NLU half): plain fine-tuning against DynSDPB arms after
 every epoch, over training-set sizes and seeds (all-MiniLM-L6-v2 on ``gsm8k-steps`` by default, offline).
 
-As in ``bench_regimes``: an epoch is ``N`` sample visits (``N / batch`` optimizer steps) for every arm, so arms are
-compared at equal steps and visits; after each epoch the model predicts a fixed test split and a separate validation
+As in ``bench_regimes``: an epoch is DynSDPB's (each row once fresh and once repeated: ``2N`` sample visits, two
+passes of plain training), the same optimizer steps for every arm, so arms are compared at equal steps and visits; after each epoch the model predicts a fixed test split and a separate validation
 split (GSM8K train questions outside the training pool), and the validation split alone picks a run's best epoch.
 Seed ``s`` fixes the training subset (nested across sizes), the new classification head and the data order.
 
@@ -108,7 +108,7 @@ def one_run(bench: dict, regime: dict, arm: str, seed: int, val, test, work_dir:
     train, _, _ = splits(bench, seed, regime["size"])
     tokenizer = AutoTokenizer.from_pretrained(path)
     batch = bench.get("training", {}).get("per_device_train_batch_size", 16)
-    every = math.ceil(regime["size"] / batch)
+    every = math.ceil(2 * regime["size"] / batch)  # an epoch: 2N sample visits, as in bench_regimes
     epochs = regime.get("epochs", bench.get("epochs", 10))
     args = TrainingArguments(**{"output_dir": str(work_dir / "scratch"), "use_cpu": True, "report_to": "none",
                                 "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, "seed": seed,

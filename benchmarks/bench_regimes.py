@@ -1,12 +1,12 @@
 """When does DynSDPB beat plain fine-tuning? Accuracy after every epoch, per arm, over training-set sizes, full
 fine-tuning and LoRA, and seeds, on a decoder LM (SmolLM2-135M-Instruct on ``arith`` by default).
 
-Every arm of a regime runs the same optimizer steps on the same rows: an *epoch* here is ``N`` sample visits
-(``N / batch`` steps) for every arm, so plain SFT's epoch ``e`` and DynSDPB's are equal in steps and in sample visits
-(DynSDPB's batches are half repeats, so after ``e`` epochs it has seen each row ``~e/2`` times as fresh and ``~e/2``
-times as a repeat). After each epoch the weights go into one long-lived engine (vLLM when installed) and are scored
-greedily on a fixed test split and a separate validation split (rows of the train split that no run trains on); the
-validation split alone picks a run's best epoch (``regime_stats``).
+Every arm of a regime runs the same optimizer steps on the same rows. An *epoch* is DynSDPB's: each of the ``N``
+rows once fresh and once repeated, ``2N`` sample visits, ``2N / batch`` optimizer steps; plain SFT makes two passes
+over the data in the same steps. So at every epoch all arms are equal in optimizer steps and in sample visits.
+After each epoch the weights go into one long-lived engine (vLLM when installed) and are scored greedily on a fixed
+test split and a separate validation split (rows of the train split that no run trains on); the validation split
+alone picks a run's best epoch (``regime_stats``).
 
 Seed ``s`` fixes the training subset (the first ``N`` of a seeded permutation of the training pool, so a smaller
 size is a subset of a larger one), the initialisation (LoRA) and the data order, and is shared by all arms: arms are
@@ -76,8 +76,9 @@ def load_bench_config(path: str) -> dict:
 
 
 def steps_per_epoch(bench: dict, regime: dict) -> int:
+    """Optimizer steps of one epoch: ``2N`` sample visits (module docstring)."""
     batch = bench.get("training", {}).get("per_device_train_batch_size", 8)
-    return math.ceil(regime["size"] / batch)
+    return math.ceil(2 * regime["size"] / batch)
 
 
 def run_config(bench: dict, regime: dict, arm: str, seed: int, source: str):
@@ -86,7 +87,7 @@ def run_config(bench: dict, regime: dict, arm: str, seed: int, source: str):
     from dynsdpb_selfplay.rounds.config import from_dict
 
     spec = bench["arms"][arm]
-    epochs = regime.get("epochs", bench.get("epochs", 8))
+    epochs = regime.get("epochs", bench.get("epochs", 4))
     training = {**bench.get("training", {}), "learning_rate": regime["learning_rate"],
                 "trainer": spec.get("trainer", "dynsdpb"), "distillation": spec.get("distillation", {}),
                 "max_steps": epochs * steps_per_epoch(bench, regime), "save_steps": 10**9,

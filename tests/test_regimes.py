@@ -91,8 +91,8 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
     runs = [r for r in result["runs"] if r["arm"] != "base"]
     assert len(runs) == 2 * 2
     for r in runs:
-        # Equal steps for every arm: 8 rows / batch 4 = 2 steps per epoch, scored after each.
-        assert r["steps"] == 4 and [e["step"] for e in r["epochs"]] == [2, 4]
+        # Equal steps for every arm: an epoch is 2 x 8 rows / batch 4 = 4 steps, scored after each.
+        assert r["steps"] == 8 and [e["step"] for e in r["epochs"]] == [4, 8]
         assert all(0 <= e[s]["flexible"] <= 1 for e in r["epochs"] for s in ("test", "val"))
         if r["arm"] == "sft":
             assert all(a is None for a in r["alpha"])

@@ -87,6 +87,15 @@ class EngineConfig:
     cpu_kvcache_space_gb: int = field(
         default=2, metadata={"help": "vllm on CPU: KV cache GiB (VLLM_CPU_KVCACHE_SPACE, unless already set)."}
     )
+    cpu_reserved_cores: int | None = field(
+        default=None,
+        metadata={
+            "help": "vllm on CPU: cores kept free of the model's threads for vLLM's scheduler process "
+            "(VLLM_CPU_NUM_OF_RESERVED_CPU, unless already set). None: 0 on machines with 4 cores or fewer, where "
+            "reserving one leaves the model half the machine (measured on 2 cores: 87 against 52 generated tokens/s "
+            "at 160 prompts), else vLLM's default (1)."
+        },
+    )
     enable_lora: bool = field(default=False, metadata={"help": "vllm: allow LoRA adapters per request."})
     max_lora_rank: int = field(default=16, metadata={"help": "vllm: largest LoRA rank to serve."})
 
@@ -101,6 +110,8 @@ class EngineConfig:
             raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size}: must be >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization}: must be in (0, 1]")
+        if self.cpu_reserved_cores is not None and self.cpu_reserved_cores < 0:
+            raise ValueError(f"cpu_reserved_cores={self.cpu_reserved_cores}: must be >= 0")
         if self.max_model_len is not None and self.max_model_len < 16:
             raise ValueError(f"max_model_len={self.max_model_len}: must be >= 16")
 

@@ -44,6 +44,11 @@ class VLLMEngine(Engine):
             kv = os.environ["VLLM_CPU_KVCACHE_SPACE"]
             if not kv.isdigit():
                 raise UserInputError(f"VLLM_CPU_KVCACHE_SPACE={kv!r}: expected a whole number of GiB")
+            reserved = config.cpu_reserved_cores
+            if reserved is None and (os.cpu_count() or 1) <= 4:
+                reserved = 0
+            if reserved is not None:
+                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved))
             # Before vLLM is even imported: a start that cannot fit fails in a second, not once it is halfway.
             check_memory(vllm_cpu_need(self.model_path, resolve_dtype(config.dtype), int(kv), config.max_model_len,
                                        workers=config.tensor_parallel_size))  # fmt: skip
