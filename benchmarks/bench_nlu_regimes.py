@@ -2,8 +2,9 @@
 every epoch, over training-set sizes and seeds (all-MiniLM-L6-v2 on ``gsm8k-steps`` by default, offline).
 
 As in ``bench_regimes``: an epoch is DynSDPB's (each row once fresh and once repeated: ``2N`` sample visits, two
-passes of plain training), the same optimizer steps for every arm, so arms are compared at equal steps and visits; after each epoch the model predicts a fixed test split and a separate validation
-split (GSM8K train questions outside the training pool), and the validation split alone picks a run's best epoch.
+passes of plain training), the same optimizer steps for every arm, so arms are compared at equal steps and visits.
+After each epoch the model predicts a fixed test split and a separate validation split (GSM8K train questions
+outside the training pool), and the validation split alone picks a run's best epoch.
 Seed ``s`` fixes the training subset (nested across sizes), the new classification head and the data order.
 
     DYNSDPB_GSM8K_DIR=../shared/data/gsm8k .venv/bin/python benchmarks/bench_nlu_regimes.py \\
