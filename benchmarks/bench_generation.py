@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import run_child, save  # noqa: E402
 
-from dynsdpb_selfplay.cli import sigterm_unwinds  # noqa: E402
+from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
 FORMATS = ("chat-0shot", "lmeval-gsm8k-cot-8shot")
 

@@ -44,8 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import yaml  # noqa: E402
 from common import run_child, save  # noqa: E402
 
-from dynsdpb_selfplay.cli import sigterm_unwinds  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
+from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
 ARMS = {  # name -> (trainer, epochs multiplier, distillation overrides)
     "sft": ("sft", 1, None),

@@ -31,8 +31,8 @@ from common import save  # noqa: E402
 from regime_plots import markdown, plot  # noqa: E402
 from regime_stats import summarize_regime  # noqa: E402
 
-from dynsdpb_selfplay.cli import sigterm_unwinds  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
+from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
 KEYS = {"model", "task", "work_dir", "seeds", "epochs", "data", "max_seq_length", "training", "regimes", "arms",
         "baselines"}  # fmt: skip

@@ -40,8 +40,8 @@ from common import save  # noqa: E402
 from regime_plots import markdown, plot  # noqa: E402
 from regime_stats import summarize_regime  # noqa: E402
 
-from dynsdpb_selfplay.cli import sigterm_unwinds  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
+from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
 KEYS = {"model", "work_dir", "seeds", "epochs", "task", "data", "max_new_tokens", "engine", "training", "regimes",
         "arms", "metric", "baselines"}  # fmt: skip

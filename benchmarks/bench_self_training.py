@@ -34,9 +34,9 @@ import yaml  # noqa: E402
 from bench_rounds import round_breakdown, rounds_in  # noqa: E402
 from common import run_child, save  # noqa: E402
 
-from dynsdpb_selfplay.cli import sigterm_unwinds  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.evaluate import mean_ci95  # noqa: E402
+from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
 KEYS = {"pipeline", "set", "trainers", "seeds", "work_dir", "metric"}
 

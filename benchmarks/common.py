@@ -39,12 +39,12 @@ def save(result: dict, path: str | None) -> None:
 def run_child(cmd: list[str], capture: bool = False) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd)`` that lets the child clean up when this process is stopped. ``subprocess.run`` answers
     any interrupt by SIGKILLing the child, whose vLLM engine processes then outlive it. Here a ``kill`` of this process
-    (:class:`~dynsdpb_selfplay.cli.Terminated`, under ``sigterm_unwinds``) is passed on as SIGTERM, on which
+    (:class:`~dynsdpb_selfplay.signals.Terminated`, under ``sigterm_unwinds``) is passed on as SIGTERM, on which
     ``dynsdpb`` commands and the benchmarks unwind; on Ctrl-C, which reached the child's process group too, the child
     is waited for; if this process is SIGKILLed, the child is stopped by the watchdog of
     :mod:`dynsdpb_selfplay.engines.lifetime`. ``capture``: return the child's stdout (text)."""
-    from dynsdpb_selfplay.cli import Terminated
     from dynsdpb_selfplay.engines.lifetime import guarded_children
+    from dynsdpb_selfplay.signals import Terminated
 
     with guarded_children():  # a SIGKILL of this process cannot be passed on: the child is stopped from outside
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if capture else None, text=True)

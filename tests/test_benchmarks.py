@@ -220,7 +220,7 @@ def test_a_killed_benchmark_lets_its_child_close_its_engine(tmp_path, sig):
     child = tmp_path / "child.py"
     child.write_text(
         "import pathlib, time\n"
-        "from dynsdpb_selfplay.cli import sigterm_unwinds\n"
+        "from dynsdpb_selfplay.signals import sigterm_unwinds\n"
         "with sigterm_unwinds():\n"
         "    try:\n"
         f"        pathlib.Path({str(ready)!r}).touch()\n"
@@ -233,7 +233,7 @@ def test_a_killed_benchmark_lets_its_child_close_its_engine(tmp_path, sig):
         "import sys\n"
         f"sys.path.insert(0, {str(BENCH)!r})\n"
         "from common import run_child\n"
-        "from dynsdpb_selfplay.cli import sigterm_unwinds\n"
+        "from dynsdpb_selfplay.signals import sigterm_unwinds\n"
         "with sigterm_unwinds():\n"
         f"    run_child([sys.executable, {str(child)!r}])\n"
     )

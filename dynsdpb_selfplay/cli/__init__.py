@@ -7,11 +7,12 @@ Each subcommand module exposes ``add_parser(subparsers)`` (registers its parser 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import signal
 import sys
-import threading
+
+from ..signals import Terminated, sigterm_unwinds
+
+__all__ = ["Terminated", "build_parser", "main", "sigterm_unwinds"]
 
 # name -> module under dynsdpb_selfplay.cli; add new subcommands here.
 SUBCOMMANDS = {
@@ -29,30 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in SUBCOMMANDS.values():
         importlib.import_module(f"{__name__}.{module}").add_parser(subparsers)
     return parser
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised as a KeyboardInterrupt (see :func:`sigterm_unwinds`); its own class so that a parent can tell
-    a ``kill`` aimed at it alone (to pass on to its children) from Ctrl-C, which the whole process group gets."""
-
-
-def _interrupt(signum, frame):
-    raise Terminated(f"terminated by signal {signum}")
-
-
-@contextlib.contextmanager
-def sigterm_unwinds():
-    """Within the block SIGTERM (``kill``) unwinds like Ctrl-C: every ``finally`` runs, so an engine's vLLM
-    processes exit with the command instead of outliving it (they held GBs of memory otherwise). A no-op off the
-    main thread, where Python cannot install signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Flags and YAML as TRL/transformers scripts take them (``TrlParser``): the fields of
 :class:`~dynsdpb_selfplay.nlu.compare.ClassificationArguments` plus every ``TrainingArguments`` field and the
-``distillation_*`` fields, e.g. ``dynsdpb classify --config pipelines/configs/nlu_verifier_minilm.yaml``.
+``distillation_*`` fields, e.g. ``dynsdpb classify --config pipelines/configs/nlu_gsm8k_steps_minilm.yaml``.
 """
 
 from __future__ import annotations

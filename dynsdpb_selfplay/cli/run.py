@@ -3,8 +3,9 @@
 dynsdpb run pipelines/configs/demo.yaml            # runs/demo/
 dynsdpb run --resume runs/demo                     # after a crash or Ctrl-C: finished phases are kept
 
-Exit codes: 0 done; 2 bad input (one line naming the file, key or option); 1 a file could not be written (a full
-disk: finished phases are kept for --resume); 130 interrupted.
+Exit codes: 0 done; 2 bad input (one line naming the file, key or option; also too little memory for the next
+model); 1 a file could not be written (a full disk: finished phases are kept for --resume); 3 the training loss
+became NaN/inf (the state before that step is saved); 130 interrupted.
 """
 
 from __future__ import annotations

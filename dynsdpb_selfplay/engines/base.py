@@ -80,6 +80,9 @@ class EngineConfig:
     )
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm: fraction of GPU memory to use."})
     max_model_len: int | None = field(default=None, metadata={"help": "vllm: context length (None: the model's)."})
+    max_num_seqs: int | None = field(
+        default=None, metadata={"help": "vllm: sequences per scheduler step (None: vLLM's default, 256 on CPU)."}
+    )
     enable_prefix_caching: bool = field(default=True, metadata={"help": "vllm: reuse KV cache of shared prefixes."})
     enforce_eager: bool | None = field(
         default=None, metadata={"help": "vllm: disable CUDA graphs / compilation (None: True on CPU, else False)."}
@@ -110,6 +113,8 @@ class EngineConfig:
             raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size}: must be >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization}: must be in (0, 1]")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs={self.max_num_seqs}: must be >= 1")
         if self.cpu_reserved_cores is not None and self.cpu_reserved_cores < 0:
             raise ValueError(f"cpu_reserved_cores={self.cpu_reserved_cores}: must be >= 0")
         if self.max_model_len is not None and self.max_model_len < 16:

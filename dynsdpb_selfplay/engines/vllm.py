@@ -78,6 +78,8 @@ class VLLMEngine(Engine):
             kwargs.update(enable_chunked_prefill=False)
             if config.max_model_len is not None:
                 kwargs.update(max_num_batched_tokens=max(config.max_model_len, 2048))
+        if config.max_num_seqs is not None:
+            kwargs.update(max_num_seqs=config.max_num_seqs)
         if config.distributed_executor_backend is not None:
             kwargs.update(distributed_executor_backend=config.distributed_executor_backend)
         if config.enable_lora:
