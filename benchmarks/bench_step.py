@@ -36,8 +36,8 @@ MODELS = {
 }  # fmt: skip
 VARIANTS = {
     "plain": None,
-    "dynsdpb-full": dict(alpha=1.0, temperature=3.0, schedule="dynamic", topk=None),
-    "dynsdpb-top64": dict(alpha=1.0, temperature=1.0, schedule="dynamic", topk=64),
+    "dynsdpb-full": dict(distillation_temperature=3.0, distillation_schedule="dynamic", distillation_topk=None),
+    "dynsdpb-top64": dict(distillation_temperature=1.0, distillation_schedule="dynamic", distillation_topk=64),
 }
 
 

@@ -3,7 +3,7 @@
 DynSDPB (dynamic self-distillation from the previous mini-batch) for TRL's SFTTrainer:
 
     from dynsdpb_selfplay import attach_dynsdpb
-    attach_dynsdpb(trainer, alpha=1.0, temperature=3.0, schedule="dynamic")
+    attach_dynsdpb(trainer)  # or with DistillationArguments fields: distillation_temperature=2.0, ...
 """
 
 from ._compat import check_versions

@@ -153,7 +153,7 @@ def test_attach_on_an_unmodified_trainer_and_resume_restores_the_targets(tmp_pat
             train_dataset=classification_dataset(tokenizer, 16),
             data_collator=DataCollatorWithPadding(tokenizer),
         )
-        return attach_dynsdpb(t, alpha=1.0, temperature=2.0, schedule="static")
+        return attach_dynsdpb(t, distillation_temperature=2.0, distillation_schedule="static")
 
     full = trainer(tmp_path / "full", 4)
     full.train()

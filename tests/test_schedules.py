@@ -14,7 +14,7 @@ def stats(entropy, margin, correct):
 
 
 def test_static_is_constant():
-    alpha, tau = StaticSchedule(0.7, 2.5)(stats([0.1, 0.9], [0.8, 0.0], [True, False]))
+    alpha, tau = StaticSchedule(alpha0=0.7, tau0=2.5)(stats([0.1, 0.9], [0.8, 0.0], [True, False]))
     assert alpha.tolist() == pytest.approx([0.7, 0.7]) and tau.tolist() == pytest.approx([2.5, 2.5])
 
 
@@ -26,21 +26,30 @@ def test_dynamic_hand_computed():
     assert tau.tolist() == pytest.approx([3.0, 2.0, 1.0, 1.4])
 
 
-def test_dynamic_rejects_bad_parameters():
-    with pytest.raises(ValueError, match="tau_min"):
-        DynamicSchedule(tau0=1.0, tau_min=2.0)
-    with pytest.raises(ValueError, match="wrong_top1_weight"):
-        DynamicSchedule(wrong_top1_weight=1.5)
+def test_parameters_are_checked_once_where_they_are_set():
+    from dynsdpb_selfplay.distill.config import DistillationArguments
+
+    with pytest.raises(ValueError, match="distillation_min_temperature"):
+        DistillationArguments(distillation_temperature=1.0, distillation_min_temperature=2.0)
+    with pytest.raises(ValueError, match="distillation_wrong_top1_weight"):
+        DistillationArguments(distillation_wrong_top1_weight=1.5)
 
 
-def test_make_schedule_names_and_callables():
-    assert isinstance(make_schedule("static", 1.0, 2.0), StaticSchedule)
-    assert isinstance(make_schedule("dynamic", 1.0, 2.0), DynamicSchedule)
-    custom = make_schedule(lambda st, a0, t0: (st.margin * a0, st.margin * 0 + t0), 3.0, 2.0)
+def test_make_schedule_from_the_arguments():
+    from dynsdpb_selfplay.distill.config import DistillationArguments
+
+    args = lambda **kw: DistillationArguments(distillation_temperature=2.0, **kw)  # noqa: E731
+    assert make_schedule(args(distillation_schedule="static")) == StaticSchedule(1.0, 2.0)
+    assert make_schedule(args(distillation_min_temperature=0.5, distillation_wrong_top1_weight=0.25)) == (
+        DynamicSchedule(1.0, 2.0, 0.5, 0.25)
+    )
+    custom = make_schedule(
+        args(distillation_alpha=3.0, distillation_schedule=lambda st, a0, t0: (st.margin * a0, st.margin * 0 + t0))
+    )
     alpha, tau = custom(stats([0.1], [0.5], [True]))
     assert alpha.tolist() == [1.5] and tau.tolist() == [2.0]
     with pytest.raises(ValueError, match="distillation_schedule"):
-        make_schedule("sometimes", 1.0, 2.0)
+        DistillationArguments(distillation_schedule="sometimes")
 
 
 def test_topk_uncertainty_hand_computed():

@@ -143,7 +143,7 @@ def test_attach_on_an_unmodified_sft_trainer_with_lora(tmp_path, tokenizer):
     )
     base = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if "lora" not in k}
     lora = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if "lora_B" in k}
-    assert attach_dynsdpb(trainer, alpha=1.0, temperature=2.0, schedule="dynamic") is trainer
+    assert attach_dynsdpb(trainer, distillation_temperature=2.0, distillation_schedule="dynamic") is trainer
     assert isinstance(trainer, SFTTrainer)
     trainer.train()
     after = dict(trainer.model.named_parameters())
@@ -252,12 +252,12 @@ def _sft_trainer(tmp_path, tokenizer, dataset=None, **overrides):
 @pytest.mark.parametrize(
     "overrides,attach,match",
     [
-        ({}, dict(temperature=0.0), "distillation_temperature"),
-        ({}, dict(topk=0), "distillation_topk"),
+        ({}, dict(distillation_temperature=0.0), "distillation_temperature"),
+        ({}, dict(distillation_topk=0), "distillation_topk"),
         ({"packing": True}, {}, "packing=True"),
         ({"padding_free": True, "max_length": None}, {}, "padding_free=True"),
         ({"per_device_train_batch_size": 3}, {}, "even"),
-        ({}, dict(id_column="uid"), "distillation_id_column='uid'"),
+        ({}, dict(distillation_id_column="uid"), "distillation_id_column='uid'"),
     ],
 )
 def test_attach_refuses_unsupported_setups_naming_the_option(tmp_path, tokenizer, overrides, attach, match):
@@ -273,20 +273,20 @@ def test_duplicate_ids_are_refused(tmp_path, tokenizer):
     rows[5]["id"] = rows[2]["id"]
     trainer = _sft_trainer(tmp_path, tokenizer, dataset=Dataset.from_list(rows))
     with pytest.raises(ValueError, match="'q2' appears more than once"):
-        attach_dynsdpb(trainer, id_column="id")
+        attach_dynsdpb(trainer, distillation_id_column="id")
 
 
 def test_unique_id_column_is_accepted(tmp_path, tokenizer):
-    trainer = attach_dynsdpb(_sft_trainer(tmp_path, tokenizer), id_column="id")
+    trainer = attach_dynsdpb(_sft_trainer(tmp_path, tokenizer), distillation_id_column="id")
     assert trainer.dynsdpb.distillation_id_column == "id"
 
 
 def test_topk_with_high_temperature_warns(tmp_path, tokenizer):
     with pytest.warns(UserWarning, match="underestimated"):
-        attach_dynsdpb(_sft_trainer(tmp_path, tokenizer), topk=16, temperature=3.0)
+        attach_dynsdpb(_sft_trainer(tmp_path, tokenizer), distillation_topk=16, distillation_temperature=3.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        attach_dynsdpb(_sft_trainer(tmp_path / "b", tokenizer), topk=16, temperature=1.0)
+        attach_dynsdpb(_sft_trainer(tmp_path / "b", tokenizer), distillation_topk=16, distillation_temperature=1.0)
 
 
 def test_trainer_refuses_a_plain_sft_config(tmp_path, tokenizer):
@@ -298,8 +298,15 @@ def test_attach_twice_and_unknown_options_are_refused(tmp_path, tokenizer):
     trainer = attach_dynsdpb(_sft_trainer(tmp_path, tokenizer))
     with pytest.raises(ValueError, match="already attached"):
         attach_dynsdpb(trainer)
-    with pytest.raises(TypeError, match="unknown option"):
-        attach_dynsdpb(_sft_trainer(tmp_path / "b", tokenizer), temprature=2.0)
+    with pytest.raises(TypeError, match="unknown option 'distillation_temprature'"):
+        attach_dynsdpb(_sft_trainer(tmp_path / "b", tokenizer), distillation_temprature=2.0)
+    # The short spellings of earlier versions name the one spelling there is now.
+    with pytest.raises(TypeError, match="'temperature'; did you mean distillation_temperature"):
+        attach_dynsdpb(_sft_trainer(tmp_path / "c", tokenizer), temperature=2.0)
+    # A config carrying the fields is taken whole; overrides win.
+    settings = DynSDPBConfig(output_dir=str(tmp_path / "d"), distillation_temperature=1.5, distillation_topk=8)
+    trainer = attach_dynsdpb(_sft_trainer(tmp_path / "e", tokenizer), settings, distillation_topk=4)
+    assert trainer.dynsdpb.distillation_temperature == 1.5 and trainer.dynsdpb.distillation_topk == 4
 
 
 def test_a_training_set_emptied_by_max_length_is_refused_with_the_reason(tmp_path, tokenizer):

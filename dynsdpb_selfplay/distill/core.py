@@ -121,13 +121,7 @@ class DynSDPBCore:
         if settings.distillation_id_column is not None:
             self._check_id_column(settings.distillation_id_column)
 
-        self._dynsdpb_schedule = make_schedule(
-            settings.distillation_schedule,
-            settings.distillation_alpha,
-            settings.distillation_temperature,
-            settings.distillation_min_temperature,
-            settings.distillation_wrong_top1_weight,
-        )
+        self._dynsdpb_schedule = make_schedule(settings)
         self._dynsdpb_store = TargetStore(
             int(settings.distillation_store_mb * 2**20), num_outcomes, settings.distillation_topk
         )

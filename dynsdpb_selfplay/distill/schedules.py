@@ -52,8 +52,8 @@ class Schedule:
 class StaticSchedule(Schedule):
     """Fixed ``alpha`` and ``tau`` for every token (DLB)."""
 
-    alpha0: float = 1.0
-    tau0: float = 3.0
+    alpha0: float
+    tau0: float
 
     def __call__(self, stats: TeacherStats) -> tuple[torch.Tensor, torch.Tensor]:
         ones = torch.ones_like(stats.entropy, dtype=torch.float32)
@@ -62,18 +62,13 @@ class StaticSchedule(Schedule):
 
 @dataclass
 class DynamicSchedule(Schedule):
-    """Uncertainty-weighted ``alpha`` and discrimination-driven ``tau`` (equations in the module docstring)."""
+    """Uncertainty-weighted ``alpha`` and discrimination-driven ``tau`` (equations in the module docstring). Its
+    parameters are checked where they are set, in :class:`~.config.DistillationArguments`."""
 
-    alpha0: float = 1.0
-    tau0: float = 3.0
-    tau_min: float = 1.0
-    wrong_top1_weight: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0 < self.tau_min <= self.tau0:
-            raise ValueError(f"DynamicSchedule: need 0 < tau_min <= tau0, got tau_min={self.tau_min}, tau0={self.tau0}")
-        if not 0.0 <= self.wrong_top1_weight <= 1.0:
-            raise ValueError(f"DynamicSchedule: wrong_top1_weight must be in [0, 1], got {self.wrong_top1_weight}")
+    alpha0: float
+    tau0: float
+    tau_min: float
+    wrong_top1_weight: float
 
     def __call__(self, stats: TeacherStats) -> tuple[torch.Tensor, torch.Tensor]:
         correct = torch.where(stats.top1_correct, 1.0, self.wrong_top1_weight)
@@ -91,20 +86,16 @@ class _CallableSchedule(Schedule):
         return torch.as_tensor(alpha, dtype=torch.float32), torch.as_tensor(tau, dtype=torch.float32)
 
 
-def make_schedule(
-    schedule: str | Schedule | object,
-    alpha: float,
-    temperature: float,
-    min_temperature: float = 1.0,
-    wrong_top1_weight: float = 0.5,
-) -> Schedule:
-    """Build a schedule from a name (``"static"`` or ``"dynamic"``), a :class:`Schedule`, or a callable."""
+def make_schedule(args) -> Schedule:
+    """The schedule that :class:`~.config.DistillationArguments` ``args`` describe: ``distillation_schedule`` is
+    ``"static"``, ``"dynamic"``, a :class:`Schedule` (used as it is) or a callable ``(stats, alpha0, tau0)``."""
+    schedule, alpha, tau = args.distillation_schedule, args.distillation_alpha, args.distillation_temperature
     if isinstance(schedule, Schedule):
         return schedule
     if schedule == "static":
-        return StaticSchedule(alpha, temperature)
+        return StaticSchedule(alpha, tau)
     if schedule == "dynamic":
-        return DynamicSchedule(alpha, temperature, min(min_temperature, temperature), wrong_top1_weight)
+        return DynamicSchedule(alpha, tau, args.distillation_min_temperature, args.distillation_wrong_top1_weight)
     if callable(schedule):
-        return _CallableSchedule(schedule, alpha, temperature)
+        return _CallableSchedule(schedule, alpha, tau)
     raise ValueError(f"distillation_schedule must be 'static', 'dynamic' or a callable, got {schedule!r}")

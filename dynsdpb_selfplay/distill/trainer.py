@@ -17,6 +17,7 @@ construction (:mod:`.architectures`).
 from __future__ import annotations
 
 import inspect
+from dataclasses import fields, replace
 
 import torch
 from transformers import Trainer
@@ -186,20 +187,15 @@ class DynSDPBTrainer(DynSDPBMixin, SFTTrainer):
             self._init_dynsdpb(DistillationArguments.from_object(self.args))
 
 
-def attach_dynsdpb(
-    trainer: Trainer,
-    alpha: float = 1.0,
-    temperature: float = 3.0,
-    schedule: str = "dynamic",
-    topk: int | None = None,
-    **distillation_kwargs,
-) -> Trainer:
+def attach_dynsdpb(trainer: Trainer, args: DistillationArguments | None = None, **overrides) -> Trainer:
     """Turn a built trainer into a DynSDPB trainer in place (and return it).
 
     A ``trl.SFTTrainer`` gets the causal-LM hook (a distribution per label token); a plain ``transformers.Trainer``
     over an ``AutoModelForSequenceClassification`` gets the classification hook (a class distribution per sample).
-    ``distillation_kwargs`` take the other :class:`~.config.DistillationArguments` fields without their
-    ``distillation_`` prefix (``min_temperature``, ``wrong_top1_weight``, ``store_mb``, ``chunk_size``, ``id_column``).
+    The settings are ``args`` (a :class:`~.config.DistillationArguments`, or any object carrying its fields such as a
+    :class:`~.config.DynSDPBConfig`; default: the defaults), with ``overrides`` by field name::
+
+        attach_dynsdpb(trainer, distillation_temperature=2.0, distillation_schedule="static")
     """
     from .classification import DynSDPBClassificationMixin, check_classifier
 
@@ -214,16 +210,13 @@ def attach_dynsdpb(
         raise TypeError(
             f"attach_dynsdpb expects a trl.SFTTrainer or a transformers.Trainer, got {type(trainer).__name__}"
         )
-    unknown = DistillationArguments.unknown_options(distillation_kwargs)
-    if unknown:
-        raise TypeError(f"attach_dynsdpb: unknown option(s) {unknown}; known: {DistillationArguments.option_names()}")
-    settings = DistillationArguments(
-        distillation_alpha=alpha,
-        distillation_temperature=temperature,
-        distillation_schedule=schedule,
-        distillation_topk=topk,
-        **DistillationArguments.prefixed(distillation_kwargs),
-    )
+    settings = DistillationArguments.from_object(args) if args is not None else DistillationArguments()
+    known = [f.name for f in fields(DistillationArguments)]
+    for key in overrides:
+        if key not in known:
+            hint = f"; did you mean distillation_{key}?" if f"distillation_{key}" in known else ""
+            raise TypeError(f"attach_dynsdpb: unknown option {key!r}{hint} (options: {', '.join(known)})")
+    settings = replace(settings, **overrides)  # validated again by DistillationArguments.__post_init__
     cls = type(trainer)
     trainer.__class__ = type(f"DynSDPB{cls.__name__}", (mixin, cls), {"__module__": cls.__module__})
     trainer._init_dynsdpb(settings)

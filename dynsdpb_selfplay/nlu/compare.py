@@ -119,7 +119,6 @@ def _one_run(a: ClassificationArguments, training_args, trainer_name: str, seed:
         set_seed,
     )
 
-    from ..distill.config import DistillationArguments
     from ..distill.trainer import attach_dynsdpb
 
     path = encoder_path(a.model)
@@ -131,9 +130,7 @@ def _one_run(a: ClassificationArguments, training_args, trainer_name: str, seed:
     trainer = Trainer(model=model, args=args, train_dataset=_encode(train, tokenizer, a.max_seq_length),
                       data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
     if trainer_name == "dynsdpb":
-        d = DistillationArguments.from_object(training_args)
-        options = {k: getattr(d, f"distillation_{k}") for k in DistillationArguments.option_names()}
-        attach_dynsdpb(trainer, **options)
+        attach_dynsdpb(trainer, training_args)  # its distillation_* fields
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
