@@ -38,10 +38,13 @@ def round_breakdown(info: dict, r: int) -> dict:
     training = phases["train"].get("train_s", 0.0)
     start = sum(p.get("engine_start_s", 0.0) for p in phases.values())
     handoff = sum(p.get("weights_handoff_s", 0.0) for p in phases.values())
+    tokens = sum(p.get("generated_tokens", 0) for p in phases.values())
     overhead = wall - generation - training - start
     return {
         "round": r, "wall_s": wall, "generation_s": generation, "training_s": training, "engine_start_s": start,
-        "weights_handoff_s": handoff, "overhead_s": overhead, "overhead_share": overhead / wall if wall else None,
+        "weights_handoff_s": handoff, "generated_tokens": tokens,
+        "generation_tokens_per_s": tokens / generation if generation else None, "overhead_s": overhead,
+        "overhead_share": overhead / wall if wall else None,
         "per_phase_s": {p: v.get("seconds", 0.0) for p, v in phases.items()},
     }  # fmt: skip
 

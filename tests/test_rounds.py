@@ -226,8 +226,9 @@ RESUMED_FROM = {
     "round_2/train:step=3": {2: "checkpoint-2"},
 }
 
+# Timings, and what an attempt counts of its own work (a resumed phase generates only its missing chunks).
 _TIMING = {"seconds", "train_s", "tokens_per_s", "generation_s", "wall_s", "load_s", "resumed_from", "engine_start_s",
-           "weights_handoff_s", "engine_generate_s"}  # fmt: skip
+           "weights_handoff_s", "engine_generate_s", "generated_tokens"}  # fmt: skip
 
 
 def _metrics(obj, run_dir: Path):

@@ -225,13 +225,16 @@ def progress_bar(engine: Engine | None, total: int, desc: str):
     bar = tqdm(total=total, desc=desc, unit="prompt", leave=False, dynamic_ncols=True)
     tokens = 0
 
+    previous = None if engine is None else engine.progress
+
     def update(prompts: int, new_tokens: int) -> None:
         nonlocal tokens
         tokens += new_tokens
         bar.update(prompts)
         bar.set_postfix_str(f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.0f} tok/s", refresh=False)
+        if previous is not None:  # whoever listened before (a phase counting tokens) keeps hearing
+            previous(prompts, new_tokens)
 
-    previous = None if engine is None else engine.progress
     if engine is not None:
         engine.progress = update
     try:

@@ -30,33 +30,55 @@ __all__ = ["Orchestrator", "run"]
 
 
 class _EngineHolder:
-    """Creates the engine on first use and moves new weights into it; times both, and the engine's generation, so
-    each phase can report where its wall time went (``timings``)."""
+    """Creates the engine on first use and moves new weights into it; times both, and the engine's generation (with
+    the tokens it generated), so each phase can report where its wall time went (``timings``)."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, self.engine, self.weights = cfg, None, None
-        self.timings = {"engine_start_s": 0.0, "weights_handoff_s": 0.0, "engine_generate_s": 0.0}
+        self.timings = {"engine_start_s": 0.0, "weights_handoff_s": 0.0, "engine_generate_s": 0.0,
+                        "generated_tokens": 0}  # fmt: skip
+        self._inside = False
 
     def get(self, weights: str) -> Engine:
         start = time.perf_counter()
         if self.engine is None:
             self.engine = make_engine(weights, self.cfg.engine)
             self.timings["engine_start_s"] += time.perf_counter() - start
-            generate_ids = self.engine.generate_ids
-
-            def timed(*args, **kwargs):
-                t = time.perf_counter()
-                try:
-                    return generate_ids(*args, **kwargs)
-                finally:
-                    self.timings["engine_generate_s"] += time.perf_counter() - t
-
-            self.engine.generate_ids = timed
+            self._instrument(self.engine)
         elif weights != self.weights:
             self.engine.update_weights(weights)
             self.timings["weights_handoff_s"] += time.perf_counter() - start
         self.weights = weights
         return self.engine
+
+    def _instrument(self, engine: Engine) -> None:
+        """Count the time spent inside ``generate_ids`` and inside each step of ``completed`` (once when one runs
+        inside the other), and the tokens the engine reports."""
+        generate_ids, completed = engine.generate_ids, engine.completed
+
+        def timed(fn):
+            def wrapper(*args, **kwargs):
+                if self._inside:
+                    return fn(*args, **kwargs)
+                self._inside, t = True, time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self._inside = False
+                    self.timings["engine_generate_s"] += time.perf_counter() - t
+
+            return wrapper
+
+        def timed_completed():
+            it = completed()
+            step = timed(lambda: next(it, None))
+            while (item := step()) is not None:
+                yield item
+
+        def count(prompts: int, tokens: int) -> None:
+            self.timings["generated_tokens"] += tokens
+
+        engine.generate_ids, engine.completed, engine.progress = timed(generate_ids), timed_completed, count
 
     def close(self) -> None:
         if self.engine is not None:
