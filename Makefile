@@ -20,7 +20,7 @@ setup:
 
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 lint: setup
 	$(PY) -m ruff check .

@@ -68,8 +68,9 @@ def main() -> None:
 
     import torch
 
+    from dynsdpb_selfplay.distill.config import DistillationArguments
     from dynsdpb_selfplay.distill.losses import Targets, build_targets, kl_to_targets, teacher_stats
-    from dynsdpb_selfplay.distill.schedules import DynamicSchedule
+    from dynsdpb_selfplay.distill.schedules import make_schedule
 
     torch.manual_seed(0)
     t0 = time.time()
@@ -101,7 +102,8 @@ def main() -> None:
     approx = {t: {m: 0.0 for m in modes} for t in temps}
     tail_mass = {t: {f"top{k}": 0.0 for k in args.topk} for t in temps}
     n_tok, vocab = 0, None
-    schedule = DynamicSchedule(alpha0=1.0, tau0=3.0)
+    schedule = make_schedule(DistillationArguments(distillation_schedule="dynamic", distillation_alpha=1.0,
+                                                 distillation_temperature=3.0))
     tau_sum = 0.0
     with torch.no_grad():
         for ids, pos in seqs:

@@ -41,6 +41,7 @@ from dynsdpb_selfplay.distill.trainer import TARGETS_FILE, DynSDPBTrainer
 from dynsdpb_selfplay.engines import EngineConfig, SamplingConfig, make_engine
 from dynsdpb_selfplay.errors import UserInputError
 from dynsdpb_selfplay.rounds.config import from_dict, load_config
+from dynsdpb_selfplay.rounds.generation import round_questions
 from dynsdpb_selfplay.rounds.orchestrator import Orchestrator
 from dynsdpb_selfplay.rounds.rundir import RunDir, read_jsonl_records
 from dynsdpb_selfplay.rounds.training import train_round
@@ -135,7 +136,8 @@ def truncated_chunk(c):
 
 def out_of_questions(c):
     with RunDir.create(c.tmp / "run", round_config(c.model, **{"task.train_limit": 8})) as run:
-        return Orchestrator(run, log=lambda *_: None)._questions(6)  # the echo task has 40 training questions
+        orch = Orchestrator(run, log=lambda *_: None)
+        return round_questions(orch.cfg, orch.task, 6)  # the echo task has 40 training questions
 
 
 def disk_full_while_filtering(c):

@@ -209,8 +209,9 @@ def test_topk_gradient_stays_finite_when_the_students_tail_mass_is_tiny():
 @pytest.mark.parametrize("topk", [None, 5])
 def test_a_masked_vocabulary_entry_keeps_loss_gradients_and_statistics_finite(topk):
     # A logit of -inf (a vocabulary entry masked by the head's bias) has probability 0; 0 * log 0 must count as 0.
+    from dynsdpb_selfplay.distill.config import DistillationArguments
     from dynsdpb_selfplay.distill.losses import teacher_stats_from_softmax
-    from dynsdpb_selfplay.distill.schedules import DynamicSchedule
+    from dynsdpb_selfplay.distill.schedules import make_schedule
 
     hidden, weight, bias, _, kd_rows, _ = _case(None)
     n, v = hidden.shape[0], weight.shape[0]
@@ -228,8 +229,10 @@ def test_a_masked_vocabulary_entry_keeps_loss_gradients_and_statistics_finite(to
     assert torch.isfinite(ref) and torch.isfinite(ref_sums["kl_sum"])
     ref_grads = _grads(ref, hidden, weight, bias)
 
+    schedule = make_schedule(DistillationArguments(distillation_schedule="dynamic"))
+
     def make(z, p, lse, y):
-        alpha, tau = DynamicSchedule()(teacher_stats_from_softmax(z, p, lse, y))
+        alpha, tau = schedule(teacher_stats_from_softmax(z, p, lse, y))
         return build_targets(z, tau, alpha, topk)
 
     loss, out = fused_ce_distill(hidden, weight, bias, labels, num_items=n, kd_rows=kd_rows, kd_targets=targets,
