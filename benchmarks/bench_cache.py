@@ -102,8 +102,9 @@ def main() -> None:
     approx = {t: {m: 0.0 for m in modes} for t in temps}
     tail_mass = {t: {f"top{k}": 0.0 for k in args.topk} for t in temps}
     n_tok, vocab = 0, None
-    schedule = make_schedule(DistillationArguments(distillation_schedule="dynamic", distillation_alpha=1.0,
-                                                 distillation_temperature=3.0))
+    schedule = make_schedule(
+        DistillationArguments(distillation_schedule="dynamic", distillation_alpha=1.0, distillation_temperature=3.0)
+    )
     tau_sum = 0.0
     with torch.no_grad():
         for ids, pos in seqs:

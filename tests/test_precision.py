@@ -122,11 +122,11 @@ def test_a_round_hands_the_next_round_exactly_the_trained_weights(tmp_path, lora
     trained = {}
     save = training.save_round_model
 
-    def spy(trainer, tokenizer, out_dir, phase=""):
+    def spy(trainer, tokenizer, out_dir, phase="", **kw):
         model = trainer.model
         final = copy.deepcopy(model).merge_and_unload() if lora else model
         trained.update({k: v.detach().clone() for k, v in final.state_dict().items()})
-        return save(trainer, tokenizer, out_dir, phase)
+        return save(trainer, tokenizer, out_dir, phase, **kw)
 
     monkeypatch.setattr(training, "save_round_model", spy)
     rows = [{"prompt": [{"role": "user", "content": f"Say {i}."}], "completion": [

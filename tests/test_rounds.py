@@ -73,6 +73,10 @@ def test_two_rounds_end_to_end(tmp_path, tiny, pipeline, capsys):
         assert len({(g["id"], g["sample"]) for g in gens}) == len(gens)
         rows = read(run_dir / f"round_{r}" / "train.jsonl")
         assert rows and len({row["id"] for row in rows}) == len(rows)
+        _assert_no_truncated_rows(run_dir / f"round_{r}", pipeline)
+        rates = read(run_dir / f"round_{r}" / "pass_rates.jsonl")
+        assert [e["id"] for e in rates] == list(dict.fromkeys(g["id"] for g in gens))  # every question, in order
+        assert all(e["samples"] == 2 and e["pass_rate"] == e["verified"] / 2 for e in rates)
         assert (run_dir / f"round_{r}" / "model" / "model.safetensors").exists()
         assert state["info"][f"round_{r}/train"]["steps"] == 4
         # The checkpoints were for resuming the phase; its per-step log outlives them.
@@ -95,18 +99,34 @@ def test_two_rounds_end_to_end(tmp_path, tiny, pipeline, capsys):
         {g["id"] for g in read(run_dir / "round_2/generations.jsonl")}
     )
     report = (run_dir / "report.md").read_text()
-    table = [line for line in report.splitlines() if line.startswith("|")]
+    table = [line for line in report.split("## The data")[0].splitlines() if line.startswith("|")]
     assert len(table) == 2 + 3  # header, separator, rounds 0-2
     assert len({line.count("|") for line in table}) == 1  # every row has the header's number of cells
     assert (run_dir / "accuracy.png").stat().st_size > 1000
+    # Per round, the data: filter counts, the pass-rate histogram, kept / rejected / truncated examples.
+    for r in (1, 2):
+        assert f"### Round {r}" in report and f"![round {r} pass rates](round_{r}/pass_rates.png)" in report
+        assert (run_dir / f"round_{r}/pass_rates.png").stat().st_size > 1000
+    assert "| samples | correct | duplicates | over cap | truncated | below agreement |" in report
+    assert "*kept, shortest*" in report and "*rejected, longest*" in report and "*truncated*" in report
     out = capsys.readouterr().out
     assert "round 2:" in out and f"report: {run_dir / 'report.md'}" in out
     if pipeline == "self_correction":
         summary = json.loads((run_dir / "round_2" / "eval_summary.json").read_text())
         assert {"first_accuracy", "revised_accuracy", "wrong_to_right", "right_to_wrong"} <= set(summary)
-        assert "w→r" in report
+        assert "w→r" in report and "| first \\ revised | right | wrong |" in report
         for row in rows:  # the loss falls on the revision: first answer and review request are in the prompt
             assert [m["role"] for m in row["prompt"]] == ["user", "assistant", "user"]
+
+
+def _assert_no_truncated_rows(folder: Path, pipeline: str) -> None:
+    """No training row comes from a generation cut at max_new_tokens, and the filter counted the cut ones."""
+    gens, rows = read(folder / "generations.jsonl"), read(folder / "train.jsonl")
+    summary = json.loads((folder / "filter_summary.json").read_text())
+    finish = "finish_reason" if pipeline == "self_training" else "revision_finish_reason"
+    by_row = {f"{g['id']}-{g['sample']}-{g.get('source', 'correction')}": g for g in gens}
+    assert all(by_row[row["id"]][finish] == "stop" for row in rows)
+    assert summary["truncated"] == sum(g[finish] == "length" for g in gens) > 0
 
 
 def test_sft_baseline_trains_on_the_same_data(tmp_path, tiny):

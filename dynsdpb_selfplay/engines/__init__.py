@@ -8,9 +8,10 @@ with make_engine("smollm2-135m-instruct", EngineConfig(backend="auto")) as engin
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
-from ..errors import EngineUnavailableError
+from ..errors import EngineUnavailableError, UserInputError
 from .base import Completion, Engine, EngineConfig, Generation, SamplingConfig, resolve_dtype
 
 __all__ = [
@@ -24,7 +25,10 @@ __all__ = [
     "pick_backend",
     "resolve_dtype",
     "vllm_available",
+    "with_lora",
 ]
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
 
 
 def vllm_available() -> bool:
@@ -47,9 +51,25 @@ def pick_backend(backend: str = "auto") -> str:
     return backend
 
 
+def with_lora(config: EngineConfig, rank: int) -> EngineConfig:
+    """``config`` able to serve LoRA adapters of rank ``rank`` (vLLM takes only some ranks: the next one up)."""
+    ranks = [r for r in VLLM_LORA_RANKS if r >= max(rank, config.max_lora_rank)]
+    if not ranks:
+        raise UserInputError(f"LoRA rank {rank} is above the largest vLLM serves ({VLLM_LORA_RANKS[-1]})")
+    return dataclasses.replace(config, enable_lora=True, max_lora_rank=ranks[0])
+
+
 def make_engine(model: str, config: EngineConfig | None = None) -> Engine:
-    """An engine for ``model`` (known name, directory, .gguf file or hub id; see ``dynsdpb_selfplay.models``)."""
+    """An engine for ``model`` (known name, directory, .gguf file or hub id; see ``dynsdpb_selfplay.models``), or
+    for a LoRA adapter directory: its base model serving the adapter (``Engine.update_weights``)."""
     config = config or EngineConfig()
+    from ..models import adapter_info
+
+    adapter = adapter_info(model)
+    if adapter is not None:
+        engine = make_engine(adapter["base_model_name_or_path"], with_lora(config, int(adapter.get("r") or 1)))
+        engine.update_weights(str(model))
+        return engine
     backend = pick_backend(config.backend)
     if backend == "vllm":
         from .vllm import VLLMEngine

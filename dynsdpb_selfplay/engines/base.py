@@ -143,6 +143,7 @@ class Engine(ABC):
     name = "engine"
     tokenizer = None
     model_path: str = ""
+    adapter: str | None = None  # the LoRA adapter served when a call names none (set by update_weights)
     progress: Callable[[int, int], None] | None = None
 
     def encode(self, prompt) -> list[int]:
@@ -202,7 +203,9 @@ class Engine(ABC):
 
     @abstractmethod
     def update_weights(self, checkpoint_dir: str) -> None:
-        """Load new weights of the same architecture from a safetensors checkpoint directory, in place."""
+        """Load new weights of the same architecture from a safetensors checkpoint directory, in place; or, given a
+        LoRA adapter directory of the loaded base model, serve that adapter from now on (:attr:`adapter`) and keep
+        the base weights (a full checkpoint afterwards drops the adapter)."""
 
     @abstractmethod
     def close(self) -> None:

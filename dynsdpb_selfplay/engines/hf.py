@@ -83,6 +83,7 @@ class HFEngine(Engine):
     def generate_ids(self, prompt_ids, sampling, lora_path=None):
         if sampling.seed is not None or self.config.seed is not None:
             torch.manual_seed(sampling.seed if sampling.seed is not None else self.config.seed)
+        lora_path = lora_path or self.adapter
         self._use_adapter(lora_path)
         device = next(self.model.parameters()).device
         kwargs = self._generation_kwargs(sampling)
@@ -138,9 +139,13 @@ class HFEngine(Engine):
     def update_weights(self, checkpoint_dir: str) -> None:
         from transformers import AutoModelForCausalLM
 
-        from ..models import check_model_dir
+        from ..models import adapter_info, check_model_dir
 
+        if adapter_info(checkpoint_dir) is not None:
+            self.adapter = str(checkpoint_dir)
+            return
         check_model_dir(checkpoint_dir)
+        self.adapter = None
         device, dtype = next(self.model.parameters()).device, self.model.dtype
         new = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=dtype, use_safetensors=True)
         self.model = new.to(device).eval()

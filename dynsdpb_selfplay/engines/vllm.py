@@ -105,7 +105,9 @@ class VLLMEngine(Engine):
         if lora_path is None:
             return None
         if not self.config.enable_lora:
-            raise ValueError("a LoRA adapter was given but the engine was created without enable_lora=True")
+            raise ValueError(
+                "a LoRA adapter was given but the engine was created without enable_lora=True (engine.enable_lora)"
+            )
         from vllm.lora.request import LoRARequest
 
         lora_id = self._lora_ids.setdefault(lora_path, len(self._lora_ids) + 1)
@@ -127,9 +129,8 @@ class VLLMEngine(Engine):
             self._groups, self._owner, self._tickets = {}, {}, 0
         self._tickets += 1
         requests = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
-        ids = self.llm.enqueue(
-            requests, self._sampling_params(sampling), lora_request=self._lora_request(lora_path), use_tqdm=False
-        )
+        lora = self._lora_request(lora_path or self.adapter)
+        ids = self.llm.enqueue(requests, self._sampling_params(sampling), lora_request=lora, use_tqdm=False)
         # enqueue() returns internal ids ("<n>-<suffix>"); step() reports the request by its external id "<n>".
         ids = [str(i).rsplit("-", 1)[0] for i in ids]
         self._groups[self._tickets] = ([list(p) for p in prompt_ids], ids, {})
@@ -156,9 +157,14 @@ class VLLMEngine(Engine):
                     yield ticket, [done[i] for i in ids]
 
     def update_weights(self, checkpoint_dir: str) -> None:
-        from ..models import check_model_dir
+        from ..models import adapter_info, check_model_dir
 
+        if adapter_info(checkpoint_dir) is not None:  # loaded by vLLM with the first request that names it
+            self._lora_request(str(checkpoint_dir))  # fails now, not mid-generation, without enable_lora
+            self.adapter = str(checkpoint_dir)
+            return
         check_model_dir(checkpoint_dir)
+        self.adapter = None
         # vLLM's own `reload_weights` plus a fix for CPU's prepacked tied LM head (see vllm_worker.py).
         self.llm.collective_rpc("dynsdpb_reload_weights", kwargs={"weights_path": str(checkpoint_dir)})
         if not self.llm.reset_prefix_cache():

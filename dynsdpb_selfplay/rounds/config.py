@@ -23,6 +23,7 @@ from ..errors import UserInputError
 __all__ = ["RunConfig", "load_config", "to_dict"]
 
 PIPELINES = ("self_training", "self_correction")
+REPORT_TO = ("none", "tensorboard")
 
 
 @dataclass
@@ -56,6 +57,17 @@ class GenerationSection:
     rationalize: bool = field(
         default=False, metadata={"help": "Self-training: retry unsolved questions with the gold answer as a hint."}
     )
+    adaptive: bool = field(
+        default=False,
+        metadata={
+            "help": "Self-training: sample adaptive_first solutions per question, then spend the rest of the budget "
+            "(samples per question, per chunk) evenly on the questions not solved in every first sample."
+        },
+    )
+    adaptive_first: int = field(default=2, metadata={"help": "adaptive: solutions sampled per question first."})
+    adaptive_max_samples: int | None = field(
+        default=None, metadata={"help": "adaptive: most solutions per question in all (null: 2 x samples)."}
+    )
     correction_prompt: str = field(
         default="Review your solution step by step. If you find a mistake, correct it. "
         "End with the final answer as #### <number>.",
@@ -74,6 +86,14 @@ class FilteringSection:
     keep_right_to_right: bool = field(
         default=True, metadata={"help": "Self-correction: also keep correct answers confirmed by the review."}
     )
+    max_pass_rate: float = field(
+        default=1.0,
+        metadata={
+            "help": "Drop questions whose pass rate (verified samples / samples, round_r/pass_rates.jsonl) is above "
+            "this: e.g. 0.99 drops those solved in every sample (nothing to learn)."
+        },
+    )
+    min_pass_rate: float = field(default=0.0, metadata={"help": "Drop questions whose pass rate is below this."})
 
 
 @dataclass
@@ -90,6 +110,21 @@ class TrainingSection:
     init: str = field(default="continue", metadata={"help": "'continue' from last round's weights or 'base' model."})
     accumulate_data: bool = field(default=False, metadata={"help": "Train on all rounds' data so far (else new)."})
     lora: LoraSection | None = field(default=None, metadata={"help": "LoRA settings; null for full fine-tuning."})
+    lora_handoff: str = field(
+        default="merged",
+        metadata={
+            "help": "With lora: 'merged' saves round_r/model as full merged weights, reloaded into the engine; "
+            "'adapter' saves only the adapter, served by the engine on the base model (vLLM LoRARequest), and the "
+            "next round continues training the same adapter."
+        },
+    )
+    report_to: str = field(
+        default="none",
+        metadata={
+            "help": "'none' or 'tensorboard': per-step curves of every round in RUN_DIR/tensorboard/round_<r> "
+            "(`tensorboard --logdir RUN_DIR/tensorboard`), one run name per round."
+        },
+    )
     learning_rate: float = 1e-5
     num_train_epochs: float = 1.0
     max_steps: int = -1
@@ -154,6 +189,22 @@ class RunConfig:
         check(self.filtering.labels in ("gold", "majority"), "filtering.labels", "must be 'gold' or 'majority'")
         check(0 < self.filtering.min_agreement <= 1, "filtering.min_agreement", "must be in (0, 1]")
         check(self.filtering.max_per_question >= 1, "filtering.max_per_question", "must be >= 1")
+        check(0 <= self.filtering.min_pass_rate <= 1, "filtering.min_pass_rate", "must be in [0, 1]")
+        check(0 <= self.filtering.max_pass_rate <= 1, "filtering.max_pass_rate", "must be in [0, 1]")
+        check(self.filtering.min_pass_rate <= self.filtering.max_pass_rate, "filtering.min_pass_rate",
+              f"{self.filtering.min_pass_rate} is above filtering.max_pass_rate={self.filtering.max_pass_rate}: "
+              "every question would be dropped")  # fmt: skip
+        self._validate_adaptive(check)
+        check(self.training.lora_handoff in ("merged", "adapter"), "training.lora_handoff",
+              "must be 'merged' or 'adapter'")  # fmt: skip
+        check(self.training.lora_handoff == "merged" or self.training.lora is not None, "training.lora_handoff",
+              "'adapter' needs LoRA training (set training.lora)")  # fmt: skip
+        check(self.training.report_to in REPORT_TO, "training.report_to", f"must be one of {REPORT_TO}")
+        if self.training.report_to == "tensorboard":
+            import importlib.util
+
+            check(importlib.util.find_spec("tensorboard") is not None, "training.report_to",
+                  "tensorboard is not installed: pip install 'dynsdpb-selfplay[tensorboard]'")  # fmt: skip
         check(self.training.trainer in ("dynsdpb", "sft"), "training.trainer", "must be 'dynsdpb' or 'sft'")
         check(self.training.init in ("continue", "base"), "training.init", "must be 'continue' or 'base'")
         check(self.training.learning_rate > 0, "training.learning_rate", "must be > 0")
@@ -177,6 +228,21 @@ class RunConfig:
             except ValueError as e:
                 raise UserInputError(f"training.distillation: {e}") from None
         self._validate_task()
+
+    def _validate_adaptive(self, check) -> None:
+        g = self.generation
+        if not g.adaptive:
+            return
+        check(self.pipeline == "self_training", "generation.adaptive", "only the self_training pipeline samples "
+              "several solutions per question")  # fmt: skip
+        check(self.filtering.labels == "gold", "generation.adaptive", "needs gold labels (filtering.labels: gold) to "
+              "tell which questions are solved")  # fmt: skip
+        check(1 <= g.adaptive_first < g.samples, "generation.adaptive_first",
+              f"must be >= 1 and below generation.samples={g.samples} (the budget per question), else nothing is "
+              "left to spend adaptively")  # fmt: skip
+        top = g.adaptive_max_samples
+        check(top is None or top >= g.samples, "generation.adaptive_max_samples",
+              f"must be >= generation.samples={g.samples}, or null")  # fmt: skip
 
     def _validate_sizes(self, check) -> None:
         """Counts and lengths, and the extra SFTConfig fields, so that none fails hours later in a round."""

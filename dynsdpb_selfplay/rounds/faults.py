@@ -16,7 +16,7 @@ The points, per phase (``round_r/<phase>`` or ``report``):
   ``checkpoint-n`` is complete; ``point=trained`` after the last step; ``point=model_tmp`` after the round's model
   is written to its temporary folder, before it replaces ``model/``;
 - eval: ``point=generated`` after the generations are scored, before anything is written;
-- report: ``point=plot`` after ``accuracy.png``, before ``report.md``.
+- report: ``point=plot`` after ``accuracy.png`` and the rounds' ``pass_rates.png``, before ``report.md``.
 
 ``dynsdpb eval`` has one: ``eval:point=loaded`` once its engine is up, before it generates.
 """

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Generator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..engines.base import Engine, SamplingConfig, progress_bar
@@ -23,7 +24,7 @@ from ..tasks.base import Example, PromptFormat, Task, check_examples
 from .faults import maybe_fault
 from .rundir import read_jsonl_records, write_jsonl
 
-__all__ = ["chunk_seed", "generate_round", "round_questions", "run_chunked", "run_program", "run_programs",
+__all__ = ["Adaptive", "chunk_seed", "generate_round", "round_questions", "run_chunked", "run_program", "run_programs",
            "self_correction_records", "self_training_records"]  # fmt: skip
 
 ChunkProgram = Generator[tuple[list, SamplingConfig], list, list[dict]]
@@ -118,27 +119,56 @@ def _score(task: Task, fmt: PromptFormat, ex: Example, text: str) -> dict:
 
 def _solution_record(task: Task, fmt: PromptFormat, ex: Example, k: int, source: str, prompt, completion) -> dict:
     return {"id": ex.id, "sample": k, "source": source, "gold": ex.answer, "prompt": prompt,
-            "response": completion.text, "finish_reason": completion.finish_reason,
+            "response": completion.text, "finish_reason": completion.finish_reason, "tokens": len(completion.token_ids),
             **_score(task, fmt, ex, completion.text)}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Adaptive:
+    """Adaptive sampling: ``first`` samples per question, then the rest of the chunk's budget (``sampling.n`` per
+    question) split evenly over the questions not solved in every first sample, at most ``max_samples`` in all per
+    question. What cannot be split evenly is not spent."""
+
+    first: int
+    max_samples: int
+
+
+def _sampled(task, fmt, chunk, prompts, gens, first_index: int = 0) -> dict[str, list[dict]]:
+    return {ex.id: [_solution_record(task, fmt, ex, first_index + k, "sample", prompt, c)
+                    for k, c in enumerate(gen.completions)]
+            for ex, prompt, gen in zip(chunk, prompts, gens, strict=True)}  # fmt: skip
+
+
 def self_training_records(
-    task: Task, fmt: PromptFormat, sampling: SamplingConfig, rationalize: bool, verify: str
-) -> Callable[[list[Example], int], ChunkProgram]:
-    """Sample ``sampling.n`` solutions per question; optionally rationalize the unsolved ones with a hint."""
+    task: Task, fmt: PromptFormat, sampling: SamplingConfig, rationalize: bool, verify: str,
+    adaptive: Adaptive | None = None,
+) -> Callable[[list[Example], int], ChunkProgram]:  # fmt: skip
+    """Sample ``sampling.n`` solutions per question (with ``adaptive``: a first pass, then more for the questions
+    not yet reliably solved, within the same budget); optionally rationalize the unsolved ones with a hint."""
+    from .filtering import solved
 
     def program(chunk: list[Example], seed: int) -> ChunkProgram:
         prompts = [task.build_prompt(ex, fmt) for ex in chunk]
-        gens = yield prompts, SamplingConfig(**{**vars(sampling), "seed": seed})
-        records = []
-        for ex, prompt, gen in zip(chunk, prompts, gens, strict=True):
-            records += [_solution_record(task, fmt, ex, k, "sample", prompt, c) for k, c in enumerate(gen.completions)]
+        first = sampling.n if adaptive is None else min(adaptive.first, sampling.n)
+        gens = yield prompts, replace(sampling, n=first, seed=seed)
+        by_question = _sampled(task, fmt, chunk, prompts, gens)
+        if adaptive is not None:
+            todo = [(ex, p) for ex, p in zip(chunk, prompts, strict=True)
+                    if not all(solved(r, verify) for r in by_question[ex.id])]  # fmt: skip
+            budget = (sampling.n - first) * len(chunk)
+            extra = min(adaptive.max_samples - first, budget // len(todo)) if todo else 0
+            if extra >= 1:
+                gens = yield [p for _, p in todo], replace(sampling, n=extra, seed=seed + 2)
+                more = _sampled(task, fmt, [ex for ex, _ in todo], [p for _, p in todo], gens, first_index=first)
+                for qid, new in more.items():
+                    by_question[qid] += new
+        records = [r for ex in chunk for r in by_question[ex.id]]
         if rationalize:
-            solved = {r["id"] for r in records if r[f"{verify}_correct"]}
-            todo = [(ex, p) for ex, p in zip(chunk, prompts, strict=True) if ex.id not in solved]
+            solved_ids = {r["id"] for r in records if solved(r, verify)}
+            todo = [(ex, p) for ex, p in zip(chunk, prompts, strict=True) if ex.id not in solved_ids]
             if todo:
                 hinted = [_with_hint(p, ex.answer) for ex, p in todo]
-                gens = yield hinted, SamplingConfig(**{**vars(sampling), "seed": seed + 1})
+                gens = yield hinted, replace(sampling, seed=seed + 1)
                 # Recorded with the original prompt: the hint is removed from what the model will be trained on.
                 for (ex, prompt), gen in zip(todo, gens, strict=True):
                     records += [_solution_record(task, fmt, ex, k, "rationalized", prompt, c)
@@ -161,21 +191,23 @@ def self_correction_records(
 
     def program(chunk: list[Example], seed: int) -> ChunkProgram:
         prompts = [task.build_prompt(ex, fmt) for ex in chunk]
-        first = yield prompts, SamplingConfig(**{**vars(sampling), "seed": seed})
+        first = yield prompts, replace(sampling, seed=seed)
         convs, meta = [], []
         for ex, prompt, gen in zip(chunk, prompts, first, strict=True):
             for k, c in enumerate(gen.completions):
                 convs.append(correction_turns(prompt, c.text, instruction))
-                meta.append((ex, prompt, k, c.text))
-        revised = yield convs, SamplingConfig(**{**vars(sampling), "n": 1, "seed": seed + 1})
+                meta.append((ex, prompt, k, c.text, c.finish_reason, len(c.token_ids)))
+        revised = yield convs, replace(sampling, n=1, seed=seed + 1)
         records = []
-        for (ex, prompt, k, text), gen in zip(meta, revised, strict=True):
-            rev = gen.completions[0].text
-            a, b = _score(task, fmt, ex, text), _score(task, fmt, ex, rev)
+        for (ex, prompt, k, text, finish, tokens), gen in zip(meta, revised, strict=True):
+            rev = gen.completions[0]
+            a, b = _score(task, fmt, ex, text), _score(task, fmt, ex, rev.text)
             records.append({"id": ex.id, "sample": k, "gold": ex.answer, "prompt": prompt, "first": text,
-                            "revision": rev, "first_correct": a[f"{verify}_correct"],
+                            "revision": rev.text, "first_correct": a[f"{verify}_correct"],
                             "revised_correct": b[f"{verify}_correct"], "first_answer": a["flexible_answer"],
-                            "revised_answer": b["flexible_answer"]})  # fmt: skip
+                            "revised_answer": b["flexible_answer"], "first_finish_reason": finish,
+                            "revision_finish_reason": rev.finish_reason,
+                            "tokens": tokens + len(rev.token_ids)})  # fmt: skip
         return records
 
     return program
@@ -203,7 +235,8 @@ def generate_round(cfg, task: Task, fmt: PromptFormat, r: int, out_dir: Path, en
     sampling = SamplingConfig(n=g.samples, temperature=g.temperature, top_p=g.top_p,
                               max_new_tokens=g.max_new_tokens, stop=list(fmt.stop))  # fmt: skip
     if cfg.pipeline == "self_training":
-        make = self_training_records(task, fmt, sampling, g.rationalize, cfg.filtering.verify)
+        adaptive = Adaptive(g.adaptive_first, g.adaptive_max_samples or 2 * g.samples) if g.adaptive else None
+        make = self_training_records(task, fmt, sampling, g.rationalize, cfg.filtering.verify, adaptive)
     else:
         make = self_correction_records(task, fmt, sampling, g.correction_prompt, cfg.filtering.verify)
     select = None if shard is None else (lambda i: i % shard[1] == shard[0])

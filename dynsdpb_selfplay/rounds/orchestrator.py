@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from ..engines import lifetime, make_engine
+from ..engines import lifetime, make_engine, with_lora
 from ..engines.base import Engine, SamplingConfig
 from ..errors import UserInputError
 from ..evaluate import evaluate, wilson_interval
@@ -19,11 +19,12 @@ from ..models import resolve_model
 from ..tasks import get_task
 from .config import RunConfig, from_dict
 from .faults import maybe_fault
-from .filtering import filter_self_correction, filter_self_training, transitions
+from .filtering import filter_self_correction, filter_self_training, pass_rates, transitions
 from .generation import generate_round, run_program, self_correction_records
 from .report import round_line, write_report
 from .rundir import RunDir, read_jsonl_records, write_json, write_jsonl
 from .shards import run_shards
+from .showcase import pick_examples
 from .training import drop_checkpoints, train_round
 
 __all__ = ["Orchestrator", "run"]
@@ -35,6 +36,9 @@ class _EngineHolder:
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg, self.engine, self.weights = cfg, None, None
+        self.engine_config = cfg.engine
+        if cfg.training.lora is not None and cfg.training.lora_handoff == "adapter":  # rounds hand over adapters
+            self.engine_config = with_lora(cfg.engine, cfg.training.lora.r)
         self.timings = {"engine_start_s": 0.0, "weights_handoff_s": 0.0, "engine_generate_s": 0.0,
                         "generated_tokens": 0}  # fmt: skip
         self._inside = False
@@ -42,7 +46,7 @@ class _EngineHolder:
     def get(self, weights: str) -> Engine:
         start = time.perf_counter()
         if self.engine is None:
-            self.engine = make_engine(weights, self.cfg.engine)
+            self.engine = make_engine(weights, self.engine_config)
             self.timings["engine_start_s"] += time.perf_counter() - start
             self._instrument(self.engine)
         elif weights != self.weights:
@@ -127,9 +131,13 @@ class Orchestrator:
             records = self._generation_chunks(r, engine=None)  # every chunk is on disk now: read in order
         else:
             records = self._generation_chunks(r, self.engines.get(weights))
-        write_jsonl(self.run_dir.round(r) / "generations.jsonl", records, fault_phase=f"round_{r}/generate")
+        out, phase = self.run_dir.round(r), f"round_{r}/generate"
+        write_jsonl(out / "generations.jsonl", records, fault_phase=phase)
+        rates = pass_rates(records, self.cfg.filtering.verify)
+        write_jsonl(out / "pass_rates.jsonl", list(rates.values()), fault_phase=phase)
         # Every question yields at least one record, so the ids count the questions without loading them again.
-        return {"questions": len({rec["id"] for rec in records}), "records": len(records), "shards": shards}
+        return {"questions": len(rates), "records": len(records), "shards": shards,
+                "generated_tokens": sum(rec.get("tokens", 0) for rec in records)}  # fmt: skip
 
     def _filter(self, r: int) -> dict:
         cfg, out = self.cfg, self.run_dir.round(r)
@@ -137,11 +145,15 @@ class Orchestrator:
         records = read_jsonl_records(out / "generations.jsonl")
         maybe_fault(phase, point="read")
         f = cfg.filtering
+        bounds = {"min_pass_rate": f.min_pass_rate, "max_pass_rate": f.max_pass_rate}
         if cfg.pipeline == "self_training":
-            rows, stats = filter_self_training(records, f.verify, f.max_per_question, f.labels, f.min_agreement)
+            rows, stats, verdicts = filter_self_training(records, f.verify, f.max_per_question, f.labels,
+                                                         f.min_agreement, **bounds)  # fmt: skip
         else:
-            rows, stats = filter_self_correction(records, cfg.generation.correction_prompt, f.keep_right_to_right)
+            rows, stats, verdicts = filter_self_correction(records, cfg.generation.correction_prompt,
+                                                           f.keep_right_to_right, **bounds)  # fmt: skip
         write_jsonl(out / "train.jsonl", rows, fault_phase=phase)
+        write_json(out / "examples.json", pick_examples(records, verdicts), fault_phase=phase)
         write_json(out / "filter_summary.json", stats, fault_phase=phase)
         return stats
 

@@ -1,4 +1,5 @@
-"""The run report: a Markdown table per round and a PNG of held-out accuracy across rounds."""
+"""The run report: a Markdown table of the rounds, a PNG of held-out accuracy across rounds, and per round what
+its data look like (:mod:`.showcase`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from .faults import maybe_fault
 from .rundir import atomic_write_text
+from .showcase import round_section
 
 __all__ = ["round_line", "write_report"]
 
@@ -27,7 +29,8 @@ def round_line(r: int, info: dict) -> str:
     parts = [f"round {r}:"]
     filt, train, ev = info.get("filter", {}), info.get("train", {}), info.get("eval", {})
     if filt:
-        parts.append(f"kept {filt.get('rows', 0)} rows from {filt.get('questions_kept', 0)} questions |")
+        cut = f" ({filt['truncated']} truncated samples dropped)" if filt.get("truncated") else ""
+        parts.append(f"kept {filt.get('rows', 0)} rows from {filt.get('questions_kept', 0)} questions{cut} |")
     if train:
         parts.append(
             f"train skipped ({train['skipped']}) |" if "skipped" in train
@@ -80,10 +83,18 @@ def write_report(
         assert len(row) == len(header)
         lines.append("| " + " | ".join(row) + " |")
     png = _plot(run_dir, rounds)
-    maybe_fault(fault_phase, point="plot")
     if png is not None:
         lines += ["", f"![held-out accuracy by round]({png.name})"]
     lines += ["", "Round 0 is the starting model, evaluated before any training.", ""]
+    data = [r for r in sorted(rounds) if rounds[r].get("filter")]
+    if data:
+        lines += ["## The data of each round", "", "Filter counts are samples unless they say questions; a question's "
+                  "pass rate is its verified samples / samples (`round_<r>/pass_rates.jsonl`); the examples are the "
+                  "shortest and longest kept and rejected solutions and one cut at `max_new_tokens` "
+                  "(`round_<r>/examples.json`).", ""]  # fmt: skip
+        for r in data:
+            lines += round_section(run_dir, r, pipeline, rounds[r]["filter"])
+    maybe_fault(fault_phase, point="plot")
     md = atomic_write_text(run_dir / "report.md", "\n".join(lines), fault_phase)
     return md, png
 

@@ -11,10 +11,13 @@ Layout::
       round_0/eval.jsonl, eval_summary.json
       round_1/generations/chunk-00000.jsonl ...   one file per finished chunk of questions
       round_1/generations.jsonl, train.jsonl, filter_summary.json
+      round_1/pass_rates.jsonl, examples.json, pass_rates.png   per-question pass rates; what the report shows
       round_1/trainer/checkpoint-N/               the trainer's own checkpoints (resumption; deleted when the
                                                   phase is done unless training.keep_checkpoints)
       round_1/trainer/log_history.jsonl           the trainer's per-step log (loss, dynsdpb/* metrics)
-      round_1/model/                              the round's final weights (safetensors)
+      round_1/model/                              the round's final weights (safetensors), or its LoRA adapter
+                                                  (training.lora_handoff: adapter)
+      tensorboard/round_1/                        TensorBoard events (training.report_to: tensorboard)
       round_1/eval.jsonl, eval_summary.json
       report.md, accuracy.png
 

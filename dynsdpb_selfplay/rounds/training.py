@@ -6,6 +6,13 @@ trained in (fp32 master weights), merged if LoRA was used, as a plain safetensor
 next round continues from exactly and every engine can load or reload in place (in its own dtype), and the trainer's
 per-step log as ``round_r/trainer/log_history.jsonl``, so the checkpoints can go once the phase is done
 (:func:`drop_checkpoints`).
+
+With ``training.lora_handoff: adapter``, ``round_r/model`` is the LoRA adapter alone (PEFT's adapter directory, fp32,
+naming the base model): the engine serves it on the base weights, and the next round (``init: continue``) trains
+that same adapter on, instead of a new one on merged weights.
+
+``training.report_to: tensorboard`` logs every round's steps under ``RUN_DIR/tensorboard/round_<r>``, with the run
+name ``<run folder name>/round_<r>``, so one ``tensorboard --logdir RUN_DIR/tensorboard`` shows every round.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..models import adapter_info
 from ..precision import resolve_bf16
 from .config import RunConfig
 from .faults import armed, maybe_fault
@@ -24,7 +32,7 @@ from .rundir import write_jsonl
 
 LOG_HISTORY = "log_history.jsonl"
 
-__all__ = ["build_trainer", "drop_checkpoints", "save_round_model", "train_round", "training_args"]
+__all__ = ["build_trainer", "drop_checkpoints", "save_round_model", "tensorboard_dir", "train_round", "training_args"]
 
 
 def drop_checkpoints(trainer_dir: Path, torn_only: bool = False) -> None:
@@ -70,12 +78,14 @@ def training_args(cfg: RunConfig, trainer_dir: Path):
 
     t = cfg.training
     use_cpu = not torch.cuda.is_available()
+    trainer_dir = Path(trainer_dir)
     common = dict(
         output_dir=str(trainer_dir), learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length,
         bf16=resolve_bf16(t.bf16, use_cpu, what="training.bf16"), use_cpu=use_cpu, seed=cfg.seed,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=2, logging_steps=1, report_to="none",
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=2, logging_steps=1, report_to=t.report_to,
+        run_name=f"{trainer_dir.parent.parent.name}/{trainer_dir.parent.name}",
         gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=False,
     )  # fmt: skip
     common.update(t.extra)
@@ -87,8 +97,9 @@ def training_args(cfg: RunConfig, trainer_dir: Path):
         raise UserInputError(f"training: {e}") from None
 
 
-def save_round_model(trainer, tokenizer, out_dir: Path, phase: str = "") -> Path:
-    """Write the trained weights (LoRA merged) to ``out_dir`` atomically, in the precision they were trained in.
+def save_round_model(trainer, tokenizer, out_dir: Path, phase: str = "", merge: bool = True) -> Path:
+    """Write the trained weights (LoRA merged, or with ``merge=False`` the LoRA adapter alone) to ``out_dir``
+    atomically, in the precision they were trained in.
 
     The weights are fp32 master weights (bf16 autocast computes in bf16 but updates fp32 parameters). Rounding them
     to bf16 here would undo most of a fine-tuning update, whose steps are far smaller than a bf16 step of the weights
@@ -98,7 +109,7 @@ def save_round_model(trainer, tokenizer, out_dir: Path, phase: str = "") -> Path
     from peft import PeftModel
 
     model = trainer.accelerator.unwrap_model(trainer.model)
-    final = model.merge_and_unload() if isinstance(model, PeftModel) else model
+    final = model.merge_and_unload() if merge and isinstance(model, PeftModel) else model
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     final.save_pretrained(tmp, safe_serialization=True)
@@ -109,8 +120,17 @@ def save_round_model(trainer, tokenizer, out_dir: Path, phase: str = "") -> Path
     return out_dir
 
 
+def tensorboard_dir(trainer_dir: Path) -> Path:
+    """Where round ``r``'s TensorBoard events go: ``RUN_DIR/tensorboard/round_<r>`` (``trainer_dir`` is
+    ``RUN_DIR/round_<r>/trainer``)."""
+    trainer_dir = Path(trainer_dir)
+    return trainer_dir.parent.parent / "tensorboard" / trainer_dir.parent.name
+
+
 def build_trainer(rows: list[dict], init_model: str, trainer_dir: Path, cfg: RunConfig) -> tuple[object, dict]:
     """The round's trainer over ``rows``, starting from ``init_model`` (fp32 master weights), or ``None`` and why not.
+    ``init_model`` may be a LoRA adapter directory (``training.lora_handoff: adapter``): its base model with that
+    adapter, trainable.
 
     Returns ``(trainer, info)``; ``info`` has ``rows`` and how many rows ``max_length`` dropped or cut, and
     ``skipped`` (the reason) when there is nothing to train: too few rows for half a batch, or no row left with a
@@ -128,17 +148,22 @@ def build_trainer(rows: list[dict], init_model: str, trainer_dir: Path, cfg: Run
     step_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
     if len(rows) < max(step_batch // 2, 1):
         return None, {**info, "skipped": f"{len(rows)} training rows, fewer than half a batch ({step_batch})"}
+    adapter = adapter_info(init_model)
+    base = init_model if adapter is None else adapter["base_model_name_or_path"]
     if not torch.cuda.is_available():  # on a GPU the model and its optimizer live in GPU memory
-        check_memory(training_need(init_model, t.per_device_train_batch_size, t.max_length, t.lora is not None))
+        check_memory(training_need(base, t.per_device_train_batch_size, t.max_length, t.lora is not None))
     args = training_args(cfg, trainer_dir)
     remote = cfg.engine.trust_remote_code  # one switch for the run: the engine and the trainer load the same model
-    tokenizer = AutoTokenizer.from_pretrained(init_model, trust_remote_code=remote)
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=remote)
     # fp32 master weights whatever the checkpoint's dtype: bf16 autocast computes in bf16 but updates these.
-    model = AutoModelForCausalLM.from_pretrained(
-        init_model, dtype=torch.float32, use_safetensors=True, trust_remote_code=remote
-    )
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True,
+                                                 trust_remote_code=remote)  # fmt: skip
     peft_config = None
-    if t.lora is not None:
+    if adapter is not None:  # the previous round's adapter, trained on
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, init_model, is_trainable=True)
+    elif t.lora is not None:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
@@ -149,6 +174,9 @@ def build_trainer(rows: list[dict], init_model: str, trainer_dir: Path, cfg: Run
                       peft_config=peft_config)  # fmt: skip
     except DatasetTooSmallError as e:
         return None, {**info, "skipped": f"training.max_length={t.max_length} drops rows whose prompt fills it: {e}"}
+    for callback in trainer.callback_handler.callbacks:
+        if type(callback).__name__ == "TensorBoardCallback":
+            callback.logging_dir = str(tensorboard_dir(trainer_dir))
     # TRL cuts every row to max_length and drops those left without a completion token (prompt too long).
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     info.update(
@@ -215,7 +243,7 @@ def train_round(
     else:
         result = trainer.train(resume_from_checkpoint=last)
     maybe_fault(phase, point="trained")
-    save_round_model(trainer, tokenizer, out_dir, phase)
+    save_round_model(trainer, tokenizer, out_dir, phase, merge=t.lora_handoff == "merged")
     write_jsonl(trainer_dir / LOG_HISTORY, trainer.state.log_history)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     loss = _round_loss(trainer.state.log_history)
