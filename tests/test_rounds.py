@@ -306,28 +306,59 @@ def assert_same_run(run_dir: Path, reference: Path, rounds=(1, 2)) -> None:
     assert stale_temporaries(run_dir) == []
 
 
-@pytest.mark.parametrize("fault,sig", FAULT_POINTS)
-def test_killed_run_resumes_to_the_same_result(tmp_path, tiny, reference, fault, sig):
-    run_dir = tmp_path / "run"
-    crashed = run_cli([str(write(tmp_path, config(tiny))), "--run-dir", str(run_dir)], fault=fault, sig=sig)
-    assert crashed.returncode == (-signal.SIGKILL if sig == "KILL" else 130), crashed.stderr[-2000:]
+# The phases in the order a run reaches them.
+PHASE_ORDER = ["round_0/eval", *(f"round_{r}/{p}" for r in (1, 2) for p in ("generate", "filter", "train", "eval")),
+               "report"]  # fmt: skip
+
+
+def fault_chains(points: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """The fault points dealt round-robin, in phase order, into as many chains as the busiest phase has points, so
+    a chain holds at most one point per phase: a resumed run reaches each of its points as a fresh run would."""
+    phase = lambda point: point[0].split(":")[0]  # noqa: E731
+    ordered = sorted(points, key=lambda point: PHASE_ORDER.index(phase(point)))  # stable: list order in a phase
+    n = max(sum(phase(q) == phase(p) for q in points) for p in points)
+    chains = [ordered[i::n] for i in range(n)]
+    assert all(len({phase(p) for p in chain}) == len(chain) for chain in chains)
+    return chains
+
+
+FAULT_CHAINS = fault_chains(FAULT_POINTS)
+assert sorted(p for chain in FAULT_CHAINS for p in chain) == sorted(FAULT_POINTS)
+
+
+def assert_crashed_at(proc: subprocess.CompletedProcess, run_dir: Path, fault: str, sig: str) -> None:
+    """The attempt died of ``sig`` at ``fault``: the phase is not marked done (unless the point follows the mark),
+    and a file being written is there only under its temporary name (SIGKILL; Ctrl-C removes it)."""
+    assert proc.returncode == (-signal.SIGKILL if sig == "KILL" else 130), (fault, proc.stderr[-2000:])
     state = json.loads((run_dir / "state.json").read_text())
     assert "report" not in state["done"]
     phase, _, point = fault.partition(":")
     if point == "point=done":
         assert state["done"][-1] == phase
-    else:  # killed inside the phase: not marked done, and the file it was writing only in its temporary name
-        assert phase not in state["done"]
-        if point.startswith("write="):  # SIGKILL leaves the temporary (resume removes it); Ctrl-C cleans it up
+    else:
+        assert phase not in state["done"], fault
+        if point.startswith("write="):
             name = point.removeprefix("write=")
             left = [p.name.split(".tmp-")[0] for p in stale_temporaries(run_dir)]
-            assert left == ([f".{name}"] if sig == "KILL" else [])
-    resumed = run_cli(["--resume", str(run_dir)])
+            assert left == ([f".{name}"] if sig == "KILL" else []), fault
+
+
+@pytest.mark.parametrize("chain", FAULT_CHAINS, ids=lambda chain: "+".join(f"{f}-{s}" for f, s in chain))
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny, reference, chain):
+    """The run is killed at each point of ``chain`` in turn (the first attempt fresh, each later one a ``--resume``
+    of the killed run) and the last ``--resume`` ends with the uninterrupted run's data, logs, weights and report.
+    Chaining the points (one per phase) covers all of them with a third of the full runs one run per point takes."""
+    run_dir = tmp_path / "run"
+    args = [str(write(tmp_path, config(tiny))), "--run-dir", str(run_dir)]
+    for fault, sig in chain:
+        assert_crashed_at(run_cli(args, fault=fault, sig=sig), run_dir, fault, sig)
+        args = ["--resume", str(run_dir)]
+    resumed = run_cli(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(run_dir, reference)
     info = json.loads((run_dir / "state.json").read_text())["info"]
     for r in (1, 2):
-        want = RESUMED_FROM.get(fault, {}).get(r)
+        want = next((RESUMED_FROM[f][r] for f, _ in chain if r in RESUMED_FROM.get(f, {})), None)
         got = info[f"round_{r}/train"]["resumed_from"]
         assert (got and Path(got).name) == want, (r, got)
 
