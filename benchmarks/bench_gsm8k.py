@@ -50,9 +50,9 @@ from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 ARMS = {  # name -> (trainer, epochs multiplier, distillation overrides)
     "sft": ("sft", 1, None),
     "sft_2x": ("sft", 2, None),
-    "repeat": ("dynsdpb", 1, {"alpha": 0.0, "schedule": "static"}),
-    "static": ("dynsdpb", 1, {"schedule": "static"}),
-    "dynamic": ("dynsdpb", 1, {"schedule": "dynamic"}),
+    "repeat": ("dynsdpb", 1, {"distillation_alpha": 0.0, "distillation_schedule": "static"}),
+    "static": ("dynsdpb", 1, {"distillation_schedule": "static"}),
+    "dynamic": ("dynsdpb", 1, {"distillation_schedule": "dynamic"}),
 }
 # Paired baselines: sft at equal epochs, sft_2x at equal compute, repeat for distillation alone (same batches, alpha 0).
 BASELINES = ("sft", "sft_2x", "repeat")
@@ -72,6 +72,9 @@ def load_bench_config(path: str) -> dict:
     for key in data:
         if key not in KEYS:
             raise UserInputError(f"{path}: {key}: unknown key; known: {', '.join(sorted(KEYS))}")
+    for key in data.get("distillation") or {}:  # DynSDPBConfig field names, as in a run config's training:
+        if not key.startswith("distillation_"):
+            raise UserInputError(f"{path}: distillation.{key}: write the DynSDPBConfig field, distillation_{key}")
     labels = [task_label(t) for t in data.get("tasks") or [] if isinstance(t, dict)]
     if len(set(labels)) < len(labels):
         raise UserInputError(f"{path}: tasks: two tasks have the same label; give each a distinct 'label'")
@@ -100,7 +103,8 @@ def run_config(bench: dict, task: dict, arm: str, seed: int, source: str):
     training = dict(bench.get("training", {}))
     training["trainer"] = trainer
     training["num_train_epochs"] = mult * training.get("num_train_epochs", 1.0)
-    training["distillation"] = {**bench.get("distillation", {}), **distill} if distill is not None else {}
+    if distill is not None:  # the bench's distillation_* fields (DynSDPBConfig names), then the arm's
+        training.update({**bench.get("distillation", {}), **distill})
     data = {"model": bench.get("model", "smollm2-135m-instruct"), "seed": seed, "rounds": 1, "task": task,
             "training": training, "evaluation": {"max_new_tokens": max_new},
             "engine": bench.get("engine", {})}  # fmt: skip

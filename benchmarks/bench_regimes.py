@@ -89,7 +89,7 @@ def run_config(bench: dict, regime: dict, arm: str, seed: int, source: str):
     spec = bench["arms"][arm]
     epochs = regime.get("epochs", bench.get("epochs", 4))
     training = {**bench.get("training", {}), "learning_rate": regime["learning_rate"],
-                "trainer": spec.get("trainer", "dynsdpb"), "distillation": spec.get("distillation", {}),
+                "trainer": spec.get("trainer", "dynsdpb"), **spec.get("distillation", {}),
                 "max_steps": epochs * steps_per_epoch(bench, regime), "save_steps": 10**9,
                 "lora": regime.get("lora")}  # fmt: skip
     data = {"model": bench.get("model", "smollm2-135m-instruct"), "seed": seed, "task": bench["task"],
@@ -208,8 +208,9 @@ def run_all(bench: dict, args, log_path: Path, source: str) -> None:
             _append(log_path, record)
         for regime, arm, seed in todo:
             folder = args.work_dir / regime["label"] / f"{arm}-seed{seed}"
-            print(f"[bench_regimes] {regime['label']} {arm} seed {seed}: {regime['size']} rows, "
-                  f"{run_config(bench, regime, arm, seed, source).training.max_steps} steps", flush=True)  # fmt: skip
+            steps = run_config(bench, regime, arm, seed, source).training.args["max_steps"]
+            print(f"[bench_regimes] {regime['label']} {arm} seed {seed}: {regime['size']} rows, {steps} steps",
+                  flush=True)  # fmt: skip
             record = train_and_score(bench, regime, arm, seed, scorer, task, fmt, base, folder, source)
             _append(log_path, record)
             shutil.rmtree(folder, ignore_errors=True)

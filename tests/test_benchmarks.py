@@ -43,7 +43,7 @@ def test_bench_gsm8k_arms_pipelines_and_rerun(tmp_path, tiny):
         "engine": {"backend": "hf", "dtype": "float32"},
         "training": {"learning_rate": 1e-3, "per_device_train_batch_size": 4, "max_length": 512, "save_steps": 2,
                      "bf16": False},
-        "distillation": {"alpha": 1.0, "temperature": 2.0},
+        "distillation": {"distillation_alpha": 1.0, "distillation_temperature": 2.0},
         "tasks": [{"name": "arith", "options": {"steps": 1}, "format": "chat-0shot", "train_limit": 8,
                    "eval_limit": 4, "max_new_tokens": 8}],
         "pipeline": {"config": str(tmp_path / "pipeline.yaml"), "trainers": ["sft", "dynsdpb"]},
@@ -102,7 +102,12 @@ def test_bench_gsm8k_arms_pipelines_and_rerun(tmp_path, tiny):
         ({"tasks": []}, r"bench\.yaml: tasks: give at least one task"),
         ({"tasks": [{"name": "arith"}, {"name": "arith"}]}, r"bench\.yaml: tasks: two tasks have the same label"),
         ({"training": {"learning_rate": -1}}, r"bench\.yaml \(task arith, arm sft\): training\.learning_rate"),
-        ({"distillation": {"alpah": 1}}, r"arm static\): training\.distillation\.alpah: unknown key"),
+        ({"distillation": {"distillation_alpah": 1}}, r"arm static\): training\.distillation_alpah: not a field"),
+        (
+            {"distillation": {"alpha": 1}},
+            r"bench\.yaml: distillation\.alpha: write the DynSDPBConfig field, "
+            r"distillation_alpha",
+        ),
     ],
 )
 def test_bench_gsm8k_config_errors_name_the_file_and_key(tmp_path, change, match):

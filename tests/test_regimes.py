@@ -78,7 +78,8 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
         "regimes": [{"label": "full-8", "size": 8, "learning_rate": 1e-3},
                     {"label": "lora-8", "size": 8, "learning_rate": 1e-3, "lora": {"r": 4, "alpha": 8,
                                                                                    "target_modules": ["q_proj"]}}],
-        "arms": {"sft": {"trainer": "sft"}, "dynamic": {"distillation": {"schedule": "dynamic", "progress": "linear"}}},
+        "arms": {"sft": {"trainer": "sft"}, "dynamic": {"distillation": {"distillation_schedule": "dynamic",
+                                                                           "distillation_progress": "linear"}}},
     }  # fmt: skip
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -11,8 +11,6 @@ from trl import SFTConfig
 
 __all__ = ["DistillationArguments", "DynSDPBConfig"]
 
-_PREFIX = "distillation_"
-
 
 @dataclass
 class DistillationArguments:
@@ -135,21 +133,6 @@ class DistillationArguments:
     def __post_init__(self) -> None:
         self.validate_distillation()
 
-    # Short option names (without the ``distillation_`` prefix), as attach_dynsdpb and run configs take them.
-    @classmethod
-    def option_names(cls) -> list[str]:
-        return sorted(f.name.removeprefix(_PREFIX) for f in fields(cls))
-
-    @classmethod
-    def unknown_options(cls, options) -> list[str]:
-        known = set(cls.option_names())
-        return [k for k in options if k not in known]
-
-    @staticmethod
-    def prefixed(options: dict) -> dict:
-        """``{"temperature": 2}`` -> ``{"distillation_temperature": 2}``."""
-        return {f"{_PREFIX}{k}": v for k, v in options.items()}
-
     @classmethod
     def from_object(cls, obj) -> DistillationArguments:
         """The distillation fields of any object carrying them (e.g. a :class:`DynSDPBConfig`)."""
@@ -181,3 +164,10 @@ class DynSDPBConfig(SFTConfig, DistillationArguments):
         self.bf16 = resolve_bf16(self.bf16, use_cpu=self.use_cpu, what="bf16")
         SFTConfig.__post_init__(self)
         self.validate_distillation()
+        step = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if step % 2:  # (attach_dynsdpb checks it again with the world size, for configs built elsewhere)
+            raise ValueError(
+                f"per_device_train_batch_size={self.per_device_train_batch_size} x gradient_accumulation_steps="
+                f"{self.gradient_accumulation_steps}: DynSDPB repeats half of each step's rows in the next step, so "
+                f"the rows per step must be even (got {step})"
+            )

@@ -23,7 +23,6 @@ from ..errors import UserInputError
 __all__ = ["RunConfig", "load_config", "to_dict"]
 
 PIPELINES = ("self_training", "self_correction")
-REPORT_TO = ("none", "tensorboard")
 
 
 @dataclass
@@ -104,8 +103,26 @@ class LoraSection:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
+# What a round sets for the trainer where TRL's defaults suit one long run rather than a round: a few hundred rows,
+# checkpoints often enough to resume, a step log. A key under ``training:`` overrides any of them.
+ROUND_TRAINING_DEFAULTS = {"learning_rate": 1e-5, "num_train_epochs": 1.0, "per_device_train_batch_size": 4,
+                           "max_length": 512, "save_strategy": "steps", "save_steps": 20, "save_total_limit": 2,
+                           "logging_steps": 1, "report_to": "none", "dataloader_num_workers": 0}  # fmt: skip
+# Set by the round itself (its folder, the run's seed and name, the device).
+SET_BY_THE_ROUND = ("output_dir", "seed", "run_name", "use_cpu")
+RENAMED_TRAINING_KEYS = {
+    "distillation": "the distillation options are DynSDPBConfig fields now: write each under training: with its "
+    "full name, e.g. training.distillation_alpha, training.distillation_temperature, training.distillation_schedule",
+    "extra": "write SFTConfig fields directly under training: (e.g. training.warmup_steps)",
+}
+
+
 @dataclass
 class TrainingSection:
+    """The round-level keys of ``training:``. Every other key is a field of the trainer's config class
+    (:class:`~dynsdpb_selfplay.distill.config.DynSDPBConfig` for ``trainer: dynsdpb``, ``trl.SFTConfig`` for
+    ``sft``) under its own name, as in a TRL recipe; they are kept in :attr:`args` and checked by that class."""
+
     trainer: str = field(default="dynsdpb", metadata={"help": "'dynsdpb' or 'sft' (plain SFTTrainer, for ablations)."})
     init: str = field(default="continue", metadata={"help": "'continue' from last round's weights or 'base' model."})
     accumulate_data: bool = field(default=False, metadata={"help": "Train on all rounds' data so far (else new)."})
@@ -118,30 +135,63 @@ class TrainingSection:
             "next round continues training the same adapter."
         },
     )
-    report_to: str = field(
-        default="none",
-        metadata={
-            "help": "'none' or 'tensorboard': per-step curves of every round in RUN_DIR/tensorboard/round_<r> "
-            "(`tensorboard --logdir RUN_DIR/tensorboard`), one run name per round."
-        },
-    )
-    learning_rate: float = 1e-5
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512
-    bf16: bool | None = field(default=None, metadata={"help": "None: bf16 where the machine supports it."})
-    save_steps: int = field(default=20, metadata={"help": "Checkpoint every N steps (the unit of resumption)."})
     keep_checkpoints: bool = field(
         default=False,
         metadata={"help": "Keep round_r/trainer/checkpoint-N once the round's model is saved (they hold optimizer "
                   "state and stored targets, about 6x the model's size); the per-step log is kept either way."},
     )  # fmt: skip
-    distillation: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "distillation_* fields of DynSDPBConfig, without the prefix."}
+    args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "The trainer config fields given under training: (the other keys), as written."},
     )
-    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "More SFTConfig fields, as-is."})
+
+    def config_class(self):
+        from trl import SFTConfig
+
+        from ..distill.config import DynSDPBConfig
+
+        return DynSDPBConfig if self.trainer == "dynsdpb" else SFTConfig
+
+    def trainer_config(self, output_dir: str, seed: int, run_name: str | None = None):
+        """The round's ``DynSDPBConfig`` / ``SFTConfig``: :data:`ROUND_TRAINING_DEFAULTS`, the user's keys, and what
+        the round sets; bf16 only where the device computes it natively unless ``training.bf16`` says so."""
+        import torch
+
+        from ..precision import resolve_bf16
+
+        use_cpu = not torch.cuda.is_available()
+        values = {**ROUND_TRAINING_DEFAULTS, **self.args}
+        values["bf16"] = resolve_bf16(values.get("bf16"), use_cpu, what="training.bf16")
+        values.update(output_dir=output_dir, seed=seed, use_cpu=use_cpu, run_name=run_name)
+        try:
+            return self.config_class()(**values)
+        except (TypeError, ValueError) as e:
+            raise UserInputError(f"training: {e}") from None
+
+    @classmethod
+    def from_mapping(cls, data: dict, key: str = "training") -> TrainingSection:
+        """Split ``training:`` into round-level keys and trainer config fields, each checked against its type."""
+        own = {f.name for f in dataclasses.fields(cls)} - {"args"}
+        for old, why in RENAMED_TRAINING_KEYS.items():
+            if old in data:
+                raise UserInputError(f"{key}.{old}: {why}")
+        section = _build(cls, {k: v for k, v in data.items() if k in own}, key)
+        config_class = section.config_class()
+        hints = typing.get_type_hints(config_class)
+        for name, value in data.items():
+            if name in own:
+                continue
+            if name in SET_BY_THE_ROUND:
+                raise UserInputError(f"{key}.{name}: set by the round (its folder, the run's seed, the device)")
+            if name not in hints:
+                raise UserInputError(f"{key}.{name}: not a field of {config_class.__name__} nor a round key "
+                                     f"({', '.join(sorted(own))}); see `dynsdpb sft --help`")  # fmt: skip
+            section.args[name] = _coerce(value, hints[name], f"{key}.{name}")
+        return section
+
+    def to_mapping(self) -> dict:
+        data = dataclasses.asdict(self)
+        return {**{k: v for k, v in data.items() if k != "args"}, **data["args"]}
 
 
 @dataclass
@@ -199,16 +249,8 @@ class RunConfig:
               "must be 'merged' or 'adapter'")  # fmt: skip
         check(self.training.lora_handoff == "merged" or self.training.lora is not None, "training.lora_handoff",
               "'adapter' needs LoRA training (set training.lora)")  # fmt: skip
-        check(self.training.report_to in REPORT_TO, "training.report_to", f"must be one of {REPORT_TO}")
-        if self.training.report_to == "tensorboard":
-            import importlib.util
-
-            check(importlib.util.find_spec("tensorboard") is not None, "training.report_to",
-                  "tensorboard is not installed: pip install 'dynsdpb-selfplay[tensorboard]'")  # fmt: skip
         check(self.training.trainer in ("dynsdpb", "sft"), "training.trainer", "must be 'dynsdpb' or 'sft'")
         check(self.training.init in ("continue", "base"), "training.init", "must be 'continue' or 'base'")
-        check(self.training.learning_rate > 0, "training.learning_rate", "must be > 0")
-        check(self.training.save_steps >= 1, "training.save_steps", "must be >= 1")
         self._validate_sizes(check)
         if self.pipeline == "self_correction":
             check(self.filtering.labels == "gold", "filtering.labels", "self-correction needs gold labels")
@@ -217,16 +259,6 @@ class RunConfig:
                            top_p=self.generation.top_p, max_new_tokens=self.generation.max_new_tokens)  # fmt: skip
         except ValueError as e:
             raise UserInputError(f"generation: {e}") from None
-        if self.training.trainer == "dynsdpb":
-            from ..distill.config import DistillationArguments
-
-            known = ", ".join(DistillationArguments.option_names())
-            for key in DistillationArguments.unknown_options(self.training.distillation):
-                check(False, f"training.distillation.{key}", f"unknown key; known: {known}")
-            try:
-                DistillationArguments(**DistillationArguments.prefixed(self.training.distillation))
-            except ValueError as e:
-                raise UserInputError(f"training.distillation: {e}") from None
         self._validate_task()
 
     def _validate_adaptive(self, check) -> None:
@@ -245,30 +277,42 @@ class RunConfig:
               f"must be >= generation.samples={g.samples}, or null")  # fmt: skip
 
     def _validate_sizes(self, check) -> None:
-        """Counts and lengths, and the extra SFTConfig fields, so that none fails hours later in a round."""
+        """The trainer config (its own ``__post_init__`` checks), then the counts and lengths it leaves unchecked,
+        so that none fails hours later in a round."""
         t, task = self.training, self.task
+        args = t.trainer_config(output_dir="round_r/trainer", seed=self.seed)
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
-            check(getattr(t, key) >= 1, f"training.{key}", "must be >= 1")
-        check(t.max_steps == -1 or t.max_steps >= 1, "training.max_steps", "must be -1 (use num_train_epochs) or >= 1")
-        check(t.num_train_epochs > 0, "training.num_train_epochs", "must be > 0")
-        if t.trainer == "dynsdpb":
-            step = t.per_device_train_batch_size * t.gradient_accumulation_steps
-            check(step % 2 == 0, "training.per_device_train_batch_size",
-                  f"DynSDPB repeats half of each step's rows in the next step, so per_device_train_batch_size * "
-                  f"gradient_accumulation_steps must be even (got {step})")  # fmt: skip
+            value = getattr(args, key)
+            check(value is not None and value >= 1, f"training.{key}", f"must be >= 1 (got {value})")
+        check(args.learning_rate > 0, "training.learning_rate", "must be > 0")
+        check(args.max_steps == -1 or args.max_steps >= 1, "training.max_steps",
+              "must be -1 (use num_train_epochs) or >= 1")  # fmt: skip
+        check(args.num_train_epochs > 0, "training.num_train_epochs", "must be > 0")
+        check(args.save_steps >= 1, "training.save_steps", "must be >= 1 (the unit of resumption)")
+        self._validate_report_to(args.report_to, check)
         if t.lora is not None:
             check(t.lora.r >= 1 and t.lora.alpha >= 1, "training.lora", "r and alpha must be >= 1")
             check(0 <= t.lora.dropout < 1, "training.lora.dropout", "must be in [0, 1)")
-        if t.extra:
-            from trl import SFTConfig
-
-            known = {f.name for f in dataclasses.fields(SFTConfig)}
-            for key in t.extra:
-                check(key in known, f"training.extra.{key}", "not an SFTConfig field (see `dynsdpb sft --help`)")
         for key in ("train_limit", "eval_limit"):
             value = getattr(task, key)
             check(value is None or value >= 1, f"task.{key}", "must be >= 1, or null for the whole split")
         check(self.evaluation.max_new_tokens >= 1, "evaluation.max_new_tokens", "must be >= 1")
+
+    @staticmethod
+    def _validate_report_to(report_to, check) -> None:
+        """Every logger ``training.report_to`` names is one transformers knows and is installed (else the round
+        would fail when its trainer starts, after generation)."""
+        from transformers.integrations import get_available_reporting_integrations, get_reporting_integration_callbacks
+
+        names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+        names = [n for n in names if n not in ("none", "all")]
+        try:
+            get_reporting_integration_callbacks(names)
+        except ValueError as e:
+            check(False, "training.report_to", str(e))
+        missing = sorted(set(names) - set(get_available_reporting_integrations()))
+        check(not missing, "training.report_to", f"{', '.join(missing)} is not installed (for tensorboard: "
+              "pip install 'dynsdpb-selfplay[tensorboard]')")  # fmt: skip
 
     def _validate_task(self) -> None:
         """The task must exist, accept its options and have the format (constructing a task reads no data)."""
@@ -298,6 +342,14 @@ def _coerce(value, tp, key: str):
             except UserInputError as e:
                 errors.append(str(e))
         raise UserInputError(errors[0] if len(errors) == 1 else f"{key}: expected {tp}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise UserInputError(f"{key}: expected one of {typing.get_args(tp)}, got {value!r}")
+        return value
+    if tp is TrainingSection:
+        if not isinstance(value, dict):
+            raise UserInputError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return TrainingSection.from_mapping(value, key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserInputError(f"{key}: expected a mapping, got {type(value).__name__}")
@@ -388,5 +440,6 @@ def from_dict(data: dict, source: str | Path | None = None) -> RunConfig:
     return config
 
 
-def to_dict(config) -> dict:
-    return dataclasses.asdict(config)
+def to_dict(config: RunConfig) -> dict:
+    """The mapping :func:`from_dict` reads back (``training:`` flat, as written in a config file)."""
+    return {**dataclasses.asdict(config), "training": config.training.to_mapping()}

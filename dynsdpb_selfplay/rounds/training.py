@@ -23,9 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..errors import UserInputError
 from ..models import adapter_info
-from ..precision import resolve_bf16
 from .config import RunConfig
 from .faults import armed, maybe_fault
 from .rundir import write_jsonl
@@ -69,32 +67,11 @@ def _round_loss(log_history: list[dict]) -> float | None:
 
 
 def training_args(cfg: RunConfig, trainer_dir: Path):
-    """The round's ``DynSDPBConfig`` (``training.trainer: dynsdpb``) or ``SFTConfig`` (``sft``) from the run config;
-    bf16 autocast only where the device computes it natively, unless ``training.bf16`` says otherwise."""
-    import torch
-    from trl import SFTConfig
-
-    from ..distill.config import DistillationArguments, DynSDPBConfig
-
-    t = cfg.training
-    use_cpu = not torch.cuda.is_available()
+    """The round's ``DynSDPBConfig`` (``training.trainer: dynsdpb``) or ``SFTConfig`` (``sft``): the run config's
+    ``training:`` fields over the rounds' defaults, in ``trainer_dir``, named ``<run folder>/round_<r>``."""
     trainer_dir = Path(trainer_dir)
-    common = dict(
-        output_dir=str(trainer_dir), learning_rate=t.learning_rate, num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length,
-        bf16=resolve_bf16(t.bf16, use_cpu, what="training.bf16"), use_cpu=use_cpu, seed=cfg.seed,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=2, logging_steps=1, report_to=t.report_to,
-        run_name=f"{trainer_dir.parent.parent.name}/{trainer_dir.parent.name}",
-        gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=False,
-    )  # fmt: skip
-    common.update(t.extra)
-    try:
-        if t.trainer == "dynsdpb":
-            return DynSDPBConfig(**common, **DistillationArguments.prefixed(t.distillation))
-        return SFTConfig(**common)
-    except (TypeError, ValueError) as e:
-        raise UserInputError(f"training: {e}") from None
+    run_name = f"{trainer_dir.parent.parent.name}/{trainer_dir.parent.name}"
+    return cfg.training.trainer_config(str(trainer_dir), cfg.seed, run_name)
 
 
 def save_round_model(trainer, tokenizer, out_dir: Path, phase: str = "", merge: bool = True) -> Path:
@@ -143,16 +120,15 @@ def build_trainer(rows: list[dict], init_model: str, trainer_dir: Path, cfg: Run
     from ..distill.trainer import DatasetTooSmallError, DynSDPBTrainer
     from ..memory import check_memory, training_need
 
-    t = cfg.training
+    t, args = cfg.training, training_args(cfg, trainer_dir)
     info = {"rows": len(rows)}
-    step_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    step_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
     if len(rows) < max(step_batch // 2, 1):
         return None, {**info, "skipped": f"{len(rows)} training rows, fewer than half a batch ({step_batch})"}
     adapter = adapter_info(init_model)
     base = init_model if adapter is None else adapter["base_model_name_or_path"]
     if not torch.cuda.is_available():  # on a GPU the model and its optimizer live in GPU memory
-        check_memory(training_need(base, t.per_device_train_batch_size, t.max_length, t.lora is not None))
-    args = training_args(cfg, trainer_dir)
+        check_memory(training_need(base, args.per_device_train_batch_size, args.max_length, t.lora is not None))
     remote = cfg.engine.trust_remote_code  # one switch for the run: the engine and the trainer load the same model
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=remote)
     # fp32 master weights whatever the checkpoint's dtype: bf16 autocast computes in bf16 but updates these.
@@ -173,19 +149,19 @@ def build_trainer(rows: list[dict], init_model: str, trainer_dir: Path, cfg: Run
         trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                       peft_config=peft_config)  # fmt: skip
     except DatasetTooSmallError as e:
-        return None, {**info, "skipped": f"training.max_length={t.max_length} drops rows whose prompt fills it: {e}"}
+        return None, {**info, "skipped": f"training.max_length={args.max_length} drops rows whose prompt fills it: {e}"}
     for callback in trainer.callback_handler.callbacks:
         if type(callback).__name__ == "TensorBoardCallback":
             callback.logging_dir = str(tensorboard_dir(trainer_dir))
     # TRL cuts every row to max_length and drops those left without a completion token (prompt too long).
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     info.update(
-        dropped_over_max_length=len(rows) - len(lengths), cut_at_max_length=sum(n >= t.max_length for n in lengths)
+        dropped_over_max_length=len(rows) - len(lengths), cut_at_max_length=sum(n >= args.max_length for n in lengths)
     )
     if not lengths:
         return None, {
             **info,
-            "skipped": f"every prompt fills training.max_length={t.max_length}; no completion token is left",
+            "skipped": f"every prompt fills training.max_length={args.max_length}; no completion token is left",
         }
     return trainer, info
 
