@@ -348,7 +348,7 @@ def plot(summary: dict, runs: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="benchmark YAML (benchmarks/configs/gsm8k_{cpu,gpu}.yaml)")
     g = p.add_argument_group("overrides")
@@ -360,7 +360,7 @@ def main() -> int:
     g.add_argument("--keep-models", action="store_true", help="keep each run's weights (default: delete once scored)")
     o = p.add_argument_group("output")
     o.add_argument("--out", help="JSON result path (a PNG plot and a .md table are written beside it)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     try:
         bench = load_bench_config(args.config)
         args.seeds = args.seeds or bench.get("seeds", [0, 1, 2])

@@ -110,14 +110,26 @@ def test_bench_gsm8k_arms_pipelines_and_rerun(tmp_path, tiny):
         ),
     ],
 )
-def test_bench_gsm8k_config_errors_name_the_file_and_key(tmp_path, change, match):
+def test_bench_gsm8k_config_errors_name_the_file_and_key(tmp_path, change, match, capsys):
+    """In this process (the command line's exit code and message: the test below)."""
+    sys.path.insert(0, str(BENCH))
+    import bench_gsm8k
+
     cfg = {"model": "tiny", "arms": ["sft", "static"], "tasks": [{"name": "arith", "train_limit": 8}], **change}
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    assert bench_gsm8k.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench_gsm8k: error:") and re.search(match, err), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bench_gsm8k_config_error_exits_2_with_the_message(tmp_path):
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump({"model": "tiny", "colour": "red", "tasks": [{"name": "arith"}]}))
     proc = bench(["--config", str(path)])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("bench_gsm8k: error:")
-    assert re.search(match, proc.stderr), proc.stderr
+    assert proc.stderr.startswith("bench_gsm8k: error:") and "bench.yaml: colour: unknown key" in proc.stderr
 
 
 def test_generation_bench_alternates_layers_and_computes_ratios():
