@@ -52,3 +52,38 @@ def test_uncached_hub_id_offline_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(_eval("--model", "nobody-here/not-a-model", "--task", "arith")) == 2
     assert "not in the local cache" in capsys.readouterr().err
+
+
+def test_eval_flags_are_the_engine_and_sampling_config_fields(monkeypatch, tmp_path, capsys):
+    """Every EngineConfig / SamplingConfig field is a flag under its own name, with the dataclass's default; the
+    values reach the engine and the sampling; --seed seeds both; a bad value fails with the dataclass's check."""
+    import dataclasses
+
+    from dynsdpb_selfplay.cli import build_parser
+    from dynsdpb_selfplay.cli.flags import from_flags
+    from dynsdpb_selfplay.engines import EngineConfig, SamplingConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--model", "m"])
+    assert from_flags(EngineConfig, args) == EngineConfig()
+    assert from_flags(SamplingConfig, args, seed=args.seed) == SamplingConfig(seed=EngineConfig().seed)
+    flags = {
+        a for action in parser._subparsers._group_actions[0].choices["eval"]._actions for a in action.option_strings
+    }
+    for cls, skip in ((EngineConfig, ()), (SamplingConfig, ("seed", "stop"))):
+        for f in dataclasses.fields(cls):
+            assert f.name in skip or "--" + f.name.replace("_", "-") in flags, f.name
+    argv = ["eval", "--model", "m", "--max-num-seqs", "64", "--no-enable-prefix-caching", "--seed", "7", "--n", "3",
+            "--temperature", "0.5", "--cpu-reserved-cores", "1"]  # fmt: skip
+    args = parser.parse_args(argv)
+    engine = from_flags(EngineConfig, args)
+    assert (engine.max_num_seqs, engine.enable_prefix_caching, engine.seed, engine.cpu_reserved_cores) == (
+        64,
+        False,
+        7,
+        1,
+    )
+    assert from_flags(SamplingConfig, args, seed=args.seed) == SamplingConfig(n=3, temperature=0.5, seed=7)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", "m", "--task", "arith", "--limit", "2", "--dtype", "float8"]) == 2
+    assert "dtype='float8': expected one of" in capsys.readouterr().err  # EngineConfig.__post_init__'s check

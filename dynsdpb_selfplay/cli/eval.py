@@ -16,7 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..engines.base import EngineConfig, SamplingConfig
 from ..errors import EngineUnavailableError, UserInputError
+from .flags import add_dataclass_flags, from_flags
 
 
 def _task_args(pairs: list[str]) -> dict[str, str]:
@@ -53,21 +55,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="gsm8k: folder with train.jsonl/test.jsonl (default: $DYNSDPB_GSM8K_DIR)")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, help="first N examples of the split (default: all)")
-    p.add_argument("--backend", default="auto", choices=["auto", "vllm", "hf"])
     p.add_argument("--shots", type=int, default=0, choices=[0, 5, 8], help="0: chat; 5: lm-eval gsm8k; 8: gsm8k_cot")
     p.add_argument("--format", help="prompt format by name (overrides --shots), e.g. lmeval-gsm8k-5shot")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--n", type=int, default=1, help="completions per question (needs --temperature > 0)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    p.add_argument("--batch-size", type=int, default=32, help="hf backend: prompts per batch")
-    p.add_argument("--max-model-len", type=int, help="vllm: context length (default: the model's)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--no-prefix-caching", action="store_true", help="vllm: disable prefix caching")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    # The sampling and engine options are SamplingConfig's and EngineConfig's fields; --seed (EngineConfig's) seeds
+    # the sampling too.
+    add_dataclass_flags(p, SamplingConfig, exclude=("seed", "stop"), title="sampling (SamplingConfig)")
+    add_dataclass_flags(p, EngineConfig, title="engine (EngineConfig)")
     p.add_argument("--output", help="per-sample JSONL (default: runs/eval/<task>-<split>-<backend>-<time>.jsonl)")
     p.set_defaults(func=run)
 
@@ -81,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..engines import EngineConfig, SamplingConfig, make_engine
+    from ..engines import make_engine
     from ..evaluate import evaluate, write_jsonl
     from ..rounds.faults import maybe_fault
     from ..tasks import get_task
@@ -96,20 +89,8 @@ def _run(args: argparse.Namespace) -> int:
     fmt = task.get_format(shots=args.shots, name=args.format)
     examples = check_examples(task.load(args.split, limit=args.limit), f"--task {args.task} --split {args.split}")
     output = _output_path(args)
-    sampling = SamplingConfig(
-        n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed, max_new_tokens=args.max_new_tokens
-    )
-    config = EngineConfig(
-        backend=args.backend,
-        dtype=args.dtype,
-        seed=args.seed,
-        trust_remote_code=args.trust_remote_code,
-        batch_size=args.batch_size,
-        tensor_parallel_size=args.tensor_parallel_size,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        max_model_len=args.max_model_len,
-        enable_prefix_caching=not args.no_prefix_caching,
-    )
+    sampling = from_flags(SamplingConfig, args, seed=args.seed)
+    config = from_flags(EngineConfig, args)
     load_start = time.perf_counter()
     with make_engine(args.model, config) as engine:
         load_s = time.perf_counter() - load_start
