@@ -13,7 +13,8 @@ export DYNSDPB_GSM8K_DIR ?= $(if $(wildcard $(GSM8K_DIR)/test.jsonl),$(abspath $
 RESULTS := benchmarks/results
 STEP := $(PY) benchmarks/bench_step.py --model smollm2-135m-shape --steps 6 --repeats 2  # dtype auto: bf16 only where native
 
-.PHONY: setup test lint demo bench bench-step bench-cache bench-generation bench-gsm8k bench-arith-lr bench-rounds
+.PHONY: setup test lint demo bench bench-step bench-cache bench-generation bench-gsm8k bench-arith-lr bench-rounds \
+	bench-regimes bench-nlu-regimes bench-self-training
 
 setup:
 	bash scripts/setup.sh
@@ -51,3 +52,17 @@ bench-arith-lr: setup
 # The round overhead of bench-gsm8k's DynSDPB pipeline run (the demo config).
 bench-rounds:
 	$(PY) benchmarks/bench_rounds.py runs/bench_gsm8k_cpu/pipeline_dynsdpb --out $(RESULTS)/rounds_demo.json
+
+# When does DynSDPB help? (README). Resumable: a rerun skips finished runs; SEEDS/ARMS/REGIMES narrow the grid.
+REGIME_ARGS = $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS)) $(if $(REGIMES),--regimes $(REGIMES))
+bench-regimes: setup
+	$(PY) benchmarks/bench_regimes.py --config benchmarks/configs/regimes_decoder_cpu.yaml $(REGIME_ARGS) \
+		--out $(RESULTS)/regimes_decoder_cpu.json
+
+bench-nlu-regimes: setup
+	$(PY) benchmarks/bench_nlu_regimes.py --config benchmarks/configs/regimes_nlu_cpu.yaml $(REGIME_ARGS) \
+		--out $(RESULTS)/regimes_nlu_cpu.json
+
+bench-self-training: setup
+	$(PY) benchmarks/bench_self_training.py --config benchmarks/configs/self_training_cpu.yaml \
+		--out $(RESULTS)/self_training_cpu.json
