@@ -187,6 +187,7 @@ def test_training_keys_are_the_trainer_config_fields_of_a_trl_recipe(tmp_path):
     assert (args.lr_scheduler_type, args.warmup_steps, args.weight_decay) == ("cosine", 3, 0.01)
     assert (args.distillation_alpha, args.distillation_schedule) == (0.5, "static")
     assert args.max_length == ROUND_TRAINING_DEFAULTS["max_length"] and args.logging_steps == 1  # unset: the round's
+    assert args.gradient_checkpointing is False  # the round's default, not SFTConfig's (True)
     assert args.distillation_temperature == 3.0 and args.seed == cfg.seed and args.run_name == "run/round_1"
     saved = to_dict(cfg)
     assert saved["training"]["weight_decay"] == 0.01 and "args" not in saved["training"]

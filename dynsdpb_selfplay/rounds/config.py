@@ -104,10 +104,12 @@ class LoraSection:
 
 
 # What a round sets for the trainer where TRL's defaults suit one long run rather than a round: a few hundred rows,
-# checkpoints often enough to resume, a step log. A key under ``training:`` overrides any of them.
+# checkpoints often enough to resume, a step log, a progress bar, and no gradient checkpointing (SFTConfig turns it
+# on; a small model's activations fit, and recomputing them costs time). A key under ``training:`` overrides any.
 ROUND_TRAINING_DEFAULTS = {"learning_rate": 1e-5, "num_train_epochs": 1.0, "per_device_train_batch_size": 4,
                            "max_length": 512, "save_strategy": "steps", "save_steps": 20, "save_total_limit": 2,
-                           "logging_steps": 1, "report_to": "none", "dataloader_num_workers": 0}  # fmt: skip
+                           "logging_steps": 1, "report_to": "none", "dataloader_num_workers": 0,
+                           "gradient_checkpointing": False, "disable_tqdm": False}  # fmt: skip
 # Set by the round itself (its folder, the run's seed and name, the device).
 SET_BY_THE_ROUND = ("output_dir", "seed", "run_name", "use_cpu")
 RENAMED_TRAINING_KEYS = {
