@@ -28,15 +28,24 @@ from common import run_child, save  # noqa: E402
 
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
-# name -> (backend, environment, EngineConfig overrides)
+# The rounds' sampling (temperature 0.8, nucleus 0.95); a configuration may change it.
+SAMPLING = {"temperature": 0.8, "top_p": 0.95}
+# name -> (backend, environment, EngineConfig overrides, SamplingConfig overrides)
 CONFIGS = {
-    "vllm": ("vllm", {}, {}),
-    "vllm-reserve1": ("vllm", {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, {}),
-    "vllm-seqs128": ("vllm", {}, {"max_num_seqs": 128}),
-    "vllm-kv4": ("vllm", {}, {"cpu_kvcache_space_gb": 4}),
-    "vllm-compiled": ("vllm", {}, {"enforce_eager": False}),
-    "hf": ("hf", {}, {"batch_size": 384, "max_batch_tokens": 10**6}),
+    "vllm": ("vllm", {}, {}, {}),
+    "vllm-topk": ("vllm", {}, {}, {"top_p": 1.0, "top_k": 20}),
+    "vllm-minp": ("vllm", {}, {}, {"top_p": 1.0, "min_p": 0.05}),
+    "vllm-greedy": ("vllm", {}, {}, {"temperature": 0.0, "top_p": 1.0}),
+    "vllm-reserve1": ("vllm", {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, {}, {}),
+    "vllm-seqs128": ("vllm", {}, {"max_num_seqs": 128}, {}),
+    "vllm-kv4": ("vllm", {}, {"cpu_kvcache_space_gb": 4}, {}),
+    "vllm-compiled": ("vllm", {}, {"enforce_eager": False}, {}),
+    "hf": ("hf", {}, {"batch_size": 384, "max_batch_tokens": 10**6}, {}),
+    # One engine, the tail cuts of SAMPLING_VARIANTS taking turns (round-robin, --repeats times), so that a machine
+    # whose speed drifts over minutes (shared hosts do) shifts every variant alike.
+    "vllm-sampling": ("vllm", {}, {}, None),
 }
+SAMPLING_VARIANTS = {"top_p": {}, "top_k": {"top_p": 1.0, "top_k": 20}, "min_p": {"top_p": 1.0, "min_p": 0.05}}
 
 
 def gemm_gflops(m: int, k: int, n: int, dtype: str, seconds: float = 2.0) -> float:
@@ -54,30 +63,72 @@ def gemm_gflops(m: int, k: int, n: int, dtype: str, seconds: float = 2.0) -> flo
     return best
 
 
+def sampler_seconds(batch: int, vocab: int, dtype: str, repeats: int = 3) -> dict:
+    """Seconds per decode step that vLLM's CPU sampler spends filtering ``[batch, vocab]`` logits: the nucleus
+    filter (``top_p < 1`` sorts the whole vocabulary) against a top-k filter (no sort) and the softmax alone."""
+    import torch
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    logits = torch.randn(batch, vocab).to(getattr(torch, dtype))
+    p = torch.full((batch,), 0.95)
+    k = torch.full((batch,), 20, dtype=torch.long)
+
+    def min_p(x, m=0.05):  # vLLM's MinPLogitsProcessor.apply
+        probs = x.softmax(dim=-1)
+        return x.masked_fill_(probs < probs.amax(dim=-1, keepdim=True) * m, -float("inf"))
+
+    cases = {"top_p": lambda x: apply_top_k_top_p_pytorch(x, None, p, allow_cpu_sync=True),
+             "top_k": lambda x: apply_top_k_top_p_pytorch(x, k, None, allow_cpu_sync=True),
+             "min_p": min_p, "softmax": lambda x: x.softmax(dim=-1)}  # fmt: skip
+    out = {}
+    for name, fn in cases.items():
+        fn(logits.clone())
+        best = float("inf")
+        for _ in range(repeats):
+            x = logits.clone()
+            t = time.perf_counter()
+            fn(x)
+            best = min(best, time.perf_counter() - t)
+        out[name] = best
+    return out
+
+
 def child(args) -> dict:
     from dynsdpb_selfplay.engines import EngineConfig, SamplingConfig, make_engine
     from dynsdpb_selfplay.models import resolve_model
     from dynsdpb_selfplay.tasks import get_task
 
-    backend, env, overrides = CONFIGS[args.child]
+    backend, env, overrides, sampling_overrides = CONFIGS[args.child]
     os.environ.update(env)
     config = EngineConfig(backend=backend, dtype=args.dtype, max_model_len=512, **overrides)
     start = time.perf_counter()
     engine = make_engine(resolve_model(args.model), config)
     try:
-        out = {"config": args.child, "engine_start_s": time.perf_counter() - start, "batches": []}
+        variants = {"": sampling_overrides} if sampling_overrides is not None else SAMPLING_VARIANTS
+        out = {"config": args.child, "sampling": {name or "-": {**SAMPLING, **v} for name, v in variants.items()},
+               "engine_start_s": time.perf_counter() - start, "batches": []}  # fmt: skip
         task = get_task("arith", steps=1)
         fmt = task.get_format(name="chat-0shot")
         examples = task.load("train", limit=max(args.batches))
         ids = [engine.encode(task.build_prompt(ex, fmt)) for ex in examples]
         engine.generate_ids(ids[:2], SamplingConfig(max_new_tokens=4))  # warm-up
-        for batch in args.batches:
-            sampling = SamplingConfig(temperature=0.8, top_p=0.95, seed=batch, max_new_tokens=args.max_new_tokens)
+        turns = [(b, name, rep) for b in args.batches for rep in range(args.repeats) for name in variants]
+        for batch, name, rep in turns:
+            settings = {**SAMPLING, **variants[name], "seed": batch + rep, "max_new_tokens": args.max_new_tokens}
+            sampling = SamplingConfig(**settings)
             t = time.perf_counter()
             gens = engine.generate_ids(ids[:batch], sampling)
             seconds = time.perf_counter() - t
-            tokens = sum(len(c.token_ids) for g in gens for c in g.completions)
-            row = {"batch": batch, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+            lengths = [len(c.token_ids) for g in gens for c in g.completions]
+            tokens, steps = sum(lengths), max(lengths)
+            # what the rounds keep depends on the sampling too: verified (flexible) and uncut completions
+            correct = sum(task.score(c.text, ex, fmt).flexible_correct and c.finish_reason != "length"
+                          for ex, g in zip(examples, gens, strict=False) for c in g.completions)  # fmt: skip
+            cut = sum(c.finish_reason == "length" for g in gens for c in g.completions)
+            # decode steps run the whole batch at once (batch <= max_num_seqs), as many as the longest completion
+            row = {"batch": batch, **({"sampling": name, "repeat": rep} if name else {}), "tokens": tokens,
+                   "seconds": seconds, "tokens_per_s": tokens / seconds, "steps": steps,
+                   "seconds_per_step": seconds / steps, "correct_uncut": correct, "cut": cut}  # fmt: skip
             out["batches"].append(row)
             print(json.dumps({"config": args.child, **row}), file=sys.stderr, flush=True)
     finally:
@@ -99,6 +150,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 96, 384], help="sequences at once")
     p.add_argument("--hf-batches", type=int, nargs="+", default=[8, 32, 96], help="batches for the hf config")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=1, help="turns of each sampling variant (vllm-sampling)")
     p.add_argument("--out", help="JSON result path (a PNG is written beside it)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -115,12 +167,17 @@ def main() -> None:
     peak = gemm_gflops(2048, 2048, 2048, dtype)
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     shapes = {f"{m}x{hidden}x{inter}": gemm_gflops(m, hidden, inter, dtype) for m in (32, 384)}
+    # A peak is a maximum: should a busy moment depress the large GEMM, the model's own shapes still bound it.
+    peak = max(peak, *shapes.values())
     roofline = peak * 1e9 / (2 * params)
+    sampler = {b: sampler_seconds(b, config["vocab_size"], dtype) for b in (32, 384)}
+    print(json.dumps({"sampler_seconds_per_step": sampler}), file=sys.stderr, flush=True)
     results = []
     for name in args.configs:
         batches = args.hf_batches if CONFIGS[name][0] == "hf" else args.batches
         cmd = [sys.executable, __file__, "--child", name, "--model", args.model, "--dtype", dtype,
-               "--max-new-tokens", str(args.max_new_tokens), "--batches", *map(str, batches)]  # fmt: skip
+               "--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats),
+               "--batches", *map(str, batches)]  # fmt: skip
         proc = run_child(cmd, capture=True)
         if proc.returncode != 0:
             sys.exit(f"bench_throughput: configuration {name} exited with {proc.returncode} (output above)")
@@ -129,7 +186,10 @@ def main() -> None:
             row["share_of_roofline"] = row["tokens_per_s"] / roofline
         results.append(r)
     summary = {"dtype": dtype, "parameters": params, "matmul_peak_gflops": peak, "model_gemm_gflops": shapes,
-               "roofline_tokens_per_s": roofline,
+               "roofline_tokens_per_s": roofline, "sampler_seconds_per_step": sampler,
+               "seconds_per_step": {_label(r, b) + f"@{b['batch']}": b["seconds_per_step"] for r in results
+                                    for b in r["batches"] if b["batch"] in sampler},
+               "sampling_tokens_per_s": _by_variant(results),
                "best": max(((r["config"], b["batch"], b["tokens_per_s"], b["share_of_roofline"]) for r in results
                             for b in r["batches"]), key=lambda x: x[2])}  # fmt: skip
     print(json.dumps(summary, indent=1))
@@ -148,6 +208,20 @@ def _parameters(config: dict) -> int:
     return layers * per_layer + embed + d
 
 
+def _label(run: dict, row: dict) -> str:
+    return f"{run['config']}:{row['sampling']}" if "sampling" in row else run["config"]
+
+
+def _by_variant(results: list[dict]) -> dict:
+    """Mean tokens/s per batch size and sampling variant of the interleaved configuration, and its repeats."""
+    out: dict = {}
+    for r in results:
+        for b in r["batches"]:
+            if "sampling" in b:
+                out.setdefault(str(b["batch"]), {}).setdefault(b["sampling"], []).append(b["tokens_per_s"])
+    return {batch: {name: {"mean": sum(v) / len(v), "runs": v} for name, v in d.items()} for batch, d in out.items()}
+
+
 def plot(results: list[dict], summary: dict, path: str) -> None:
     import matplotlib
 
@@ -156,8 +230,12 @@ def plot(results: list[dict], summary: dict, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
-        xs = [b["batch"] for b in r["batches"]]
-        ax.plot(xs, [100 * b["share_of_roofline"] for b in r["batches"]], marker="o", label=r["config"])
+        for label in dict.fromkeys(_label(r, b) for b in r["batches"]):
+            rows = [b for b in r["batches"] if _label(r, b) == label]
+            xs = sorted({b["batch"] for b in rows})
+            ys = [100 * sum(b["share_of_roofline"] for b in rows if b["batch"] == x) /
+                  sum(b["batch"] == x for b in rows) for x in xs]  # fmt: skip
+            ax.plot(xs, ys, marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequences generated at once")
     ax.set_ylabel("share of the matmul roofline, %")

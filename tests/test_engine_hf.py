@@ -113,6 +113,10 @@ def test_config_validation():
         SamplingConfig(n=2)
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0)
+    with pytest.raises(ValueError, match="top_k=-1"):
+        SamplingConfig(top_k=-1)
+    with pytest.raises(ValueError, match=r"min_p=1\.0"):
+        SamplingConfig(min_p=1.0)
     with pytest.raises(ValueError, match="backend"):
         EngineConfig(backend="tgi")
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
@@ -142,3 +146,14 @@ def test_queued_groups_run_in_submission_order_each_as_its_own_batch(tiny_model_
     assert order == [first, second]
     assert out[first] == [g.completions[0].token_ids for g in engine.generate_ids(ids[:2], greedy)]
     assert out[second] == [g.completions[0].token_ids for g in engine.generate_ids(ids[2:], greedy)]
+
+
+@pytest.mark.parametrize("cut", [{"top_k": 1}, {"min_p": 0.999}], ids=["top_k", "min_p"])
+def test_tail_cuts_reach_the_sampler(tiny_model_dirs, cut):
+    """Sampling at temperature 1.5 with a tail cut that keeps only the most likely token is greedy decoding; the same
+    sampling without the cut is not (so the cut, not the seed, made it so)."""
+    engine = _engine(tiny_model_dirs[0])
+    greedy = _ids(engine.generate(PROMPTS, SamplingConfig(max_new_tokens=16)))
+    hot = dict(temperature=1.5, seed=0, max_new_tokens=16)
+    assert _ids(engine.generate(PROMPTS, SamplingConfig(**hot, **cut))) == greedy
+    assert _ids(engine.generate(PROMPTS, SamplingConfig(**hot))) != greedy

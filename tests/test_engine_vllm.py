@@ -133,3 +133,13 @@ def test_small_cpus_give_the_model_every_core(monkeypatch, tiny_model_dirs, core
     monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")  # the user's environment wins
     VLLMEngine(str(tiny_model_dirs[0]), EngineConfig(backend="vllm", dtype="float32"))
     assert seen["reserved"] == "1"
+
+
+@pytest.mark.parametrize("cut", [{"top_k": 1}, {"min_p": 0.999}], ids=["top_k", "min_p"])
+def test_tail_cuts_reach_the_sampler(engine, cut):
+    """As for the transformers engine: a cut that keeps only the most likely token turns hot sampling into greedy
+    decoding, and the same sampling without it differs."""
+    greedy = _ids(engine.generate(PROMPTS, GREEDY))
+    hot = dict(temperature=1.5, seed=0, max_new_tokens=GREEDY.max_new_tokens)
+    assert _ids(engine.generate(PROMPTS, SamplingConfig(**hot, **cut))) == greedy
+    assert _ids(engine.generate(PROMPTS, SamplingConfig(**hot))) != greedy

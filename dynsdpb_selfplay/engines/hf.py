@@ -61,7 +61,12 @@ class HFEngine(Engine):
             do_sample=sampling.temperature > 0,
         )
         if sampling.temperature > 0:
-            kw.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+            kw.update(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                min_p=sampling.min_p or None,
+            )
         if sampling.stop:
             kw["stop_strings"] = list(sampling.stop)
         # A fresh GenerationConfig: the checkpoint's own sampling defaults must not leak into a greedy run.

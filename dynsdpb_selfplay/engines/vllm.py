@@ -96,6 +96,8 @@ class VLLMEngine(Engine):
             n=sampling.n,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            min_p=sampling.min_p,
             seed=sampling.seed,
             stop=list(sampling.stop) or None,
             max_tokens=sampling.max_new_tokens,
