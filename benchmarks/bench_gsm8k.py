@@ -124,13 +124,13 @@ def gold_rows(task, fmt, examples) -> list[dict]:
 
 def training_curve(trainer_dir: Path) -> dict:
     """Per-step ``loss`` and ``dynsdpb/*`` values from the round's saved trainer log (empty if there is none)."""
-    from dynsdpb_selfplay.rounds.rundir import read_jsonl_records
+    from dynsdpb_selfplay.jsonl import read_jsonl
     from dynsdpb_selfplay.rounds.training import LOG_HISTORY
 
     path = Path(trainer_dir) / LOG_HISTORY
     if not path.is_file():
         return {}
-    history = read_jsonl_records(path)
+    history = read_jsonl(path)
     steps = [h for h in history if "loss" in h and "step" in h]
     curve = {"step": [h["step"] for h in steps]}
     for name, key in CURVE.items():
@@ -161,7 +161,8 @@ def curve_means(curve: dict) -> dict:
 def eval_record(engine, task, fmt, cfg, weights: str, records_path: Path) -> dict:
     """Score ``weights`` greedily on the task's test subset; the per-sample records go to ``records_path``."""
     from dynsdpb_selfplay.engines.base import SamplingConfig
-    from dynsdpb_selfplay.evaluate import evaluate, write_jsonl
+    from dynsdpb_selfplay.evaluate import evaluate
+    from dynsdpb_selfplay.jsonl import write_jsonl
 
     examples = task.load(cfg.task.eval_split, limit=cfg.task.eval_limit)
     greedy = SamplingConfig(max_new_tokens=cfg.evaluation.max_new_tokens, seed=cfg.seed)
@@ -197,8 +198,7 @@ def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, sour
             if arm != "base":
                 examples = task.load(cfg.task.train_split, limit=cfg.task.train_limit)
                 print(f"[bench_gsm8k] {name} {arm} seed {seed}: training on {len(examples)} solutions", flush=True)
-                info = train_round(gold_rows(task, fmt, examples), base, folder / "model", folder / "trainer", cfg,
-                                   phase=f"{name}/{arm}/{seed}")  # fmt: skip
+                info = train_round(gold_rows(task, fmt, examples), base, folder / "model", folder / "trainer", cfg)
                 if "skipped" in info:
                     raise UserInputError(f"{name} {arm} seed {seed}: training skipped: {info['skipped']}")
                 curve = training_curve(folder / "trainer")

@@ -68,14 +68,14 @@ def main() -> None:
     trained = {}
     save_model = training.save_round_model
 
-    def keep(trainer, tokenizer, out_dir, phase="", **kw):
+    def keep(trainer, tokenizer, out_dir, **kw):
         trained.update({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
-        return save_model(trainer, tokenizer, out_dir, phase, **kw)
+        return save_model(trainer, tokenizer, out_dir, **kw)
 
     training.save_round_model = keep
     with tempfile.TemporaryDirectory() as d:
         start = time.perf_counter()
-        info = training.train_round(rows, base, Path(d) / "model", Path(d) / "trainer", cfg, "round_1/train")
+        info = training.train_round(rows, base, Path(d) / "model", Path(d) / "trainer", cfg)
         train_s = time.perf_counter() - start
         saved = load_file(str(Path(info["model"]) / "model.safetensors"))
         saved_dtypes = sorted({str(v.dtype) for v in saved.values()})

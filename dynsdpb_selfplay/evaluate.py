@@ -7,17 +7,15 @@ computed over a silently filtered subset.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from .engines.base import Engine, SamplingConfig, progress_bar
 from .tasks.base import Example, PromptFormat, Task, check_examples
 
-__all__ = ["EvalResult", "evaluate", "mean_ci95", "wilson_interval", "write_jsonl"]
+__all__ = ["EvalResult", "evaluate", "mean_ci95", "wilson_interval"]
 
 # Two-sided 97.5% Student t quantiles by degrees of freedom (n - 1 for n seeds); 1.96 beyond the table.
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -139,12 +137,3 @@ def evaluate(
         summary[f"{kind}_no_answer"] = sum(r[f"{kind}_answer"] is None for r in records)
     summary["wall_s"] = time.perf_counter() - wall_start
     return EvalResult(records, summary)
-
-
-def write_jsonl(path: str | Path, records: list[dict]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path

@@ -11,9 +11,7 @@ import shutil
 from pathlib import Path
 
 import yaml
-from fixtures import arithmetic_rows, make_tokenizer
-from test_rounds import config as round_config
-from test_rounds import write as write_config
+from helpers import arithmetic_rows, make_tokenizer, round_config, write_config
 
 from dynsdpb_selfplay.cli import main
 from dynsdpb_selfplay.tasks import GSM8K, Arith, Example, Task

@@ -15,10 +15,7 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
-from fixtures import make_model, make_tokenizer  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO, make_tokenizer, save_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,22 +32,6 @@ def gsm8k_dir() -> Path:
 def gsm8k_data() -> Path:
     path = gsm8k_dir()
     assert (path / "test.jsonl").is_file(), f"GSM8K data missing at {path}; set DYNSDPB_GSM8K_DIR"
-    return path
-
-
-def save_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A random 2-layer Llama (head_dim 32, which vLLM's CPU attention supports) with the char tokenizer.
-
-    Weights are drawn wider than the default init so greedy decoding produces varied text rather than one repeated
-    character, which makes agreement tests meaningful."""
-    tok = make_tokenizer()
-    model = make_model(len(tok), seed=seed, hidden=128)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.2)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
     return path
 
 

@@ -31,7 +31,7 @@ from bad_inputs import (
     unwritable,
     write_config,
 )
-from fixtures import arithmetic_dataset, arithmetic_rows, make_model, make_tokenizer, sft_kwargs
+from helpers import arithmetic_dataset, arithmetic_rows, make_model, make_tokenizer, sft_kwargs
 
 from dynsdpb_selfplay.cli import main
 from dynsdpb_selfplay.cli.sft import build_trainer, make_parser
@@ -40,10 +40,11 @@ from dynsdpb_selfplay.distill.store import TargetStore
 from dynsdpb_selfplay.distill.trainer import TARGETS_FILE, DynSDPBTrainer
 from dynsdpb_selfplay.engines import EngineConfig, SamplingConfig, make_engine
 from dynsdpb_selfplay.errors import UserInputError
+from dynsdpb_selfplay.jsonl import read_jsonl
 from dynsdpb_selfplay.rounds.config import from_dict, load_config
 from dynsdpb_selfplay.rounds.generation import round_questions
 from dynsdpb_selfplay.rounds.orchestrator import Orchestrator
-from dynsdpb_selfplay.rounds.rundir import RunDir, read_jsonl_records
+from dynsdpb_selfplay.rounds.rundir import REDO_HINT, RunDir
 from dynsdpb_selfplay.rounds.training import train_round
 from dynsdpb_selfplay.tasks import GSM8K, score_response
 
@@ -93,7 +94,7 @@ def train_rows(rows: list[dict], **overrides):
 
     def call(c):
         cfg = from_dict(round_config(c.model, **overrides))
-        return train_round(rows, c.model, c.tmp / "model", c.tmp / "trainer", cfg, phase="round_1/train")["skipped"]
+        return train_round(rows, c.model, c.tmp / "model", c.tmp / "trainer", cfg)["skipped"]
 
     return call
 
@@ -131,7 +132,7 @@ def truncated_chunk(c):
     path = c.tmp / "round_1" / "generations" / "chunk-00000.jsonl"
     path.parent.mkdir(parents=True)
     path.write_text('{"id": "a"}\n{"id": "b", "resp')
-    return read_jsonl_records(path)
+    return read_jsonl(path, hint=REDO_HINT)
 
 
 def out_of_questions(c):
@@ -223,7 +224,7 @@ CASES = [
     Case("data folder missing (eval)", lambda c: eval_cli(c, "--model", c.model, "--data-dir", str(c.tmp / "no")), 2,
          r"GSM8K data file not found: .*test\.jsonl \(set --data-dir"),
     Case("run folder record truncated", truncated_chunk, E,
-         r"chunk-00000\.jsonl:2: corrupt record .*delete the file to redo it"),
+         r"chunk-00000\.jsonl:2: malformed JSON .*delete the file to redo it"),
     Case("run folder state.json corrupt", lambda c: main_resume(existing_run(c, state="{")), 2,
          r"state\.json: corrupt .*restore it or start a new run"),
     Case("run folder config edited badly", lambda c: main_resume(existing_run(c, extra_config="trainng: {}\n")), 2,
@@ -312,13 +313,13 @@ CASES = [
     Case("config min above max pass rate", load_cfg(**{"filtering.min_pass_rate": 0.8,
          "filtering.max_pass_rate": 0.5}), E, r"filtering\.min_pass_rate: 0\.8 is above .*every question"),
     Case("config adaptive first = samples", load_cfg(**{"generation.adaptive": True, "generation.adaptive_first": 2}),
-         E, r"generation\.adaptive_first: must be >= 1 and below generation\.samples=2"),
-    Case("config adaptive cap below samples", load_cfg(**{"generation.adaptive": True, "generation.samples": 4,
-         "generation.adaptive_max_samples": 3}), E, r"adaptive_max_samples: must be >= generation\.samples=4"),
-    Case("config adaptive majority labels", load_cfg(**{"generation.adaptive": True, "generation.samples": 4,
+         E, r"generation\.adaptive_first: must be >= 1 and below generation\.n=2"),
+    Case("config adaptive cap below samples", load_cfg(**{"generation.adaptive": True, "generation.n": 4,
+         "generation.adaptive_max_samples": 3}), E, r"adaptive_max_samples: must be >= generation\.n=4"),
+    Case("config adaptive majority labels", load_cfg(**{"generation.adaptive": True, "generation.n": 4,
          "filtering.labels": "majority"}), E, r"generation\.adaptive: needs gold labels"),
     Case("config adaptive self-correction", load_cfg(pipeline="self_correction", **{"generation.adaptive": True,
-         "generation.samples": 4}), E, r"generation\.adaptive: only the self_training pipeline"),
+         "generation.n": 4}), E, r"generation\.adaptive: only the self_training pipeline"),
     Case("config adapter hand-off without LoRA", load_cfg(**{"training.lora_handoff": "adapter"}), E,
          r"training\.lora_handoff: 'adapter' needs LoRA training \(set training\.lora\)"),
     Case("config lora_handoff typo", load_cfg(**{"training.lora_handoff": "merge"}), E,

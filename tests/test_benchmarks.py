@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, save_tiny_model
-from test_rounds import config as run_config
+from helpers import REPO, save_tiny_model
+from helpers import round_config as run_config
 
 TESTS = Path(__file__).parent
 BENCH = REPO / "benchmarks"

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures import (
+from helpers import (
     assert_repeats_previous_fresh_half,
     classification_dataset,
     make_classifier,
@@ -15,9 +15,15 @@ from fixtures import (
     recording,
     steps_of,
 )
+from helpers import (
+    build_classifier as build,
+)
+from helpers import (
+    classifier_kwargs as kwargs,
+)
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-from dynsdpb_selfplay import DynSDPBClassificationConfig, DynSDPBClassificationTrainer, attach_dynsdpb
+from dynsdpb_selfplay import DynSDPBClassificationTrainer, attach_dynsdpb
 from dynsdpb_selfplay.distill.sampler import OverlapSampler, is_fresh_position
 from dynsdpb_selfplay.distill.trainer import INDEX_COLUMN, TARGETS_FILE
 
@@ -31,28 +37,6 @@ class WeightsAtStepBegin(TrainerCallback):
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         self.weights.append(copy.deepcopy(model.state_dict()))
-
-
-def kwargs(output_dir, **overrides) -> dict:
-    kw = dict(
-        output_dir=str(output_dir), use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
-        per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=5e-3,
-        lr_scheduler_type="constant", max_steps=4, seed=0, dataloader_num_workers=0, disable_tqdm=True,
-    )  # fmt: skip
-    kw.update(overrides)
-    return kw
-
-
-def build(tmp_path, tokenizer, trainer_cls=Recording, n=16, num_labels=3, callbacks=None, **overrides):
-    dynsdpb = issubclass(trainer_cls, DynSDPBClassificationTrainer)
-    cfg_cls = DynSDPBClassificationConfig if dynsdpb else TrainingArguments
-    return trainer_cls(
-        model=make_classifier(len(tokenizer), num_labels),
-        args=cfg_cls(**kwargs(tmp_path / "out", **overrides)),
-        train_dataset=classification_dataset(tokenizer, n),
-        data_collator=DataCollatorWithPadding(tokenizer),
-        callbacks=callbacks,
-    )
 
 
 def run(*args, **kw):

@@ -87,3 +87,37 @@ def test_eval_flags_are_the_engine_and_sampling_config_fields(monkeypatch, tmp_p
     monkeypatch.chdir(tmp_path)
     assert main(["eval", "--model", "m", "--task", "arith", "--limit", "2", "--dtype", "float8"]) == 2
     assert "dtype='float8': expected one of" in capsys.readouterr().err  # EngineConfig.__post_init__'s check
+
+
+def test_run_set_changes_config_keys_and_options_lists_them(tmp_path, monkeypatch, capsys):
+    """``dynsdpb run CONFIG --set section.key=value`` changes keys at any depth (values read as YAML, checked like
+    the file's); a wrong key or a malformed assignment is exit 2 naming it; ``--options`` lists every key with the
+    default its dataclass declares."""
+    from pathlib import Path
+
+    from dynsdpb_selfplay.rounds.config import load_config
+
+    demo = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "demo.yaml"
+    base = load_config(demo)
+    cfg = load_config(demo, ["generation.n=8", "training.learning_rate=1e-5", "task.options.steps=2",
+                             "training.lora={r: 4, alpha: 8}", "engine.max_num_seqs=null"])  # fmt: skip
+    assert (cfg.generation.n, cfg.training.args["learning_rate"], cfg.task.options["steps"]) == (8, 1e-5, 2)
+    assert (cfg.training.lora.r, cfg.training.lora.alpha, cfg.engine.max_num_seqs) == (4, 8, None)
+    assert (base.generation.n, base.task.options["steps"], base.training.lora) == (4, 1, None)
+    recipe = tmp_path / "recipe.yaml"  # PyYAML reads `3e-5` (no dot) as a string; a TRL recipe means a number
+    recipe.write_text(demo.read_text().replace("learning_rate: 3.0e-5", "learning_rate: 3e-5"))
+    assert load_config(recipe).training.args["learning_rate"] == 3e-5
+    monkeypatch.chdir(tmp_path)
+    for assignment, message in (("generation.samples=8", "generation.samples: renamed to generation.n"),
+                                ("generation.nn=8", "generation.nn: unknown key"),
+                                ("generation.n", "--set 'generation.n': expected KEY=VALUE"),
+                                ("training.learning_rate=fast", "training.learning_rate: expected float")):  # fmt: skip
+        assert main(["run", str(demo), "--set", assignment]) == 2
+        err = capsys.readouterr().err
+        assert message in err and (str(demo) in err or "KEY=VALUE" in message), err
+        assert not (tmp_path / "runs").exists()  # nothing created for a config that does not load
+    assert main(["run", "--options"]) == 0
+    listed = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()}
+    assert listed["generation.n"] == "4" and listed["generation.top_k"] == "0" and listed["engine.dtype"] == "'auto'"
+    assert listed["training.trainer"] == "'dynsdpb'" and "training.gradient_checkpointing" in listed
+    assert "generation.seed" not in listed and "training.args" not in listed

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import yaml
-from fixtures import arithmetic_rows, make_model
+from helpers import arithmetic_rows, make_model
 
 from dynsdpb_selfplay.cli import main
 

@@ -84,7 +84,7 @@ def test_two_processes_train_like_one_on_a_model_without_loss_kwargs(tmp_path, t
     # 2 processes x 2 rows x accumulation 2 against 1 process x 8 rows: the same 8 rows per step, in the same order.
     import torch
     from families import PARITY, build, equal_completion_rows
-    from fixtures import sft_kwargs
+    from helpers import sft_kwargs
 
     from dynsdpb_selfplay import DynSDPBConfig, DynSDPBTrainer
 

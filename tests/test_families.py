@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 from families import FAMILIES, MOE, build, equal_completion_rows
-from fixtures import plain_overlap, sft_kwargs
+from helpers import plain_overlap, sft_kwargs
 from trl import SFTConfig, SFTTrainer
 
 from dynsdpb_selfplay import DynSDPBConfig, DynSDPBTrainer

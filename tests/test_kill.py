@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_model
+from helpers import round_config as config
+from helpers import save_tiny_model
+from helpers import write_config as write
 from process_tree import follow, kill_left, wait_gone
-from test_rounds import config, write
 
 from dynsdpb_selfplay.engines.lifetime import identity
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_rounds import config, read, write
+from helpers import round_config as config
+from helpers import write_config as write
 
 from dynsdpb_selfplay.cli import main
 from dynsdpb_selfplay.engines import EngineConfig, SamplingConfig, make_engine
+from dynsdpb_selfplay.jsonl import read_jsonl as read
 
 PROMPTS = ["What is 2+3?", [{"role": "user", "content": "hello 12"}], "abc", "The answer is",
            [{"role": "user", "content": "Sam has 4 cards. He gets 9 more."}]]  # fmt: skip
@@ -123,6 +125,6 @@ def test_adapter_rounds_continue_the_same_adapter_and_log_to_tensorboard(tmp_pat
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from conftest import save_tiny_model
+    from helpers import save_tiny_model
 
     return str(save_tiny_model(tmp_path_factory.mktemp("round-model") / "m"))

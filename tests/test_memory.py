@@ -60,7 +60,8 @@ def test_eval_with_vllm_stops_before_starting_the_engine(tiny_model_dirs, tmp_pa
 def test_a_run_stops_before_training_that_cannot_fit_and_keeps_what_is_done(tiny_model_dirs, tmp_path, monkeypatch,
                                                                               capsys):  # fmt: skip
     """The transformers engine fits, the training phase does not: the run stops there, naming training settings."""
-    from test_rounds import config, write
+    from helpers import round_config as config
+    from helpers import write_config as write
 
     model = str(tiny_model_dirs[0])
     engine = memory.hf_need(model, "float32").total

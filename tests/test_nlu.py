@@ -37,7 +37,7 @@ def test_local_files_name_the_bad_row(tmp_path):
     csv.write_text("text,label\nhello,1\nworld,0\n")
     assert [r["text"] for r in load_files(str(csv))] == ["hello", "world"]
     cases = {
-        "broken.jsonl": ('{"text": "a", "label": 1}\n{"text": "b", "lab', r"broken.jsonl:2: not valid JSON"),
+        "broken.jsonl": ('{"text": "a", "label": 1}\n{"text": "b", "lab', r"broken.jsonl:2: malformed JSON"),
         "float.jsonl": ('{"text": "a", "label": 0.5}\n', r"row 1: label=0.5 is not a class index"),
         "nocol.jsonl": ('{"text": "a"}\n', r"no column\(s\) \['label'\]"),
         "empty.jsonl": ("\n", r"no column|no rows"),

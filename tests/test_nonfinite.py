@@ -3,8 +3,7 @@ replays it exactly); `skip` gives that micro-batch zero gradient, stores nothing
 
 import pytest
 import torch
-from fixtures import arithmetic_dataset, make_model, sft_kwargs
-from test_classification import build as build_classifier
+from helpers import arithmetic_dataset, build_classifier, make_model, sft_kwargs
 
 from dynsdpb_selfplay import DynSDPBConfig, DynSDPBTrainer
 from dynsdpb_selfplay.distill.trainer import TARGETS_FILE

@@ -109,7 +109,7 @@ def test_shipped_configs_leave_the_number_format_to_the_machine():
 def test_a_round_hands_the_next_round_exactly_the_trained_weights(tmp_path, lora, monkeypatch):
     """bf16 autocast on purpose: its master weights are fp32, and saving them rounded to bf16 lost most of each
     update. The saved model must reload (as the next round's training loads it) bit for bit."""
-    from conftest import save_tiny_model
+    from helpers import save_tiny_model
 
     from dynsdpb_selfplay.rounds.config import from_dict
 
@@ -122,17 +122,17 @@ def test_a_round_hands_the_next_round_exactly_the_trained_weights(tmp_path, lora
     trained = {}
     save = training.save_round_model
 
-    def spy(trainer, tokenizer, out_dir, phase="", **kw):
+    def spy(trainer, tokenizer, out_dir, **kw):
         model = trainer.model
         final = copy.deepcopy(model).merge_and_unload() if lora else model
         trained.update({k: v.detach().clone() for k, v in final.state_dict().items()})
-        return save(trainer, tokenizer, out_dir, phase, **kw)
+        return save(trainer, tokenizer, out_dir, **kw)
 
     monkeypatch.setattr(training, "save_round_model", spy)
     rows = [{"prompt": [{"role": "user", "content": f"Say {i}."}], "completion": [
         {"role": "assistant", "content": f"{i} {i} {i}"}]} for i in range(8)]  # fmt: skip
     with pytest.warns(EmulatedBF16Warning) if not precision.native_bf16() else warnings.catch_warnings():
-        info = training.train_round(rows, str(base), tmp_path / "model", tmp_path / "trainer", cfg, "round_1/train")
+        info = training.train_round(rows, str(base), tmp_path / "model", tmp_path / "trainer", cfg)
     assert info["steps"] == 3
     start = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).state_dict()
     reloaded = AutoModelForCausalLM.from_pretrained(info["model"], dtype=torch.float32).state_dict()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, save_tiny_model
+from helpers import REPO, save_tiny_model
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 

@@ -12,12 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import save_tiny_model
+from helpers import round_config as config
+from helpers import save_tiny_model
+from helpers import write_config as write
 
 from dynsdpb_selfplay.cli import main
 from dynsdpb_selfplay.errors import UserInputError
+from dynsdpb_selfplay.jsonl import read_jsonl as read
+from dynsdpb_selfplay.jsonl import stale_temporaries
 from dynsdpb_selfplay.rounds.config import load_config
-from dynsdpb_selfplay.rounds.rundir import RunDir, stale_temporaries
+from dynsdpb_selfplay.rounds.rundir import RunDir
 
 TESTS = Path(__file__).parent
 
@@ -25,38 +29,6 @@ TESTS = Path(__file__).parent
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return str(save_tiny_model(tmp_path_factory.mktemp("round-model") / "m"))
-
-
-def config(model: str, **overrides) -> dict:
-    cfg = {
-        "model": model,
-        "pipeline": "self_training",
-        "rounds": 2,
-        "seed": 0,
-        "task": {"name": "round_fixtures:EchoTask", "train_limit": 8, "eval_limit": 6},
-        "generation": {"samples": 2, "temperature": 1.0, "max_new_tokens": 12, "chunk_size": 4},
-        "filtering": {"max_per_question": 2},
-        "training": {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_steps": 4, "save_steps": 2,
-                     "max_length": 64, "bf16": False},
-        "engine": {"backend": "hf", "dtype": "float32"},
-    }  # fmt: skip
-    for key, value in overrides.items():
-        section, _, field = key.partition(".")
-        if field:
-            cfg[section] = {**cfg[section], field: value}
-        else:
-            cfg[key] = value
-    return cfg
-
-
-def write(tmp_path, cfg, name="run.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def read(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("pipeline", ["self_training", "self_correction"])
@@ -148,9 +120,12 @@ def test_sft_baseline_trains_on_the_same_data(tmp_path, tiny):
     [
         ({"trainng": {}}, "trainng: unknown key"),
         ({"training.lora_rank": 8}, "training.lora_rank: not a field of DynSDPBConfig nor a round key"),
-        ({"training.learning_rate": "1e-5"}, r"training.learning_rate: expected float, got '1e-5'"),
+        ({"training.learning_rate": "fast"}, r"training.learning_rate: expected float, got 'fast'"),
         ({"rounds": "two"}, "rounds: expected int"),
-        ({"generation.samples": 0}, "generation.samples: must be >= 1"),
+        ({"generation.n": 0}, "generation: n=0: must be >= 1"),
+        ({"generation.samples": 2}, "generation.samples: renamed to generation.n"),
+        ({"generation.seed": 3}, "generation.seed: set by the round"),
+        ({"generation.top_k": -1}, "generation: top_k=-1: must be >= 0"),
         ({"training.trainer": "ppo"}, "training.trainer"),
         ({"training.distillation_temprature": 2}, "training.distillation_temprature: not a field of DynSDPBConfig"),
         ({"training.distillation_temperature": -1}, r"training: distillation_temperature=-1.0: must be > 0"),
@@ -176,8 +151,9 @@ def test_training_keys_are_the_trainer_config_fields_of_a_trl_recipe(tmp_path):
     """``training:`` takes SFTConfig / DynSDPBConfig fields under their own names (as a `trl sft` recipe writes
     them) next to the round keys; they reach the round's trainer config over the rounds' defaults, and a run
     folder's config.yaml reads back the same."""
-    from dynsdpb_selfplay.rounds.config import ROUND_TRAINING_DEFAULTS, from_dict, to_dict
+    from dynsdpb_selfplay.rounds.config import from_dict, to_dict
     from dynsdpb_selfplay.rounds.training import training_args
+    from dynsdpb_selfplay.rounds.training_config import ROUND_TRAINING_DEFAULTS
 
     recipe = {"lr_scheduler_type": "cosine", "warmup_steps": 3, "weight_decay": 0.01, "distillation_alpha": 0.5,
               "distillation_schedule": "static", "per_device_train_batch_size": 2}  # fmt: skip
@@ -233,7 +209,7 @@ def reference(tmp_path_factory, tiny):
     return tmp / "run"
 
 
-# (fault point, signal) pairs across every phase; see dynsdpb_selfplay/rounds/faults.py for what each point means.
+# (fault point, signal) pairs across every phase; see dynsdpb_selfplay/faults.py for what each point means.
 # SIGKILL leaves the process no chance to clean up; SIGINT (Ctrl-C) unwinds through every ``finally``.
 FAULT_POINTS = [
     ("round_0/eval:point=generated", "INT"),  # eval scored, nothing written
@@ -320,7 +296,7 @@ def assert_same_run(run_dir: Path, reference: Path, rounds=(1, 2)) -> None:
     for r in rounds:
         gens = read(run_dir / f"round_{r}/generations.jsonl")
         keys = [(g["id"], g["sample"]) for g in gens]
-        samples = yaml.safe_load((run_dir / "config.yaml").read_text())["generation"]["samples"]
+        samples = yaml.safe_load((run_dir / "config.yaml").read_text())["generation"]["n"]
         assert set(keys) == {(f"train-{i}", k) for i in range(8 * (r - 1), 8 * r) for k in range(samples)}
         assert len(keys) == len(set(keys))  # every (question, sample) exactly once
         chunks = [g for c in sorted((run_dir / f"round_{r}/generations").glob("chunk-*.jsonl")) for g in read(c)]
@@ -396,7 +372,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny, reference, chain)
 
 
 def test_fault_points_fire_only_where_set(monkeypatch):
-    from dynsdpb_selfplay.rounds.faults import armed, maybe_fault
+    from dynsdpb_selfplay.faults import armed, fault_point, in_phase, maybe_fault
 
     fired = []
     old = signal.signal(signal.SIGUSR1, lambda *_: fired.append(1))
@@ -411,6 +387,13 @@ def test_fault_points_fire_only_where_set(monkeypatch):
         maybe_fault("round_1/train", step=3)
         assert fired == [1]
         assert armed("round_1/train") and not armed("round_1/eval")
+        fault_point(step=3)  # outside any phase: inert
+        with in_phase("round_1/train"):
+            with in_phase("round_1/eval"):
+                fault_point(step=3)  # the inner phase is not the armed one
+            assert fired == [1]
+            fault_point(step=3)  # back in the outer phase, which is
+        assert fired == [1, 1]
     finally:
         signal.signal(signal.SIGUSR1, old)
 
@@ -464,7 +447,7 @@ def test_same_seed_and_config_give_the_same_run(tmp_path, tiny, monkeypatch, req
     torch.set_num_threads(1)  # as run_cli's subprocesses: fast on a busy machine
     request.addfinalizer(lambda: torch.set_num_threads(threads))
     # Greedy decoding of the random model runs past 12 tokens on most questions (cut rows are never trained on).
-    cfg = config(tiny, rounds=1, **{"generation.temperature": temperature, "generation.samples": samples,
+    cfg = config(tiny, rounds=1, **{"generation.temperature": temperature, "generation.n": samples,
                                     "generation.max_new_tokens": 12 if samples > 1 else 64})  # fmt: skip
     runs, steps = [tmp_path / "a", tmp_path / "b"], []
     for run_dir in runs:

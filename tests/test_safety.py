@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from bad_inputs import model_variant, round_config, sft_cli
-from fixtures import make_model, make_tokenizer
+from helpers import make_model, make_tokenizer
 
 import dynsdpb_selfplay
 from dynsdpb_selfplay.errors import UserInputError

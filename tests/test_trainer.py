@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from fixtures import (
+from helpers import (
     arithmetic_dataset,
     assert_repeats_previous_fresh_half,
     make_model,

@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..engines import make_engine
-    from ..evaluate import evaluate, write_jsonl
-    from ..rounds.faults import maybe_fault
+    from ..evaluate import evaluate
+    from ..faults import maybe_fault
+    from ..jsonl import write_jsonl
     from ..tasks import get_task
     from ..tasks.base import check_examples
 

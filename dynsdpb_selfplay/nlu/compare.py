@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import UserInputError
 from ..evaluate import mean_ci95
+from ..jsonl import read_jsonl
 from .data import encoder_path, load_files, load_glue, metrics, split_by_group, steps_rows, verifier_rows
 
 __all__ = ["ClassificationArguments", "compare", "load_splits"]
@@ -190,7 +191,7 @@ def compare(a: ClassificationArguments, training_args) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     train, test = load_splits(a)
     log = out_dir / "runs.jsonl"
-    runs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    runs = read_jsonl(log) if log.exists() else []
     done = {(r["trainer"], r["seed"]) for r in runs}
     print(f"{len(train)} training rows, {len(test)} evaluation rows; results in {out_dir}", flush=True)
     for seed in a.seeds:

@@ -8,11 +8,11 @@ Every loader returns ``datasets.Dataset`` splits with the columns ``text``, ``te
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..jsonl import read_jsonl, read_jsonl_lines
 
 __all__ = [
     "GLUE_TASKS",
@@ -82,13 +82,7 @@ def load_files(path: str, text: str = "text", pair: str | None = None, label: st
     if p.suffix == ".csv":
         columns = Dataset.from_csv(str(p)).to_dict()
     elif p.suffix in (".jsonl", ".json"):
-        records = []
-        for n, line in enumerate(p.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserInputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        records = read_jsonl(p)
         keys = {k for r in records for k in r}
         columns = {k: [r.get(k) for r in records] for k in keys}
     else:
@@ -124,15 +118,12 @@ def verifier_rows(run_dirs: list[str], correct: str = "flexible_correct") -> lis
         if not files:
             raise UserInputError(f"run_dirs: {run} holds no round_*/generations.jsonl (is it a dynsdpb run folder?)")
         for path in files:
-            for n, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
+            for n, g in read_jsonl_lines(path):
                 try:
-                    g = json.loads(line)
                     question = [m["content"] for m in g["prompt"] if m["role"] == "user"][-1]
                     row = {"text": question, "text_pair": g["response"], "label": int(bool(g[correct])),
                            "group": g["id"]}  # fmt: skip
-                except (json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+                except (KeyError, IndexError, TypeError) as e:
                     raise UserInputError(f"{path}:{n}: not a generation record ({type(e).__name__}: {e})") from None
                 key = (row["text"], row["text_pair"])
                 if key not in seen:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,8 @@ import yaml
 
 from ..engines.base import EngineConfig, SamplingConfig
 from ..errors import UserInputError
+from .schema import build, set_dotted
+from .training_config import TrainingSection
 
 __all__ = ["RunConfig", "load_config", "to_dict"]
 
@@ -39,12 +39,26 @@ class TaskSection:
     )
 
 
+def _round_default(name: str, default):
+    """A :class:`SamplingConfig` field with the rounds' own default (they sample, it is greedy) and its help text."""
+    (f,) = (f for f in dataclasses.fields(SamplingConfig) if f.name == name)
+    return field(default=default, metadata=f.metadata)
+
+
+RENAMED_GENERATION_KEYS = {"samples": "n"}
+
+
 @dataclass
-class GenerationSection:
-    samples: int = field(default=4, metadata={"help": "Solutions sampled per question (k)."})
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of training data."})
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Longest generated solution."})
+class GenerationSection(SamplingConfig):
+    """How a round samples its training data: the :class:`~dynsdpb_selfplay.engines.SamplingConfig` fields under
+    their own names (``n`` solutions per question, ``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``,
+    ``stop``, checked by its ``__post_init__``) and the round's own keys. ``seed`` is set by the round (one per
+    chunk, from the run's seed); ``stop`` adds to the prompt format's stop strings."""
+
+    n: int = _round_default("n", 4)
+    temperature: float = _round_default("temperature", 0.8)
+    top_p: float = _round_default("top_p", 0.95)
+    seed: int | None = field(default=None, metadata={"help": "Set by the round, per chunk.", "hidden": True})
     chunk_size: int = field(default=64, metadata={"help": "Questions per saved chunk (the unit of resumption)."})
     shards: int = field(
         default=1,
@@ -60,18 +74,32 @@ class GenerationSection:
         default=False,
         metadata={
             "help": "Self-training: sample adaptive_first solutions per question, then spend the rest of the budget "
-            "(samples per question, per chunk) evenly on the questions not solved in every first sample."
+            "(n per question, per chunk) evenly on the questions not solved in every first sample."
         },
     )
     adaptive_first: int = field(default=2, metadata={"help": "adaptive: solutions sampled per question first."})
     adaptive_max_samples: int | None = field(
-        default=None, metadata={"help": "adaptive: most solutions per question in all (null: 2 x samples)."}
+        default=None, metadata={"help": "adaptive: most solutions per question in all (null: 2 x n)."}
     )
     correction_prompt: str = field(
         default="Review your solution step by step. If you find a mistake, correct it. "
         "End with the final answer as #### <number>.",
         metadata={"help": "Self-correction: the user turn asking the model to review its first answer."},
     )
+
+    @classmethod
+    def from_mapping(cls, data: dict, key: str = "generation") -> GenerationSection:
+        for old, new in RENAMED_GENERATION_KEYS.items():
+            if old in data:
+                raise UserInputError(f"{key}.{old}: renamed to {key}.{new}, SamplingConfig's name for it")
+        if data.get("seed") is not None:
+            raise UserInputError(f"{key}.seed: set by the round (one per chunk, from the run's seed)")
+        return build(cls, data, key)
+
+    def sampling(self, stop: list[str] | tuple[str, ...] = ()) -> SamplingConfig:
+        """The :class:`SamplingConfig` these fields describe, with ``stop`` (the prompt format's) added."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingConfig)}
+        return SamplingConfig(**{**values, "stop": [*stop, *self.stop]})
 
 
 @dataclass
@@ -96,110 +124,9 @@ class FilteringSection:
 
 
 @dataclass
-class LoraSection:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-
-# What a round sets for the trainer where TRL's defaults suit one long run rather than a round: a few hundred rows,
-# checkpoints often enough to resume, a step log, a progress bar, and no gradient checkpointing (SFTConfig turns it
-# on; a small model's activations fit, and recomputing them costs time). A key under ``training:`` overrides any.
-ROUND_TRAINING_DEFAULTS = {"learning_rate": 1e-5, "num_train_epochs": 1.0, "per_device_train_batch_size": 4,
-                           "max_length": 512, "save_strategy": "steps", "save_steps": 20, "save_total_limit": 2,
-                           "logging_steps": 1, "report_to": "none", "dataloader_num_workers": 0,
-                           "gradient_checkpointing": False, "disable_tqdm": False}  # fmt: skip
-# Set by the round itself (its folder, the run's seed and name, the device).
-SET_BY_THE_ROUND = ("output_dir", "seed", "run_name", "use_cpu")
-RENAMED_TRAINING_KEYS = {
-    "distillation": "the distillation options are DynSDPBConfig fields now: write each under training: with its "
-    "full name, e.g. training.distillation_alpha, training.distillation_temperature, training.distillation_schedule",
-    "extra": "write SFTConfig fields directly under training: (e.g. training.warmup_steps)",
-}
-
-
-@dataclass
-class TrainingSection:
-    """The round-level keys of ``training:``. Every other key is a field of the trainer's config class
-    (:class:`~dynsdpb_selfplay.distill.config.DynSDPBConfig` for ``trainer: dynsdpb``, ``trl.SFTConfig`` for
-    ``sft``) under its own name, as in a TRL recipe; they are kept in :attr:`args` and checked by that class."""
-
-    trainer: str = field(default="dynsdpb", metadata={"help": "'dynsdpb' or 'sft' (plain SFTTrainer, for ablations)."})
-    init: str = field(default="continue", metadata={"help": "'continue' from last round's weights or 'base' model."})
-    accumulate_data: bool = field(default=False, metadata={"help": "Train on all rounds' data so far (else new)."})
-    lora: LoraSection | None = field(default=None, metadata={"help": "LoRA settings; null for full fine-tuning."})
-    lora_handoff: str = field(
-        default="merged",
-        metadata={
-            "help": "With lora: 'merged' saves round_r/model as full merged weights, reloaded into the engine; "
-            "'adapter' saves only the adapter, served by the engine on the base model (vLLM LoRARequest), and the "
-            "next round continues training the same adapter."
-        },
-    )
-    keep_checkpoints: bool = field(
-        default=False,
-        metadata={"help": "Keep round_r/trainer/checkpoint-N once the round's model is saved (they hold optimizer "
-                  "state and stored targets, about 6x the model's size); the per-step log is kept either way."},
-    )  # fmt: skip
-    args: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={"help": "The trainer config fields given under training: (the other keys), as written."},
-    )
-
-    def config_class(self):
-        from trl import SFTConfig
-
-        from ..distill.config import DynSDPBConfig
-
-        return DynSDPBConfig if self.trainer == "dynsdpb" else SFTConfig
-
-    def trainer_config(self, output_dir: str, seed: int, run_name: str | None = None):
-        """The round's ``DynSDPBConfig`` / ``SFTConfig``: :data:`ROUND_TRAINING_DEFAULTS`, the user's keys, and what
-        the round sets; bf16 only where the device computes it natively unless ``training.bf16`` says so."""
-        import torch
-
-        from ..precision import resolve_bf16
-
-        use_cpu = not torch.cuda.is_available()
-        values = {**ROUND_TRAINING_DEFAULTS, **self.args}
-        values["bf16"] = resolve_bf16(values.get("bf16"), use_cpu, what="training.bf16")
-        values.update(output_dir=output_dir, seed=seed, use_cpu=use_cpu, run_name=run_name)
-        try:
-            return self.config_class()(**values)
-        except (TypeError, ValueError) as e:
-            raise UserInputError(f"training: {e}") from None
-
-    @classmethod
-    def from_mapping(cls, data: dict, key: str = "training") -> TrainingSection:
-        """Split ``training:`` into round-level keys and trainer config fields, each checked against its type."""
-        own = {f.name for f in dataclasses.fields(cls)} - {"args"}
-        for old, why in RENAMED_TRAINING_KEYS.items():
-            if old in data:
-                raise UserInputError(f"{key}.{old}: {why}")
-        section = _build(cls, {k: v for k, v in data.items() if k in own}, key)
-        config_class = section.config_class()
-        hints = typing.get_type_hints(config_class)
-        for name, value in data.items():
-            if name in own:
-                continue
-            if name in SET_BY_THE_ROUND:
-                raise UserInputError(f"{key}.{name}: set by the round (its folder, the run's seed, the device)")
-            if name not in hints:
-                raise UserInputError(f"{key}.{name}: not a field of {config_class.__name__} nor a round key "
-                                     f"({', '.join(sorted(own))}); see `dynsdpb sft --help`")  # fmt: skip
-            section.args[name] = _coerce(value, hints[name], f"{key}.{name}")
-        return section
-
-    def to_mapping(self) -> dict:
-        data = dataclasses.asdict(self)
-        return {**{k: v for k, v in data.items() if k != "args"}, **data["args"]}
-
-
-@dataclass
 class EvaluationSection:
-    enabled: bool = True
-    max_new_tokens: int = 256
+    enabled: bool = field(default=True, metadata={"help": "Score the held-out questions before and after each round."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest greedy answer when scoring."})
 
 
 @dataclass
@@ -207,7 +134,7 @@ class RunConfig:
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Known name, directory, .gguf or hub id."})
     pipeline: str = field(default="self_training", metadata={"help": "'self_training' or 'self_correction'."})
     rounds: int = field(default=2, metadata={"help": "Generation + training rounds."})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "Seeds sampling (per round and chunk), data order and training."})
     run_dir: str | None = field(
         default=None,
         metadata={
@@ -233,10 +160,8 @@ class RunConfig:
 
         check(self.pipeline in PIPELINES, "pipeline", f"{self.pipeline!r} is not one of {PIPELINES}")
         check(self.rounds >= 1, "rounds", "must be >= 1")
-        check(self.generation.samples >= 1, "generation.samples", "must be >= 1")
         check(self.generation.chunk_size >= 1, "generation.chunk_size", "must be >= 1")
         check(self.generation.shards >= 1, "generation.shards", "must be >= 1")
-        check(self.generation.temperature >= 0, "generation.temperature", "must be >= 0")
         check(self.filtering.verify in ("strict", "flexible"), "filtering.verify", "must be 'strict' or 'flexible'")
         check(self.filtering.labels in ("gold", "majority"), "filtering.labels", "must be 'gold' or 'majority'")
         check(0 < self.filtering.min_agreement <= 1, "filtering.min_agreement", "must be in (0, 1]")
@@ -256,11 +181,6 @@ class RunConfig:
         self._validate_sizes(check)
         if self.pipeline == "self_correction":
             check(self.filtering.labels == "gold", "filtering.labels", "self-correction needs gold labels")
-        try:
-            SamplingConfig(n=self.generation.samples, temperature=self.generation.temperature,
-                           top_p=self.generation.top_p, max_new_tokens=self.generation.max_new_tokens)  # fmt: skip
-        except ValueError as e:
-            raise UserInputError(f"generation: {e}") from None
         self._validate_task()
 
     def _validate_adaptive(self, check) -> None:
@@ -271,12 +191,12 @@ class RunConfig:
               "several solutions per question")  # fmt: skip
         check(self.filtering.labels == "gold", "generation.adaptive", "needs gold labels (filtering.labels: gold) to "
               "tell which questions are solved")  # fmt: skip
-        check(1 <= g.adaptive_first < g.samples, "generation.adaptive_first",
-              f"must be >= 1 and below generation.samples={g.samples} (the budget per question), else nothing is "
+        check(1 <= g.adaptive_first < g.n, "generation.adaptive_first",
+              f"must be >= 1 and below generation.n={g.n} (the budget per question), else nothing is "
               "left to spend adaptively")  # fmt: skip
         top = g.adaptive_max_samples
-        check(top is None or top >= g.samples, "generation.adaptive_max_samples",
-              f"must be >= generation.samples={g.samples}, or null")  # fmt: skip
+        check(top is None or top >= g.n, "generation.adaptive_max_samples",
+              f"must be >= generation.n={g.n}, or null")  # fmt: skip
 
     def _validate_sizes(self, check) -> None:
         """The trainer config (its own ``__post_init__`` checks), then the counts and lengths it leaves unchecked,
@@ -326,70 +246,9 @@ class RunConfig:
             raise UserInputError(f"task: {e}") from None
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value, tp, key: str):
-    """Check ``value`` against the annotation ``tp`` (recursing into dataclasses, lists, dicts, optionals)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _coerce(value, option, key)
-            except UserInputError as e:
-                errors.append(str(e))
-        raise UserInputError(errors[0] if len(errors) == 1 else f"{key}: expected {tp}, got {value!r}")
-    if origin is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise UserInputError(f"{key}: expected one of {typing.get_args(tp)}, got {value!r}")
-        return value
-    if tp is TrainingSection:
-        if not isinstance(value, dict):
-            raise UserInputError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return TrainingSection.from_mapping(value, key)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise UserInputError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserInputError(f"{key}: expected a list, got {type(value).__name__}")
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise UserInputError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise UserInputError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def _build(cls, data: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    for key in data:
-        if key not in names:
-            where = f"{prefix}.{key}" if prefix else key
-            raise UserInputError(f"{where}: unknown key; known: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
-    except ValueError as e:
-        raise UserInputError(f"{prefix or 'config'}: {e}") from None
-
-
-def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
-    """Parse and validate a run config; errors name the file and the key."""
+def load_config(path: str | Path, assignments: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Parse and validate a run config, with ``section.key=value`` ``assignments`` applied over the file (the
+    command line's ``--set``); errors name the file and the key."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"config file not found: {path}")
@@ -402,9 +261,10 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
         raise UserInputError(f"{where}: not valid YAML ({why})") from None
     if not isinstance(data, dict):
         raise UserInputError(f"{path}: expected a mapping at the top level")
-    data.update(overrides or {})
+    for assignment in assignments:
+        set_dotted(data, assignment)
     try:
-        config = _build(RunConfig, data)
+        config = build(RunConfig, data)
         config.validate()
         _check_run_dir(config)
     except UserInputError as e:
@@ -435,7 +295,7 @@ def _check_run_dir(config: RunConfig) -> None:
 def from_dict(data: dict, source: str | Path | None = None) -> RunConfig:
     """A validated config from a mapping (a run folder's ``config.yaml``); errors name ``source`` when given."""
     try:
-        config = _build(RunConfig, data)
+        config = build(RunConfig, data)
         config.validate()
     except UserInputError as e:
         raise UserInputError(f"{source}: {e}" if source else str(e)) from None

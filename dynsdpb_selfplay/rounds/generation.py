@@ -20,9 +20,10 @@ from pathlib import Path
 
 from ..engines.base import Engine, SamplingConfig, progress_bar
 from ..errors import UserInputError
+from ..faults import fault_point
+from ..jsonl import read_jsonl, write_jsonl
 from ..tasks.base import Example, PromptFormat, Task, check_examples
-from .faults import maybe_fault
-from .rundir import read_jsonl_records, write_jsonl
+from .rundir import REDO_HINT
 
 __all__ = ["Adaptive", "chunk_seed", "generate_round", "round_questions", "run_chunked", "run_program", "run_programs",
            "self_correction_records", "self_training_records"]  # fmt: skip
@@ -71,7 +72,6 @@ def run_chunked(
     seed_of: Callable[[int], int],
     desc: str,
     engine: Engine | None = None,
-    fault_phase: str = "",
     select: Callable[[int], bool] | None = None,
 ) -> list[dict]:
     """Generate every chunk not on disk yet (``make_records(chunk, seed)`` is its program) and return all records,
@@ -86,16 +86,16 @@ def run_chunked(
     for i in mine:
         path = out_dir / f"chunk-{i:05d}.jsonl"
         if path.exists():
-            records[i] = read_jsonl_records(path)
+            records[i] = read_jsonl(path, hint=REDO_HINT)
     missing = [i for i in mine if i not in records]
     if missing:
         if make_records is None or engine is None:
             raise RuntimeError(f"{out_dir / f'chunk-{missing[0]:05d}.jsonl'} is missing after the generation shards")
 
         def save(i: int, new: list[dict]) -> None:
-            write_jsonl(out_dir / f"chunk-{i:05d}.jsonl", new, fault_phase)
+            write_jsonl(out_dir / f"chunk-{i:05d}.jsonl", new)
             records[i] = new
-            maybe_fault(fault_phase, chunk=i)
+            fault_point(chunk=i)
 
         total = sum(len(chunks[i]) for i in missing)
         with progress_bar(engine, total, desc):
@@ -232,14 +232,13 @@ def generate_round(cfg, task: Task, fmt: PromptFormat, r: int, out_dir: Path, en
     """Round ``r``'s generation records, generating the chunks missing from ``out_dir`` (only those of shard ``k``
     of ``n`` when given: chunks ``i % n == k``); with ``engine=None`` every chunk must be on disk already."""
     g = cfg.generation
-    sampling = SamplingConfig(n=g.samples, temperature=g.temperature, top_p=g.top_p,
-                              max_new_tokens=g.max_new_tokens, stop=list(fmt.stop))  # fmt: skip
+    sampling = g.sampling(stop=fmt.stop)
     if cfg.pipeline == "self_training":
-        adaptive = Adaptive(g.adaptive_first, g.adaptive_max_samples or 2 * g.samples) if g.adaptive else None
+        adaptive = Adaptive(g.adaptive_first, g.adaptive_max_samples or 2 * g.n) if g.adaptive else None
         make = self_training_records(task, fmt, sampling, g.rationalize, cfg.filtering.verify, adaptive)
     else:
         make = self_correction_records(task, fmt, sampling, g.correction_prompt, cfg.filtering.verify)
     select = None if shard is None else (lambda i: i % shard[1] == shard[0])
     return run_chunked(round_questions(cfg, task, r), out_dir, g.chunk_size, make,
                        lambda i: chunk_seed(cfg.seed, r, i), f"round {r} generation", engine=engine,
-                       fault_phase=f"round_{r}/generate", select=select)  # fmt: skip
+                       select=select)  # fmt: skip

@@ -15,14 +15,15 @@ from ..engines import lifetime, make_engine, with_lora
 from ..engines.base import Engine, SamplingConfig
 from ..errors import UserInputError
 from ..evaluate import evaluate, wilson_interval
+from ..faults import fault_point, in_phase
+from ..jsonl import read_jsonl, write_json, write_jsonl
 from ..models import resolve_model
 from ..tasks import get_task
 from .config import RunConfig, from_dict
-from .faults import maybe_fault
 from .filtering import filter_self_correction, filter_self_training, pass_rates, transitions
 from .generation import generate_round, run_program, self_correction_records
 from .report import round_line, write_report
-from .rundir import RunDir, read_jsonl_records, write_json, write_jsonl
+from .rundir import REDO_HINT, RunDir
 from .shards import run_shards
 from .showcase import pick_examples
 from .training import drop_checkpoints, train_round
@@ -110,13 +111,14 @@ class Orchestrator:
         if self.run_dir.is_done(name):
             return self.run_dir.phase_info(name)
         start, before = time.perf_counter(), dict(self.engines.timings)
-        info = fn(**kw)
-        info["seconds"] = info.get("seconds", 0.0) + time.perf_counter() - start
-        for key, total in self.engines.timings.items():  # this phase's share of engine start, hand-off, generation
-            if total > before[key]:
-                info[key] = total - before[key]
-        self.run_dir.mark_done(name, **info)
-        maybe_fault(name, point="done")
+        with in_phase(name):
+            info = fn(**kw)
+            info["seconds"] = info.get("seconds", 0.0) + time.perf_counter() - start
+            for key, total in self.engines.timings.items():  # this phase's share of engine start, hand-off, generation
+                if total > before[key]:
+                    info[key] = total - before[key]
+            self.run_dir.mark_done(name, **info)
+            fault_point(point="done")
         return info
 
     def _generation_chunks(self, r: int, engine) -> list[dict]:
@@ -131,19 +133,18 @@ class Orchestrator:
             records = self._generation_chunks(r, engine=None)  # every chunk is on disk now: read in order
         else:
             records = self._generation_chunks(r, self.engines.get(weights))
-        out, phase = self.run_dir.round(r), f"round_{r}/generate"
-        write_jsonl(out / "generations.jsonl", records, fault_phase=phase)
+        out = self.run_dir.round(r)
+        write_jsonl(out / "generations.jsonl", records)
         rates = pass_rates(records, self.cfg.filtering.verify)
-        write_jsonl(out / "pass_rates.jsonl", list(rates.values()), fault_phase=phase)
+        write_jsonl(out / "pass_rates.jsonl", list(rates.values()))
         # Every question yields at least one record, so the ids count the questions without loading them again.
         return {"questions": len(rates), "records": len(records), "shards": shards,
                 "generated_tokens": sum(rec.get("tokens", 0) for rec in records)}  # fmt: skip
 
     def _filter(self, r: int) -> dict:
         cfg, out = self.cfg, self.run_dir.round(r)
-        phase = f"round_{r}/filter"
-        records = read_jsonl_records(out / "generations.jsonl")
-        maybe_fault(phase, point="read")
+        records = read_jsonl(out / "generations.jsonl", hint=REDO_HINT)
+        fault_point(point="read")
         f = cfg.filtering
         bounds = {"min_pass_rate": f.min_pass_rate, "max_pass_rate": f.max_pass_rate}
         if cfg.pipeline == "self_training":
@@ -152,9 +153,9 @@ class Orchestrator:
         else:
             rows, stats, verdicts = filter_self_correction(records, cfg.generation.correction_prompt,
                                                            f.keep_right_to_right, **bounds)  # fmt: skip
-        write_jsonl(out / "train.jsonl", rows, fault_phase=phase)
-        write_json(out / "examples.json", pick_examples(records, verdicts), fault_phase=phase)
-        write_json(out / "filter_summary.json", stats, fault_phase=phase)
+        write_jsonl(out / "train.jsonl", rows)
+        write_json(out / "examples.json", pick_examples(records, verdicts))
+        write_json(out / "filter_summary.json", stats)
         return stats
 
     def _train(self, r: int, weights: str) -> dict:
@@ -162,12 +163,12 @@ class Orchestrator:
         rows = []
         first = 1 if cfg.training.accumulate_data else r
         for k in range(first, r + 1):
-            rows += read_jsonl_records(self.run_dir.round(k) / "train.jsonl")
+            rows += read_jsonl(self.run_dir.round(k) / "train.jsonl", hint=REDO_HINT)
         init = weights if cfg.training.init == "continue" else self.base
-        return train_round(rows, init, out / "model", out / "trainer", cfg, phase=f"round_{r}/train")
+        return train_round(rows, init, out / "model", out / "trainer", cfg)
 
     def _evaluate(self, r: int, weights: str) -> dict:
-        cfg, out, phase = self.cfg, self.run_dir.round(r), f"round_{r}/eval"
+        cfg, out = self.cfg, self.run_dir.round(r)
         engine = self.engines.get(weights)
         examples = self.task.load(cfg.task.eval_split, limit=cfg.task.eval_limit)
         greedy = SamplingConfig(max_new_tokens=cfg.evaluation.max_new_tokens, seed=cfg.seed)
@@ -181,11 +182,11 @@ class Orchestrator:
             n = len(corr)
             summary.update(trans)
             summary["revised_ci95"] = wilson_interval(round(trans["revised_accuracy"] * n), n)
-        maybe_fault(phase, point="generated")
+        fault_point(point="generated")
         if cfg.pipeline == "self_correction":
-            write_jsonl(out / "eval_correction.jsonl", corr, fault_phase=phase)
-        write_jsonl(out / "eval.jsonl", records, fault_phase=phase)
-        write_json(out / "eval_summary.json", summary, fault_phase=phase)
+            write_jsonl(out / "eval_correction.jsonl", corr)
+        write_jsonl(out / "eval.jsonl", records)
+        write_json(out / "eval_summary.json", summary)
         keep = ("strict_accuracy", "strict_ci95", "flexible_accuracy", "flexible_ci95", "n_samples", "tokens_per_s",
                 "first_accuracy", "revised_accuracy", "wrong_to_right", "right_to_wrong", "revised_ci95")  # fmt: skip
         return {k: summary[k] for k in keep if k in summary}
@@ -213,8 +214,9 @@ class Orchestrator:
         finally:
             self.engines.close()
             lifetime.record_to(None)
-        md, png = write_report(rd.path, rd.config(), rounds, fault_phase="report")
-        rd.mark_done("report", report=str(md), plot=str(png) if png else None)
+        with in_phase("report"):
+            md, png = write_report(rd.path, rd.config(), rounds)
+            rd.mark_done("report", report=str(md), plot=str(png) if png else None)
         self.log(f"report: {md}" + (f" (plot: {png})" if png else ""))
         return md
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .faults import maybe_fault
-from .rundir import atomic_write_text
+from ..faults import fault_point
+from ..jsonl import atomic_write_text
 from .showcase import round_section
 
 __all__ = ["round_line", "write_report"]
@@ -44,9 +44,7 @@ def round_line(r: int, info: dict) -> str:
     return " ".join(parts)
 
 
-def write_report(
-    run_dir: Path, config: dict, rounds: dict[int, dict], fault_phase: str = ""
-) -> tuple[Path, Path | None]:
+def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[Path, Path | None]:
     """``rounds[r]`` maps phase name (generate, filter, train, eval) to its saved info."""
     pipeline = config["pipeline"]
     header = ["round", "generated", "kept rows", "questions kept", "train steps", "train loss", "strict accuracy",
@@ -94,8 +92,8 @@ def write_report(
                   "(`round_<r>/examples.json`).", ""]  # fmt: skip
         for r in data:
             lines += round_section(run_dir, r, pipeline, rounds[r]["filter"])
-    maybe_fault(fault_phase, point="plot")
-    md = atomic_write_text(run_dir / "report.md", "\n".join(lines), fault_phase)
+    fault_point(point="plot")
+    md = atomic_write_text(run_dir / "report.md", "\n".join(lines))
     return md, png
 
 

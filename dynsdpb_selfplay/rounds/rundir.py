@@ -38,65 +38,12 @@ import yaml
 
 from ..engines.lifetime import stop_recorded
 from ..errors import UserInputError
-from .faults import maybe_fault
+from ..jsonl import atomic_write_text, stale_temporaries, write_json
 
-__all__ = ["RunDir", "atomic_write_text", "read_jsonl_records", "stale_temporaries", "write_json", "write_jsonl"]
+__all__ = ["REDO_HINT", "RunDir"]
 
-
-_TMP_INFIX = ".tmp-"
-
-
-def atomic_write_text(path: Path, text: str, fault_phase: str = "") -> Path:
-    """Write ``text`` to a temporary sibling, fsync, rename over ``path``. On failure (a full disk) the temporary
-    file is removed, ``path`` is untouched, and the ``OSError`` propagates. ``fault_phase``: the phase whose
-    ``write=<file name>`` fault point (see :mod:`.faults`) fires between the write and the rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_INFIX}{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        maybe_fault(fault_phase, write=path.name)
-        os.replace(tmp, path)
-    except OSError as e:  # a write error carries no file name: add it, so the message says where
-        tmp.unlink(missing_ok=True)
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: Path, obj, fault_phase: str = "") -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n", fault_phase)
-
-
-def write_jsonl(path: Path, records: list[dict], fault_phase: str = "") -> Path:
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return atomic_write_text(path, text, fault_phase)
-
-
-def stale_temporaries(folder: Path) -> list[Path]:
-    """Temporary files an atomic write left behind when its process died (``.NAME.tmp-PID``)."""
-    return sorted(p for p in Path(folder).rglob(f".*{_TMP_INFIX}*") if p.is_file())
-
-
-def read_jsonl_records(path: Path) -> list[dict]:
-    """Records of a file this module wrote (complete by construction); a corrupt line names file and line."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    msg = f"{path}:{lineno}: corrupt record ({e.msg}); delete the file to redo it"
-                    raise UserInputError(msg) from None
-    return records
+# What to do about a run folder file that does not read: a phase whose file is gone is redone on --resume.
+REDO_HINT = "delete the file to redo it"
 
 
 class RunDir:
@@ -211,7 +158,7 @@ class RunDir:
         if phase not in state["done"]:
             state["done"].append(phase)
         state.setdefault("info", {})[phase] = info
-        write_json(self.path / "state.json", state, fault_phase=phase)
+        write_json(self.path / "state.json", state)
 
     def phase_info(self, phase: str) -> dict:
         return self.state().get("info", {}).get(phase, {})

@@ -45,6 +45,7 @@ def run_shards(run_dir: Path, round_index: int, weights: str, shards: int) -> No
 
 def _main(run_dir: str, round_index: str, weights: str, shard: str, shards: str) -> None:
     from ..engines import make_engine
+    from ..faults import in_phase
     from ..tasks import get_task
     from .config import from_dict
     from .generation import generate_round
@@ -55,7 +56,7 @@ def _main(run_dir: str, round_index: str, weights: str, shard: str, shards: str)
     cfg = from_dict(folder.config())
     task = get_task(cfg.task.name, **cfg.task.options)
     r = int(round_index)
-    with make_engine(weights, cfg.engine) as engine:
+    with make_engine(weights, cfg.engine) as engine, in_phase(f"round_{r}/generate"):
         generate_round(cfg, task, task.get_format(name=cfg.task.format), r, folder.round(r) / "generations", engine,
                        shard=(int(shard), int(shards)))  # fmt: skip
 

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from ..jsonl import read_jsonl
 from .filtering import truncated
 
 __all__ = ["pick_examples", "pass_rate_histogram", "round_section"]
@@ -113,7 +114,7 @@ def round_section(run_dir: Path, r: int, pipeline: str, summary: dict) -> list[s
                   f"| wrong | {counts['wrong_to_right']} | {counts['wrong_to_wrong']} |"]  # fmt: skip
     rates_file = folder / "pass_rates.jsonl"
     if rates_file.is_file():
-        rates = [json.loads(line)["pass_rate"] for line in rates_file.read_text().splitlines() if line.strip()]
+        rates = [row["pass_rate"] for row in read_jsonl(rates_file)]
         png = pass_rate_histogram(rates, folder / "pass_rates.png", f"round {r}: {len(rates)} questions")
         if png is not None:
             lines += ["", f"![round {r} pass rates](round_{r}/{png.name})"]

@@ -23,10 +23,10 @@ import shutil
 import time
 from pathlib import Path
 
+from ..faults import fault_point, instrument_trainer
+from ..jsonl import write_jsonl
 from ..models import adapter_info
 from .config import RunConfig
-from .faults import armed, maybe_fault
-from .rundir import write_jsonl
 
 LOG_HISTORY = "log_history.jsonl"
 
@@ -74,7 +74,7 @@ def training_args(cfg: RunConfig, trainer_dir: Path):
     return cfg.training.trainer_config(str(trainer_dir), cfg.seed, run_name)
 
 
-def save_round_model(trainer, tokenizer, out_dir: Path, phase: str = "", merge: bool = True) -> Path:
+def save_round_model(trainer, tokenizer, out_dir: Path, merge: bool = True) -> Path:
     """Write the trained weights (LoRA merged, or with ``merge=False`` the LoRA adapter alone) to ``out_dir``
     atomically, in the precision they were trained in.
 
@@ -91,7 +91,7 @@ def save_round_model(trainer, tokenizer, out_dir: Path, phase: str = "", merge: 
     shutil.rmtree(tmp, ignore_errors=True)
     final.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    maybe_fault(phase, point="model_tmp")
+    fault_point(point="model_tmp")
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir
@@ -166,9 +166,7 @@ def build_trainer(rows: list[dict], init_model: str, trainer_dir: Path, cfg: Run
     return trainer, info
 
 
-def train_round(
-    rows: list[dict], init_model: str, out_dir: Path, trainer_dir: Path, cfg: RunConfig, phase: str
-) -> dict:
+def train_round(rows: list[dict], init_model: str, out_dir: Path, trainer_dir: Path, cfg: RunConfig) -> dict:
     """Fine-tune ``init_model`` on ``rows``; returns a summary (``model`` is the directory of the new weights)."""
     from transformers import TrainerCallback, TrainerState
 
@@ -180,13 +178,6 @@ def train_round(
         return {"model": init_model, **fit}
     tokenizer = trainer.processing_class
 
-    class Fault(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            maybe_fault(phase, step=state.global_step)
-
-        def on_save(self, args, state, control, **kw):
-            maybe_fault(phase, saved=state.global_step)
-
     class ResumeTokenCount(TrainerCallback):
         """TRL counts the trained tokens (``num_tokens`` in the logs) from 0 in every ``train()`` call: continue the
         count of the checkpoint being resumed (its log history is restored by now)."""
@@ -196,17 +187,8 @@ def train_round(
             if counts and hasattr(trainer, "_total_train_tokens"):
                 trainer._total_train_tokens = int(counts[-1])
 
-    trainer.add_callback(Fault())
     trainer.add_callback(ResumeTokenCount())
-    if armed(phase):  # a torn checkpoint for the crash tests: weights (and targets) saved, trainer state not
-        save_model = trainer.save_model
-
-        def save_model_then_fault(output_dir=None, _internal_call=False):
-            save_model(output_dir, _internal_call=_internal_call)
-            if _internal_call:
-                maybe_fault(phase, torn=trainer.state.global_step)
-
-        trainer.save_model = save_model_then_fault
+    instrument_trainer(trainer)
     drop_checkpoints(trainer_dir, torn_only=True)
     last = last_complete_checkpoint(str(trainer_dir))
     start = time.perf_counter()
@@ -218,8 +200,8 @@ def train_round(
         result = None
     else:
         result = trainer.train(resume_from_checkpoint=last)
-    maybe_fault(phase, point="trained")
-    save_round_model(trainer, tokenizer, out_dir, phase, merge=t.lora_handoff == "merged")
+    fault_point(point="trained")
+    save_round_model(trainer, tokenizer, out_dir, merge=t.lora_handoff == "merged")
     write_jsonl(trainer_dir / LOG_HISTORY, trainer.state.log_history)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     loss = _round_loss(trainer.state.log_history)

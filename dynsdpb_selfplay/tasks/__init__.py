@@ -1,7 +1,8 @@
 """Tasks: data + prompt formats + verifier, one small module each (``gsm8k``, ``arith``), found through a registry."""
 
+from ..jsonl import read_jsonl
 from .arith import Arith
-from .base import Example, Prompt, PromptFormat, Task, read_jsonl
+from .base import Example, Prompt, PromptFormat, Task
 from .gsm8k import GSM8K
 from .registry import get_task, list_tasks, register_task
 from .scoring import Score, is_correct, score_response

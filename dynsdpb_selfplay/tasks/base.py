@@ -8,17 +8,14 @@ example's gold answer. The evaluator and the round orchestrator only use this in
 
 from __future__ import annotations
 
-import json
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
 from .scoring import Score, score_response
 
-__all__ = ["Example", "Prompt", "PromptFormat", "Task", "check_examples", "read_jsonl"]
+__all__ = ["Example", "Prompt", "PromptFormat", "Task", "check_examples"]
 
 # A chat prompt is a list of {"role", "content"} messages (the engine applies the model's chat template); a plain
 # string is used as-is (few-shot completion formats).
@@ -85,45 +82,6 @@ class Task(ABC):
                 return fmt
         have = sorted({f.shots for f in self.formats.values()})
         raise UserInputError(f"task {self.name}: no prompt format with {shots} shots; available: {have}")
-
-
-def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[dict]:
-    """Rows of a JSONL file; a missing file, bytes that are not UTF-8, a malformed or truncated line, or a row whose
-    ``required`` fields are missing or not strings raises :class:`UserInputError` naming the file and line (and the
-    field). Blank lines are skipped; an empty file gives ``[]`` (the caller says whether that is an error)."""
-    return [row for _, row in read_jsonl_lines(path, required)]
-
-
-def read_jsonl_lines(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
-    """:func:`read_jsonl` with each row's line number in the file (1-based), for callers whose own checks must name
-    the line: with blank lines the row's index is not its line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"data file not found: {path}")
-    rows = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise UserInputError(f"{path}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line)") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                cut = "; the file ends in the middle of this record (truncated?)" if not line.endswith("\n") else ""
-                raise UserInputError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}){cut}") from None
-            if not isinstance(row, dict):
-                raise UserInputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key in required:
-                if key not in row:
-                    raise UserInputError(f"{path}:{lineno}: missing field {key!r}")
-                if not isinstance(row[key], str):
-                    got = type(row[key]).__name__
-                    raise UserInputError(f"{path}:{lineno}: field {key!r} must be a string, got {got}")
-            rows.append((lineno, row))
-    return rows
 
 
 def check_examples(examples: list[Example], what: str) -> list[Example]:

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from ..errors import UserInputError
-from .base import Example, Prompt, PromptFormat, Task, read_jsonl_lines
+from ..jsonl import read_jsonl_lines
+from .base import Example, Prompt, PromptFormat, Task
 from .prompts import FORMATS, chat_prompt, cot_prompt, qa_prompt
 
 __all__ = ["COT_EXEMPLARS", "GSM8K", "gold_answer"]

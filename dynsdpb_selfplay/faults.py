@@ -19,14 +19,37 @@ The points, per phase (``round_r/<phase>`` or ``report``):
 - report: ``point=plot`` after ``accuracy.png`` and the rounds' ``pass_rates.png``, before ``report.md``.
 
 ``dynsdpb eval`` has one: ``eval:point=loaded`` once its engine is up, before it generates.
+
+The code under test names a phase once (``with in_phase("round_1/train"):``); the points inside it
+(:func:`fault_point`, every atomic write, the trainer hooks of :func:`instrument_trainer`) fire for that phase.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["armed", "maybe_fault"]
+__all__ = ["armed", "fault_point", "in_phase", "instrument_trainer", "maybe_fault"]
+
+_phase = ""
+
+
+@contextmanager
+def in_phase(name: str) -> Iterator[None]:
+    """Fault points reached inside this block belong to phase ``name``."""
+    global _phase
+    outer, _phase = _phase, name
+    try:
+        yield
+    finally:
+        _phase = outer
+
+
+def fault_point(**point) -> None:
+    """A fault point of the current phase (:func:`in_phase`); nothing outside one."""
+    maybe_fault(_phase, **point)
 
 
 def armed(phase: str) -> bool:
@@ -48,3 +71,30 @@ def maybe_fault(phase: str, **point) -> None:
             return
     sig = getattr(signal, "SIG" + os.environ.get("DYNSDPB_FAULT_SIGNAL", "KILL"))
     os.kill(os.getpid(), sig)
+
+
+def instrument_trainer(trainer) -> None:
+    """The training phase's points on a ``transformers.Trainer``: ``step=n`` and ``saved=n`` (a callback), and when
+    this phase is the one armed, ``torn=n`` inside the save of ``checkpoint-n`` (weights and DynSDPB targets written,
+    optimizer and trainer state not)."""
+    from transformers import TrainerCallback
+
+    phase = _phase
+
+    class Faults(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            maybe_fault(phase, step=state.global_step)
+
+        def on_save(self, args, state, control, **kw):
+            maybe_fault(phase, saved=state.global_step)
+
+    trainer.add_callback(Faults())
+    if armed(phase):
+        save_model = trainer.save_model
+
+        def save_model_then_fault(output_dir=None, _internal_call=False):
+            save_model(output_dir, _internal_call=_internal_call)
+            if _internal_call:
+                maybe_fault(phase, torn=trainer.state.global_step)
+
+        trainer.save_model = save_model_then_fault

@@ -1,15 +1,18 @@
-"""Tiny offline models, tokenizer and data for the tests: nothing touches the network."""
+"""What the tests share: tiny offline models, tokenizer and data (nothing touches the network), a tiny on-disk
+model, run configs for the rounds, and the classifier trainer the classification tests build."""
 
 from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
@@ -171,3 +174,82 @@ def assert_repeats_previous_fresh_half(steps: list[list[int]]) -> None:
         assert [x for i, x in enumerate(cur) if not is_fresh_position(i)] == [
             x for i, x in enumerate(prev) if is_fresh_position(i)
         ]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def save_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A random 2-layer Llama (head_dim 32, which vLLM's CPU attention supports) with the char tokenizer.
+
+    Weights are drawn wider than the default init so greedy decoding produces varied text rather than one repeated
+    character, which makes agreement tests meaningful."""
+    tok = make_tokenizer()
+    model = make_model(len(tok), seed=seed, hidden=128)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ rounds
+def round_config(model: str, **overrides) -> dict:
+    """A small run config of the rounds on ``model`` (EchoTask, the transformers engine); ``overrides`` as
+    ``"section.key": value`` or top-level ``key=value``."""
+    cfg = {
+        "model": model,
+        "pipeline": "self_training",
+        "rounds": 2,
+        "seed": 0,
+        "task": {"name": "round_fixtures:EchoTask", "train_limit": 8, "eval_limit": 6},
+        "generation": {"n": 2, "temperature": 1.0, "max_new_tokens": 12, "chunk_size": 4},
+        "filtering": {"max_per_question": 2},
+        "training": {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_steps": 4, "save_steps": 2,
+                     "max_length": 64, "bf16": False},
+        "engine": {"backend": "hf", "dtype": "float32"},
+    }  # fmt: skip
+    for key, value in overrides.items():
+        section, _, field = key.partition(".")
+        if field:
+            cfg[section] = {**cfg[section], field: value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def write_config(tmp_path, cfg, name="run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# ---------------------------------------------------------------------------------------- classification
+def classifier_kwargs(output_dir, **overrides) -> dict:
+    kw = dict(
+        output_dir=str(output_dir), use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
+        per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=5e-3,
+        lr_scheduler_type="constant", max_steps=4, seed=0, dataloader_num_workers=0, disable_tqdm=True,
+    )  # fmt: skip
+    kw.update(overrides)
+    return kw
+
+
+def build_classifier(tmp_path, tokenizer, trainer_cls=None, n=16, num_labels=3, callbacks=None, **overrides):
+    """A tiny BERT classifier trainer (a recording DynSDPB trainer unless ``trainer_cls``) on ``n`` rows."""
+    from transformers import DataCollatorWithPadding, TrainingArguments
+
+    from dynsdpb_selfplay import DynSDPBClassificationConfig, DynSDPBClassificationTrainer
+
+    trainer_cls = trainer_cls or recording(DynSDPBClassificationTrainer)
+    dynsdpb = issubclass(trainer_cls, DynSDPBClassificationTrainer)
+    cfg_cls = DynSDPBClassificationConfig if dynsdpb else TrainingArguments
+    return trainer_cls(
+        model=make_classifier(len(tokenizer), num_labels),
+        args=cfg_cls(**classifier_kwargs(tmp_path / "out", **overrides)),
+        train_dataset=classification_dataset(tokenizer, n),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=callbacks,
+    )
