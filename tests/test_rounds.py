@@ -147,6 +147,20 @@ def test_config_errors_name_the_key(tmp_path, overrides, match):
     assert str(path) in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "text,where",
+    [("model: m\ngeneration:\n  n: 2\n  temprature: 0.5\n", r"run\.yaml:4: generation\.temprature: unknown key"),
+     ("model: m\ntraining:\n  trainer: sft\n  lora:\n    alpha: 8\n    r: two\n",
+      r"run\.yaml:6: training\.lora\.r: expected int, got 'two'"),
+     ("model: m\n\ntask:\n  name: arith\n  train_limit: 0\n", r"run\.yaml:5: task\.train_limit: must be >= 1")],
+    ids=["unknown key", "nested type", "value check"],
+)  # fmt: skip
+def test_config_errors_name_the_line(tmp_path, text, where):
+    (tmp_path / "run.yaml").write_text(text)
+    with pytest.raises(UserInputError, match=where):
+        load_config(tmp_path / "run.yaml")
+
+
 def test_training_keys_are_the_trainer_config_fields_of_a_trl_recipe(tmp_path):
     """``training:`` takes SFTConfig / DynSDPBConfig fields under their own names (as a `trl sft` recipe writes
     them) next to the round keys; they reach the round's trainer config over the rounds' defaults, and a run

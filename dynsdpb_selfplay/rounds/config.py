@@ -17,7 +17,7 @@ import yaml
 
 from ..engines.base import EngineConfig, SamplingConfig
 from ..errors import UserInputError
-from .schema import build, set_dotted
+from .schema import build, key_line, set_dotted
 from .training_config import TrainingSection
 
 __all__ = ["RunConfig", "load_config", "to_dict"]
@@ -253,7 +253,8 @@ def load_config(path: str | Path, assignments: list[str] | tuple[str, ...] = ())
     if not path.is_file():
         raise UserInputError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -268,7 +269,8 @@ def load_config(path: str | Path, assignments: list[str] | tuple[str, ...] = ())
         config.validate()
         _check_run_dir(config)
     except UserInputError as e:
-        raise UserInputError(f"{path}: {e}") from None
+        line = key_line(text, str(e))
+        raise UserInputError(f"{path}:{line}: {e}" if line else f"{path}: {e}") from None
     return config
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import UserInputError
 
-__all__ = ["build", "coerce", "describe", "set_dotted"]
+__all__ = ["build", "coerce", "describe", "key_line", "set_dotted"]
 
 # PyYAML reads YAML 1.1, where ``1e-5`` (no dot) is a string; YAML 1.2, JSON and TRL's recipes read it as a number.
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -123,3 +123,37 @@ def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         rows.append((key, repr(default), f.metadata.get("help", "")))
     return rows
+
+
+_KEY = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\])*): ")
+
+
+def key_line(text: str, message: str) -> int | None:
+    """The 1-based line of the YAML ``text`` that holds the key an error ``message`` starts with (``training.lora.r:
+    ...``, ``task.options[0]: ...``), or None when the message names no key or the key is not in the text."""
+    import yaml
+
+    match = _KEY.match(message)
+    if not match:
+        return None
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in re.findall(r"[A-Za-z_]\w*|\[\d+\]", match.group(1)):
+        if part.startswith("[") and isinstance(node, yaml.SequenceNode):
+            index = int(part[1:-1])
+            if index >= len(node.value):
+                return line
+            node = node.value[index]
+            line = node.start_mark.line + 1
+        elif isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if getattr(k, "value", None) == part]
+            if not found:
+                return line
+            key, node = found[0]
+            line = key.start_mark.line + 1
+        else:
+            return line
+    return line
