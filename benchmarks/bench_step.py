@@ -47,7 +47,7 @@ from common import save  # noqa: E402
 def build_trainer(args, variant: str, output_dir: str):
     import torch
     from datasets import Dataset
-    from fixtures import make_tokenizer
+    from helpers import make_tokenizer
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 

@@ -152,7 +152,7 @@ def kernel_checks(device, small: bool) -> list[dict]:
 def trainer_checks(device) -> dict:
     import torch
     from families import equal_completion_rows
-    from fixtures import make_tokenizer, plain_overlap, sft_kwargs
+    from helpers import make_tokenizer, plain_overlap, sft_kwargs
     from transformers import AutoModelForCausalLM, Qwen2Config
     from trl import SFTConfig, SFTTrainer
 

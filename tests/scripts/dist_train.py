@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import torch  # noqa: E402
 from families import PARITY, build, equal_completion_rows  # noqa: E402
-from fixtures import arithmetic_dataset, make_model, make_tokenizer, sft_kwargs  # noqa: E402
+from helpers import arithmetic_dataset, make_model, make_tokenizer, sft_kwargs  # noqa: E402
 
 from dynsdpb_selfplay import DynSDPBConfig, DynSDPBTrainer  # noqa: E402
 from dynsdpb_selfplay.distill.trainer import INDEX_COLUMN  # noqa: E402
