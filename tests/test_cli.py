@@ -100,9 +100,9 @@ def test_run_set_changes_config_keys_and_options_lists_them(tmp_path, monkeypatc
     demo = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "demo.yaml"
     base = load_config(demo)
     cfg = load_config(demo, ["generation.n=8", "training.learning_rate=1e-5", "task.options.steps=2",
-                             "training.lora={r: 4, alpha: 8}", "engine.max_num_seqs=null"])  # fmt: skip
+                             "training.lora={r: 4, lora_alpha: 8}", "engine.max_num_seqs=null"])  # fmt: skip
     assert (cfg.generation.n, cfg.training.args["learning_rate"], cfg.task.options["steps"]) == (8, 1e-5, 2)
-    assert (cfg.training.lora.r, cfg.training.lora.alpha, cfg.engine.max_num_seqs) == (4, 8, None)
+    assert (cfg.training.lora.r, cfg.training.lora.lora_alpha, cfg.engine.max_num_seqs) == (4, 8, None)
     assert (base.generation.n, base.task.options["steps"], base.training.lora) == (4, 1, None)
     recipe = tmp_path / "recipe.yaml"  # PyYAML reads `3e-5` (no dot) as a string; a TRL recipe means a number
     recipe.write_text(demo.read_text().replace("learning_rate: 3.0e-5", "learning_rate: 3e-5"))

@@ -116,7 +116,7 @@ def test_a_round_hands_the_next_round_exactly_the_trained_weights(tmp_path, lora
     base = save_tiny_model(tmp_path / "base")
     train = {"per_device_train_batch_size": 2, "learning_rate": 1e-4, "max_steps": 3, "max_length": 64, "bf16": True}
     if lora:
-        train["lora"] = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+        train["lora"] = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     cfg = from_dict({"model": str(base), "task": {"name": "round_fixtures:EchoTask"}, "training": train,
                      "engine": {"backend": "hf", "dtype": "float32"}})  # fmt: skip
     trained = {}

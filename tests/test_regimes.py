@@ -76,7 +76,7 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
         "engine": {"backend": "hf", "dtype": "float32"},
         "training": {"per_device_train_batch_size": 4, "max_length": 512, "bf16": False},
         "regimes": [{"label": "full-8", "size": 8, "learning_rate": 1e-3},
-                    {"label": "lora-8", "size": 8, "learning_rate": 1e-3, "lora": {"r": 4, "alpha": 8,
+                    {"label": "lora-8", "size": 8, "learning_rate": 1e-3, "lora": {"r": 4, "lora_alpha": 8,
                                                                                    "target_modules": ["q_proj"]}}],
         "arms": {"sft": {"trainer": "sft"}, "dynamic": {"distillation": {"distillation_schedule": "dynamic",
                                                                            "distillation_progress": "linear"}}},

@@ -124,6 +124,8 @@ def test_sft_baseline_trains_on_the_same_data(tmp_path, tiny):
         ({"rounds": "two"}, "rounds: expected int"),
         ({"generation.n": 0}, "generation: n=0: must be >= 1"),
         ({"generation.samples": 2}, "generation.samples: renamed to generation.n"),
+        ({"training.lora": {"alpha": 8}}, "training.lora.alpha: renamed to training.lora.lora_alpha"),
+        ({"training.lora": {"lora_dropout": 1.5}}, r"training.lora: lora_dropout=1.5: must be in \[0, 1\)"),
         ({"generation.seed": 3}, "generation.seed: set by the round"),
         ({"generation.top_k": -1}, "generation: top_k=-1: must be >= 0"),
         ({"training.trainer": "ppo"}, "training.trainer"),
@@ -150,7 +152,7 @@ def test_config_errors_name_the_key(tmp_path, overrides, match):
 @pytest.mark.parametrize(
     "text,where",
     [("model: m\ngeneration:\n  n: 2\n  temprature: 0.5\n", r"run\.yaml:4: generation\.temprature: unknown key"),
-     ("model: m\ntraining:\n  trainer: sft\n  lora:\n    alpha: 8\n    r: two\n",
+     ("model: m\ntraining:\n  trainer: sft\n  lora:\n    lora_alpha: 8\n    r: two\n",
       r"run\.yaml:6: training\.lora\.r: expected int, got 'two'"),
      ("model: m\n\ntask:\n  name: arith\n  train_limit: 0\n", r"run\.yaml:5: task\.train_limit: must be >= 1")],
     ids=["unknown key", "nested type", "value check"],

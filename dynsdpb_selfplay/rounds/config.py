@@ -11,122 +11,18 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from ..engines.base import EngineConfig, SamplingConfig
+from ..engines.base import EngineConfig
 from ..errors import UserInputError
 from .schema import build, key_line, set_dotted
+from .sections import EvaluationSection, FilteringSection, GenerationSection, TaskSection
 from .training_config import TrainingSection
 
 __all__ = ["RunConfig", "load_config", "to_dict"]
 
 PIPELINES = ("self_training", "self_correction")
-
-
-@dataclass
-class TaskSection:
-    name: str = field(default="arith", metadata={"help": "Registered task name or module:Class."})
-    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Task constructor options."})
-    format: str | None = field(default=None, metadata={"help": "Prompt format name (default: the task's first)."})
-    train_split: str = field(default="train", metadata={"help": "Split the rounds generate training data from."})
-    train_limit: int | None = field(default=None, metadata={"help": "Questions per round from train_split."})
-    eval_split: str = field(default="test", metadata={"help": "Held-out split for evaluation."})
-    eval_limit: int | None = field(default=None, metadata={"help": "Questions evaluated each round."})
-    new_questions_each_round: bool = field(
-        default=True, metadata={"help": "Round r takes the r-th block of train_limit questions (False: same ones)."}
-    )
-
-
-def _round_default(name: str, default):
-    """A :class:`SamplingConfig` field with the rounds' own default (they sample, it is greedy) and its help text."""
-    (f,) = (f for f in dataclasses.fields(SamplingConfig) if f.name == name)
-    return field(default=default, metadata=f.metadata)
-
-
-RENAMED_GENERATION_KEYS = {"samples": "n"}
-
-
-@dataclass
-class GenerationSection(SamplingConfig):
-    """How a round samples its training data: the :class:`~dynsdpb_selfplay.engines.SamplingConfig` fields under
-    their own names (``n`` solutions per question, ``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``,
-    ``stop``, checked by its ``__post_init__``) and the round's own keys. ``seed`` is set by the round (one per
-    chunk, from the run's seed); ``stop`` adds to the prompt format's stop strings."""
-
-    n: int = _round_default("n", 4)
-    temperature: float = _round_default("temperature", 0.8)
-    top_p: float = _round_default("top_p", 0.95)
-    seed: int | None = field(default=None, metadata={"help": "Set by the round, per chunk.", "hidden": True})
-    chunk_size: int = field(default=64, metadata={"help": "Questions per saved chunk (the unit of resumption)."})
-    shards: int = field(
-        default=1,
-        metadata={
-            "help": "Independent engine processes generating every shards-th chunk (one per GPU when there are as "
-            "many); merged in chunk order, so the data do not depend on the shard count."
-        },
-    )
-    rationalize: bool = field(
-        default=False, metadata={"help": "Self-training: retry unsolved questions with the gold answer as a hint."}
-    )
-    adaptive: bool = field(
-        default=False,
-        metadata={
-            "help": "Self-training: sample adaptive_first solutions per question, then spend the rest of the budget "
-            "(n per question, per chunk) evenly on the questions not solved in every first sample."
-        },
-    )
-    adaptive_first: int = field(default=2, metadata={"help": "adaptive: solutions sampled per question first."})
-    adaptive_max_samples: int | None = field(
-        default=None, metadata={"help": "adaptive: most solutions per question in all (null: 2 x n)."}
-    )
-    correction_prompt: str = field(
-        default="Review your solution step by step. If you find a mistake, correct it. "
-        "End with the final answer as #### <number>.",
-        metadata={"help": "Self-correction: the user turn asking the model to review its first answer."},
-    )
-
-    @classmethod
-    def from_mapping(cls, data: dict, key: str = "generation") -> GenerationSection:
-        for old, new in RENAMED_GENERATION_KEYS.items():
-            if old in data:
-                raise UserInputError(f"{key}.{old}: renamed to {key}.{new}, SamplingConfig's name for it")
-        if data.get("seed") is not None:
-            raise UserInputError(f"{key}.seed: set by the round (one per chunk, from the run's seed)")
-        return build(cls, data, key)
-
-    def sampling(self, stop: list[str] | tuple[str, ...] = ()) -> SamplingConfig:
-        """The :class:`SamplingConfig` these fields describe, with ``stop`` (the prompt format's) added."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingConfig)}
-        return SamplingConfig(**{**values, "stop": [*stop, *self.stop]})
-
-
-@dataclass
-class FilteringSection:
-    verify: str = field(default="strict", metadata={"help": "'strict' (#### N format) or 'flexible' extraction."})
-    max_per_question: int = field(default=2, metadata={"help": "Kept solutions per question, after deduplication."})
-    labels: str = field(
-        default="gold", metadata={"help": "'gold' answers, or 'majority' vote of the samples (unlabeled data)."}
-    )
-    min_agreement: float = field(default=0.6, metadata={"help": "labels=majority: share of samples that must agree."})
-    keep_right_to_right: bool = field(
-        default=True, metadata={"help": "Self-correction: also keep correct answers confirmed by the review."}
-    )
-    max_pass_rate: float = field(
-        default=1.0,
-        metadata={
-            "help": "Drop questions whose pass rate (verified samples / samples, round_r/pass_rates.jsonl) is above "
-            "this: e.g. 0.99 drops those solved in every sample (nothing to learn)."
-        },
-    )
-    min_pass_rate: float = field(default=0.0, metadata={"help": "Drop questions whose pass rate is below this."})
-
-
-@dataclass
-class EvaluationSection:
-    enabled: bool = field(default=True, metadata={"help": "Score the held-out questions before and after each round."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Longest greedy answer when scoring."})
 
 
 @dataclass
@@ -160,24 +56,7 @@ class RunConfig:
 
         check(self.pipeline in PIPELINES, "pipeline", f"{self.pipeline!r} is not one of {PIPELINES}")
         check(self.rounds >= 1, "rounds", "must be >= 1")
-        check(self.generation.chunk_size >= 1, "generation.chunk_size", "must be >= 1")
-        check(self.generation.shards >= 1, "generation.shards", "must be >= 1")
-        check(self.filtering.verify in ("strict", "flexible"), "filtering.verify", "must be 'strict' or 'flexible'")
-        check(self.filtering.labels in ("gold", "majority"), "filtering.labels", "must be 'gold' or 'majority'")
-        check(0 < self.filtering.min_agreement <= 1, "filtering.min_agreement", "must be in (0, 1]")
-        check(self.filtering.max_per_question >= 1, "filtering.max_per_question", "must be >= 1")
-        check(0 <= self.filtering.min_pass_rate <= 1, "filtering.min_pass_rate", "must be in [0, 1]")
-        check(0 <= self.filtering.max_pass_rate <= 1, "filtering.max_pass_rate", "must be in [0, 1]")
-        check(self.filtering.min_pass_rate <= self.filtering.max_pass_rate, "filtering.min_pass_rate",
-              f"{self.filtering.min_pass_rate} is above filtering.max_pass_rate={self.filtering.max_pass_rate}: "
-              "every question would be dropped")  # fmt: skip
         self._validate_adaptive(check)
-        check(self.training.lora_handoff in ("merged", "adapter"), "training.lora_handoff",
-              "must be 'merged' or 'adapter'")  # fmt: skip
-        check(self.training.lora_handoff == "merged" or self.training.lora is not None, "training.lora_handoff",
-              "'adapter' needs LoRA training (set training.lora)")  # fmt: skip
-        check(self.training.trainer in ("dynsdpb", "sft"), "training.trainer", "must be 'dynsdpb' or 'sft'")
-        check(self.training.init in ("continue", "base"), "training.init", "must be 'continue' or 'base'")
         self._validate_sizes(check)
         if self.pipeline == "self_correction":
             check(self.filtering.labels == "gold", "filtering.labels", "self-correction needs gold labels")
@@ -191,17 +70,11 @@ class RunConfig:
               "several solutions per question")  # fmt: skip
         check(self.filtering.labels == "gold", "generation.adaptive", "needs gold labels (filtering.labels: gold) to "
               "tell which questions are solved")  # fmt: skip
-        check(1 <= g.adaptive_first < g.n, "generation.adaptive_first",
-              f"must be >= 1 and below generation.n={g.n} (the budget per question), else nothing is "
-              "left to spend adaptively")  # fmt: skip
-        top = g.adaptive_max_samples
-        check(top is None or top >= g.n, "generation.adaptive_max_samples",
-              f"must be >= generation.n={g.n}, or null")  # fmt: skip
 
     def _validate_sizes(self, check) -> None:
         """The trainer config (its own ``__post_init__`` checks), then the counts and lengths it leaves unchecked,
         so that none fails hours later in a round."""
-        t, task = self.training, self.task
+        t = self.training
         args = t.trainer_config(output_dir="round_r/trainer", seed=self.seed)
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length"):
             value = getattr(args, key)
@@ -212,13 +85,6 @@ class RunConfig:
         check(args.num_train_epochs > 0, "training.num_train_epochs", "must be > 0")
         check(args.save_steps >= 1, "training.save_steps", "must be >= 1 (the unit of resumption)")
         self._validate_report_to(args.report_to, check)
-        if t.lora is not None:
-            check(t.lora.r >= 1 and t.lora.alpha >= 1, "training.lora", "r and alpha must be >= 1")
-            check(0 <= t.lora.dropout < 1, "training.lora.dropout", "must be in [0, 1)")
-        for key in ("train_limit", "eval_limit"):
-            value = getattr(task, key)
-            check(value is None or value >= 1, f"task.{key}", "must be >= 1, or null for the whole split")
-        check(self.evaluation.max_new_tokens >= 1, "evaluation.max_new_tokens", "must be >= 1")
 
     @staticmethod
     def _validate_report_to(report_to, check) -> None:

@@ -72,7 +72,7 @@ def coerce(value, tp, key: str):
 
 def build(cls, data: dict, prefix: str = ""):
     """``cls(**data)`` with every key known and every value coerced; the class's own ``__post_init__`` errors
-    (ValueError) come back naming ``prefix``."""
+    (ValueError) come back naming ``prefix``, and the field when the message starts with ``"field: "``."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     for key in data:
@@ -82,7 +82,10 @@ def build(cls, data: dict, prefix: str = ""):
     kwargs = {k: coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except ValueError as e:
+    except ValueError as e:  # "field: why" from a __post_init__ names the key in full
+        name, sep, why = str(e).partition(": ")
+        if sep and name in names:
+            raise UserInputError(f"{prefix}.{name}: {why}" if prefix else f"{name}: {why}") from None
         raise UserInputError(f"{prefix or 'config'}: {e}") from None
 
 

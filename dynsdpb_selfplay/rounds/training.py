@@ -140,10 +140,7 @@ def build_trainer(rows: list[dict], init_model: str, trainer_dir: Path, cfg: Run
 
         model = PeftModel.from_pretrained(model, init_model, is_trainable=True)
     elif t.lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
-                                 target_modules=t.lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+        peft_config = t.lora.peft_config()
     cls = DynSDPBTrainer if t.trainer == "dynsdpb" else SFTTrainer
     try:
         trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,

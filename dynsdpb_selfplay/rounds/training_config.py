@@ -16,12 +16,38 @@ from .schema import build, coerce
 __all__ = ["ROUND_TRAINING_DEFAULTS", "LoraSection", "TrainingSection"]
 
 
+RENAMED_LORA_KEYS = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
+
+
 @dataclass
 class LoraSection:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """``training.lora``: ``peft.LoraConfig`` fields under peft's own names, with the rounds' defaults."""
+
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha/r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata={"help": "Modules that get LoRA."}
+    )
+
+    def __post_init__(self):
+        if self.r < 1 or self.lora_alpha < 1:
+            raise ValueError(f"r={self.r}, lora_alpha={self.lora_alpha}: both must be >= 1")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout={self.lora_dropout}: must be in [0, 1)")
+
+    @classmethod
+    def from_mapping(cls, data: dict, key: str = "training.lora") -> LoraSection:
+        for old, new in RENAMED_LORA_KEYS.items():
+            if old in data:
+                raise UserInputError(f"{key}.{old}: renamed to {key}.{new}, peft.LoraConfig's name for it")
+        return build(cls, data, key)
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=self.target_modules, task_type="CAUSAL_LM")  # fmt: skip
 
 
 # What a round sets for the trainer where TRL's defaults suit one long run rather than a round: a few hundred rows,
@@ -75,6 +101,16 @@ class TrainingSection:
         rows = [(k, repr(v), "the rounds' default for this trainer config field") for k, v in
                 ROUND_TRAINING_DEFAULTS.items()]  # fmt: skip
         return rows + [("<any DynSDPBConfig / SFTConfig field>", "the class's", "see `dynsdpb sft --help`")]
+
+    def __post_init__(self):
+        if self.trainer not in ("dynsdpb", "sft"):
+            raise ValueError("trainer: must be 'dynsdpb' or 'sft'")
+        if self.init not in ("continue", "base"):
+            raise ValueError("init: must be 'continue' or 'base'")
+        if self.lora_handoff not in ("merged", "adapter"):
+            raise ValueError("lora_handoff: must be 'merged' or 'adapter'")
+        if self.lora_handoff == "adapter" and self.lora is None:
+            raise ValueError("lora_handoff: 'adapter' needs LoRA training (set training.lora)")
 
     def config_class(self):
         from trl import SFTConfig
