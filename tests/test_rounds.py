@@ -198,6 +198,10 @@ def test_existing_run_folder_is_not_overwritten_and_is_locked(tmp_path, tiny):
             RunDir.open(run_dir)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(args, fault=None, sig="KILL", output_dir: Path | None = None):
     """``dynsdpb run ARGS`` in a subprocess. With ``output_dir`` its output goes to files there instead of pipes, so
     that waiting for it ends with the process even if children it left behind still hold inherited pipes."""
@@ -208,11 +212,14 @@ def run_cli(args, fault=None, sig="KILL", output_dir: Path | None = None):
     if fault:
         env.update(DYNSDPB_FAULT=fault, DYNSDPB_FAULT_SIGNAL=sig)
     cmd = [sys.executable, "-m", "dynsdpb_selfplay.cli", "run", *args]
+    # A suite started in the background (`make test &`) inherits SIGINT ignored, and so would the run: the Ctrl-C
+    # fault points need it delivered.
+    kw = {"env": env, "cwd": TESTS, "timeout": 600, "preexec_fn": _default_sigint}
     if output_dir is None:
-        return subprocess.run(cmd, env=env, cwd=TESTS, capture_output=True, text=True, timeout=600)
+        return subprocess.run(cmd, capture_output=True, text=True, **kw)
     out, err = output_dir / "stdout.txt", output_dir / "stderr.txt"
     with open(out, "w") as o, open(err, "w") as e:
-        code = subprocess.run(cmd, env=env, cwd=TESTS, stdout=o, stderr=e, timeout=600).returncode
+        code = subprocess.run(cmd, stdout=o, stderr=e, **kw).returncode
     return subprocess.CompletedProcess(cmd, code, out.read_text(), err.read_text())
 
 
