@@ -71,10 +71,16 @@ def coerce(value, tp, key: str):
 
 
 def build(cls, data: dict, prefix: str = ""):
-    """``cls(**data)`` with every key known and every value coerced; the class's own ``__post_init__`` errors
+    """``cls(**data)`` with every key known (an old spelling named in the class's ``RENAMED_KEYS`` says the new one)
+    and every value coerced; the class's own ``__post_init__`` errors
     (ValueError) come back naming ``prefix``, and the field when the message starts with ``"field: "``."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
+    # A class's RENAMED_KEYS = (old -> new, "where the new name comes from") turns an old spelling into a pointer.
+    renamed, origin = getattr(cls, "RENAMED_KEYS", ({}, ""))
+    for old in renamed.keys() & data.keys():
+        where = f"{prefix}." if prefix else ""
+        raise UserInputError(f"{where}{old}: renamed to {where}{renamed[old]}, {origin}'s name for it")
     for key in data:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else key

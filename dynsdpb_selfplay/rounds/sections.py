@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..engines.base import SamplingConfig
 from ..errors import UserInputError
@@ -42,15 +42,14 @@ def _round_default(name: str, default):
     return field(default=default, metadata=f.metadata)
 
 
-RENAMED_GENERATION_KEYS = {"samples": "n"}
-
-
 @dataclass
 class GenerationSection(SamplingConfig):
     """How a round samples its training data: the :class:`~dynsdpb_selfplay.engines.SamplingConfig` fields under
     their own names (``n`` solutions per question, ``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``,
     ``stop``, checked by its ``__post_init__``) and the round's own keys. ``seed`` is set by the round (one per
     chunk, from the run's seed); ``stop`` adds to the prompt format's stop strings."""
+
+    RENAMED_KEYS: ClassVar = ({"samples": "n"}, "SamplingConfig")
 
     n: int = _round_default("n", 4)
     temperature: float = _round_default("temperature", 0.8)
@@ -97,9 +96,6 @@ class GenerationSection(SamplingConfig):
 
     @classmethod
     def from_mapping(cls, data: dict, key: str = "generation") -> GenerationSection:
-        for old, new in RENAMED_GENERATION_KEYS.items():
-            if old in data:
-                raise UserInputError(f"{key}.{old}: renamed to {key}.{new}, SamplingConfig's name for it")
         if data.get("seed") is not None:
             raise UserInputError(f"{key}.seed: set by the round (one per chunk, from the run's seed)")
         return build(cls, data, key)

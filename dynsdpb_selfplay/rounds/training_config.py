@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import UserInputError
 from .schema import build, coerce
@@ -16,12 +16,11 @@ from .schema import build, coerce
 __all__ = ["ROUND_TRAINING_DEFAULTS", "LoraSection", "TrainingSection"]
 
 
-RENAMED_LORA_KEYS = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
-
-
 @dataclass
 class LoraSection:
     """``training.lora``: ``peft.LoraConfig`` fields under peft's own names, with the rounds' defaults."""
+
+    RENAMED_KEYS: ClassVar = ({"alpha": "lora_alpha", "dropout": "lora_dropout"}, "peft.LoraConfig")
 
     r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha/r)."})
@@ -35,13 +34,6 @@ class LoraSection:
             raise ValueError(f"r={self.r}, lora_alpha={self.lora_alpha}: both must be >= 1")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout={self.lora_dropout}: must be in [0, 1)")
-
-    @classmethod
-    def from_mapping(cls, data: dict, key: str = "training.lora") -> LoraSection:
-        for old, new in RENAMED_LORA_KEYS.items():
-            if old in data:
-                raise UserInputError(f"{key}.{old}: renamed to {key}.{new}, peft.LoraConfig's name for it")
-        return build(cls, data, key)
 
     def peft_config(self):
         from peft import LoraConfig
