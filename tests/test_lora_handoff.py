@@ -95,7 +95,7 @@ def test_adapter_rounds_continue_the_same_adapter_and_log_to_tensorboard(tmp_pat
     from dynsdpb_selfplay.rounds.training import build_trainer
 
     run_dir = tmp_path / "run"
-    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     cfg = config(tiny, evaluation={"enabled": False}, **{"training.lora": lora, "training.lora_handoff": "adapter",
                                                          "training.report_to": "tensorboard"})  # fmt: skip
     assert main(["run", str(write(tmp_path, cfg)), "--run-dir", str(run_dir)]) == 0
