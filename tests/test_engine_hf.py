@@ -121,6 +121,30 @@ def test_config_validation():
         EngineConfig(backend="tgi")
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
         EngineConfig(gpu_memory_utilization=1.5)
+    with pytest.raises(ValueError, match="multiprocessing=False .* tensor_parallel_size=2"):
+        EngineConfig(multiprocessing=False, tensor_parallel_size=2)
+
+
+@pytest.mark.parametrize(
+    "fields,env,on_cpu,want",
+    [
+        ({}, None, True, False),  # one CPU worker: in this process
+        ({}, None, False, True),  # a GPU: vLLM's own default
+        ({"tensor_parallel_size": 2}, None, True, True),
+        ({"distributed_executor_backend": "mp"}, None, True, True),
+        ({}, "1", True, True),  # the user's VLLM_ENABLE_V1_MULTIPROCESSING wins over None
+        ({}, "0", False, False),
+        ({"multiprocessing": True}, "0", True, True),  # an explicit field wins over the variable
+    ],
+)
+def test_when_vllm_gets_processes_of_its_own(monkeypatch, fields, env, on_cpu, want):
+    from dynsdpb_selfplay.engines.vllm import use_multiprocessing
+
+    if env is None:
+        monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", env)
+    assert use_multiprocessing(EngineConfig(**fields), on_cpu) is want
 
 
 def test_missing_vllm_says_how_to_install(monkeypatch, tiny_model_dirs):

@@ -143,3 +143,31 @@ def test_tail_cuts_reach_the_sampler(engine, cut):
     hot = dict(temperature=1.5, seed=0, max_new_tokens=GREEDY.max_new_tokens)
     assert _ids(engine.generate(PROMPTS, SamplingConfig(**hot, **cut))) == greedy
     assert _ids(engine.generate(PROMPTS, SamplingConfig(**hot))) != greedy
+
+
+def test_on_cpu_the_engine_runs_in_this_process_and_leaves_torch_threads_alone(engine):
+    """multiprocessing=None on a CPU: no engine-core or worker process (each would import torch and vLLM again:
+    ~20 s apiece on 2 cores), and the in-process worker's no-op ``torch.set_num_threads`` does not outlive start-up."""
+    import os
+    from pathlib import Path
+
+    import torch
+
+    assert engine.in_process
+    children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "stat").exists()]
+    names = []
+    for p in children:
+        try:
+            stat = (p / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid():
+                names.append((p / "cmdline").read_bytes())
+        except (OSError, ValueError):
+            continue  # ended while listed
+    assert not [n for n in names if n.startswith(b"VLLM::")], names
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    try:
+        torch.set_num_threads(want)
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)

@@ -25,7 +25,7 @@ from dynsdpb_selfplay.engines.lifetime import identity
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 
 TESTS = Path(__file__).parent
-VLLM = {"backend": "vllm", "dtype": "float32", "max_model_len": 256}
+VLLM = {"backend": "vllm", "dtype": "float32", "max_model_len": 256, "multiprocessing": True}  # the processes to guard
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,8 @@ def test_sigkill_of_a_run_leaves_no_process_of_it(tmp_path, tiny):
 @pytest.mark.vllm
 def test_sigkill_of_an_eval_leaves_no_process_of_it(tmp_path, tiny):
     args = ["eval", "--model", tiny, "--task", "arith", "--limit", "4", "--max-new-tokens", "8", "--backend", "vllm",
-            "--dtype", "float32", "--max-model-len", "256", "--output", str(tmp_path / "eval.jsonl")]  # fmt: skip
+            "--dtype", "float32", "--max-model-len", "256", "--multiprocessing",  # the processes to guard
+            "--output", str(tmp_path / "eval.jsonl")]  # fmt: skip
     assert_nothing_left(start(args, tmp_path, fault="eval:point=loaded"), tmp_path)
 
 

