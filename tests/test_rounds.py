@@ -342,15 +342,20 @@ PHASE_ORDER = ["round_0/eval", *(f"round_{r}/{p}" for r in (1, 2) for p in ("gen
                "report"]  # fmt: skip
 
 
+# Training points reached only by a training phase that starts from step 0: a checkpoint-2 being written.
+FROM_STEP_0 = {"round_1/train:torn=2", "round_1/train:saved=2"}
+
+
 def fault_chains(points: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
-    """The fault points dealt round-robin, in phase order, into as many chains as the busiest phase has points, so
-    a chain holds at most one point per phase: a resumed run reaches each of its points as a fresh run would."""
+    """The fault points in two chains, each in run order. Inside a phase a chain's later point is reached by the
+    attempt that resumes from the earlier one: generation goes on from its saved chunks, filtering and evaluation
+    start over, training resumes from its last complete checkpoint (after ``step=3``: checkpoint-2; ``torn=4`` is
+    then written by the resumed attempt, and ``trained``/``model_tmp`` follow the checkpoint-4 it completes). The two
+    points that need training to start at step 0 go to the second chain, with round 0, round 2 and the report."""
     phase = lambda point: point[0].split(":")[0]  # noqa: E731
     ordered = sorted(points, key=lambda point: PHASE_ORDER.index(phase(point)))  # stable: list order in a phase
-    n = max(sum(phase(q) == phase(p) for q in points) for p in points)
-    chains = [ordered[i::n] for i in range(n)]
-    assert all(len({phase(p) for p in chain}) == len(chain) for chain in chains)
-    return chains
+    second = lambda point: point[0] in FROM_STEP_0 or not phase(point).startswith("round_1/")  # noqa: E731
+    return [[p for p in ordered if not second(p)], [p for p in ordered if second(p)]]
 
 
 FAULT_CHAINS = fault_chains(FAULT_POINTS)
@@ -378,7 +383,7 @@ def assert_crashed_at(proc: subprocess.CompletedProcess, run_dir: Path, fault: s
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny, reference, chain):
     """The run is killed at each point of ``chain`` in turn (the first attempt fresh, each later one a ``--resume``
     of the killed run) and the last ``--resume`` ends with the uninterrupted run's data, logs, weights and report.
-    Chaining the points (one per phase) covers all of them with a third of the full runs one run per point takes."""
+    Two chains cover the 27 points with 29 processes and two full runs' work (one run per point: 54 and 27)."""
     run_dir = tmp_path / "run"
     args = [str(write(tmp_path, config(tiny))), "--run-dir", str(run_dir)]
     for fault, sig in chain:
@@ -388,8 +393,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny, reference, chain)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(run_dir, reference)
     info = json.loads((run_dir / "state.json").read_text())["info"]
-    for r in (1, 2):
-        want = next((RESUMED_FROM[f][r] for f, _ in chain if r in RESUMED_FROM.get(f, {})), None)
+    for r in (1, 2):  # the attempt after the round's last training point is the one that finished the phase
+        points = [f for f, _ in chain if f.startswith(f"round_{r}/train:")]
+        want = RESUMED_FROM.get(points[-1], {}).get(r) if points else None
         got = info[f"round_{r}/train"]["resumed_from"]
         assert (got and Path(got).name) == want, (r, got)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 from ..errors import EngineUnavailableError, UserInputError
 from ..memory import check_memory, vllm_cpu_need
@@ -42,12 +43,11 @@ def use_multiprocessing(config: EngineConfig, on_cpu: bool) -> bool:
 def _multiprocessing_env(enabled: bool):
     """vLLM reads VLLM_ENABLE_V1_MULTIPROCESSING while it builds the engine, and caches its environment once an
     engine runs: the cache is dropped so that this engine's choice is the one read, and the variable restored after."""
-    import vllm.envs
-
     old = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if enabled else "0"
-    if hasattr(vllm.envs, "disable_envs_cache"):
-        vllm.envs.disable_envs_cache()
+    envs = sys.modules.get("vllm.envs")  # imported with vllm; absent from a stand-in
+    if hasattr(envs, "disable_envs_cache"):
+        envs.disable_envs_cache()
     try:
         yield
     finally:
