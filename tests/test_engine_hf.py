@@ -147,6 +147,31 @@ def test_when_vllm_gets_processes_of_its_own(monkeypatch, fields, env, on_cpu, w
     assert use_multiprocessing(EngineConfig(**fields), on_cpu) is want
 
 
+@pytest.mark.parametrize("fields,backend", [({}, "uni"), ({"tensor_parallel_size": 2}, None)])
+def test_an_in_process_engine_core_keeps_several_workers_in_processes(monkeypatch, tiny_model_dirs, fields, backend):
+    """VLLM_ENABLE_V1_MULTIPROCESSING=0 puts the engine core in this process; only a single worker joins it there
+    (vLLM's one-process executor), several keep theirs (a stand-in ``vllm.LLM`` records the arguments)."""
+    import sys
+    import types
+
+    from dynsdpb_selfplay.engines.vllm import VLLMEngine
+
+    seen = {}
+
+    class LLM:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+        def get_tokenizer(self):
+            return None
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM))
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    monkeypatch.setenv("DYNSDPB_SKIP_MEMORY_CHECK", "1")
+    engine = VLLMEngine(str(tiny_model_dirs[0]), EngineConfig(backend="vllm", **fields))
+    assert engine.in_process and seen.get("distributed_executor_backend") == backend
+
+
 def test_missing_vllm_says_how_to_install(monkeypatch, tiny_model_dirs):
     import importlib.util
 

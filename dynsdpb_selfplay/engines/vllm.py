@@ -128,8 +128,8 @@ class VLLMEngine(Engine):
             kwargs.update(distributed_executor_backend=config.distributed_executor_backend)
         if config.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank)
-        if self.in_process:
-            kwargs.update(distributed_executor_backend="uni")
+        if self.in_process and config.tensor_parallel_size == 1 and config.distributed_executor_backend is None:
+            kwargs.update(distributed_executor_backend="uni")  # the one worker in this process too
         with guarded_children(), _multiprocessing_env(not self.in_process), _process_settings_kept():
             # guarded_children: vLLM's engine core would outlive a SIGKILL of this process (lifetime.py)
             self.llm = LLM(**kwargs)
