@@ -149,21 +149,13 @@ def test_on_cpu_the_engine_runs_in_this_process_and_leaves_torch_threads_alone(e
     """multiprocessing=None on a CPU: no engine-core or worker process (each would import torch and vLLM again:
     ~20 s apiece on 2 cores), and the in-process worker's no-op ``torch.set_num_threads`` does not outlive start-up."""
     import os
-    from pathlib import Path
 
     import torch
+    from process_tree import cmdline, descendants
 
     assert engine.in_process
-    children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and (p / "stat").exists()]
-    names = []
-    for p in children:
-        try:
-            stat = (p / "stat").read_text()
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid():
-                names.append((p / "cmdline").read_bytes())
-        except (OSError, ValueError):
-            continue  # ended while listed
-    assert not [n for n in names if n.startswith(b"VLLM::")], names
+    names = [cmdline(pid) for pid in descendants(os.getpid())]
+    assert not [n for n in names if n.startswith("VLLM::")], names
     before = torch.get_num_threads()
     want = 1 if before != 1 else 2
     try:
