@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
 from bench_gsm8k import read_runs  # noqa: E402
-from common import save  # noqa: E402
+from common import restore_runs, save  # noqa: E402
 from regime_plots import markdown, plot  # noqa: E402
 from regime_stats import summarize_regime  # noqa: E402
 
@@ -170,6 +170,7 @@ def main() -> int:
         work_dir = Path(bench.get("work_dir", "runs/bench_nlu_regimes"))
         work_dir.mkdir(parents=True, exist_ok=True)
         log_path = work_dir / "runs.jsonl"
+        restore_runs(log_path, args.out, "nlu_regimes")
         done = {(r["regime"], r["arm"], r["seed"]) for r in read_runs(log_path)}
         todo = [(g, a, s) for s in seeds for g in regimes for a in arms if (g["label"], a, s) not in done]
         if todo and not args.summarize_only:

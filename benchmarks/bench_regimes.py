@@ -15,7 +15,8 @@ compared by paired differences over seeds.
     .venv/bin/python benchmarks/bench_regimes.py --config benchmarks/configs/regimes_decoder_cpu.yaml \\
         --out benchmarks/results/regimes_decoder_cpu.json
 
-Finished runs are appended to ``<work_dir>/runs.jsonl`` and a rerun skips them; a run cut short starts over.
+Finished runs are appended to ``<work_dir>/runs.jsonl`` and a rerun skips them; a run cut short starts over. Where
+``runs.jsonl`` is missing (a fresh clone), the runs of the ``--out`` JSON are restored into it first.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
 from bench_gsm8k import gold_rows, read_runs  # noqa: E402
-from common import save  # noqa: E402
+from common import restore_runs, save  # noqa: E402
 from regime_plots import markdown, plot  # noqa: E402
 from regime_stats import summarize_regime  # noqa: E402
 
@@ -178,8 +179,11 @@ def train_and_score(bench, regime, arm, seed, scorer: Scorer, task, fmt, base: s
     logs = [h for h in trainer.state.log_history if "loss" in h]
     keys = {"loss": "loss", "ce": "dynsdpb/ce", "kd": "dynsdpb/kd_loss", "alpha": "dynsdpb/alpha"}
     curves = {name: [h.get(key) for h in logs] for name, key in keys.items()}
+    from dynsdpb_selfplay.precision import cpu_features
+
     return {"regime": regime["label"], "arm": arm, "seed": seed, "rows": info["rows"],
-            "steps": trainer.state.global_step, "seconds": seconds,
+            "steps": trainer.state.global_step, "seconds": seconds, "bf16": bool(trainer.args.bf16),
+            "cpu": cpu_features()["capability"],
             "train_s": seconds - sum(e["eval_s"] for e in epochs), "epochs": epochs, **curves,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
 
@@ -260,6 +264,7 @@ def main() -> int:
                 run_config(bench, regime, arm, args.seeds[0], args.config)
         args.work_dir.mkdir(parents=True, exist_ok=True)
         log_path = args.work_dir / "runs.jsonl"
+        restore_runs(log_path, args.out, "regimes")
         if not args.summarize_only:
             run_all(bench, args, log_path, args.config)
     except UserInputError as e:

@@ -36,6 +36,27 @@ def save(result: dict, path: str | None) -> None:
         json.dump({**result, **environment()}, f, indent=1)
 
 
+def restore_runs(log_path, out: str | None, benchmark: str) -> int:
+    """Seed a missing ``runs.jsonl`` with the runs of a result JSON at ``out`` written by the same ``benchmark``.
+
+    Run folders are not versioned but results are: on a fresh clone a study's command then resumes from the committed
+    runs (and ``--summarize-only`` rebuilds the same tables) instead of redoing hours of training. Returns how many
+    runs were restored (0 when the log exists, or ``out`` is absent or from another benchmark)."""
+    from pathlib import Path
+
+    log_path = Path(log_path)
+    if log_path.exists() or not out or not os.path.isfile(out):
+        return 0
+    with open(out) as f:
+        result = json.load(f)
+    if result.get("benchmark") != benchmark or not result.get("runs"):
+        return 0
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in result["runs"]))
+    print(f"{benchmark}: {log_path} was missing; restored {len(result['runs'])} finished runs from {out}", flush=True)
+    return len(result["runs"])
+
+
 def run_child(cmd: list[str], capture: bool = False) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd)`` that lets the child clean up when this process is stopped. ``subprocess.run`` answers
     any interrupt by SIGKILLing the child, whose vLLM engine processes then outlive it. Here a ``kill`` of this process

@@ -110,6 +110,14 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
     assert proc.returncode == 0 and "[bench_regimes]" not in proc.stdout
     assert json.loads(out.read_text())["summary"] == result["summary"]
+    # A fresh clone has the result JSON but no run folder: the runs come back from the JSON, nothing is retrained.
+    log = Path(cfg["work_dir"]) / "runs.jsonl"
+    lines = log.read_text()
+    log.unlink()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert proc.returncode == 0 and "[bench_regimes]" not in proc.stdout, proc.stderr[-3000:]
+    assert "restored 5 finished runs" in proc.stdout
+    assert log.read_text() == lines and json.loads(out.read_text())["summary"] == result["summary"]
 
 
 def test_self_training_summary_pairs_trainers_by_seed():
