@@ -150,6 +150,7 @@ def train_and_score(bench, regime, arm, seed, scorer: Scorer, task, fmt, base: s
     """One run: train the arm's steps, scoring after every epoch; returns the run's record."""
     from transformers import TrainerCallback
 
+    from dynsdpb_selfplay.precision import cpu_features
     from dynsdpb_selfplay.rounds.training import build_trainer
 
     cfg = run_config(bench, regime, arm, seed, source)
@@ -179,8 +180,6 @@ def train_and_score(bench, regime, arm, seed, scorer: Scorer, task, fmt, base: s
     logs = [h for h in trainer.state.log_history if "loss" in h]
     keys = {"loss": "loss", "ce": "dynsdpb/ce", "kd": "dynsdpb/kd_loss", "alpha": "dynsdpb/alpha"}
     curves = {name: [h.get(key) for h in logs] for name, key in keys.items()}
-    from dynsdpb_selfplay.precision import cpu_features
-
     return {"regime": regime["label"], "arm": arm, "seed": seed, "rows": info["rows"],
             "steps": trainer.state.global_step, "seconds": seconds, "bf16": bool(trainer.args.bf16),
             "cpu": cpu_features()["capability"],
