@@ -79,6 +79,9 @@ def test_dynsdpb_config_and_sft_recipes_default_to_the_native_format(cpu, tmp_pa
         assert DynSDPBConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True).bf16 is True
     cpu(*AVX512_BF16)
     assert DynSDPBConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is True
+    # Without use_cpu, transformers refuses bf16 when there is no accelerator; the CPU is then the device anyway.
+    config = DynSDPBConfig(output_dir=str(tmp_path))
+    assert (config.bf16, config.use_cpu) == (True, True)
     _, args, _, _ = make_parser().parse_args_and_config(args=argv)
     assert args.bf16 is True
 

@@ -139,6 +139,13 @@ class DistillationArguments:
         return cls(**{f.name: getattr(obj, f.name) for f in fields(cls)})
 
 
+def _only_a_cpu() -> bool:
+    """No accelerator that transformers accepts bf16 on (its own test in ``TrainingArguments._validate_args``)."""
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    return not is_torch_bf16_gpu_available() and not is_torch_xla_available()
+
+
 @dataclass
 class DynSDPBConfig(SFTConfig, DistillationArguments):
     """``SFTConfig`` plus the ``distillation_*`` fields of :class:`DistillationArguments`.
@@ -162,6 +169,10 @@ class DynSDPBConfig(SFTConfig, DistillationArguments):
         if self.bf16 is None and self.fp16:
             self.bf16 = False
         self.bf16 = resolve_bf16(self.bf16, use_cpu=self.use_cpu, what="bf16")
+        if self.bf16 and not self.use_cpu and _only_a_cpu():
+            # transformers refuses bf16 without an accelerator unless use_cpu is set; with none there, the trainer
+            # runs on the CPU either way, and a CPU with AMX/AVX-512-BF16 is where bf16 is the right default.
+            self.use_cpu = True
         SFTConfig.__post_init__(self)
         self.validate_distillation()
         step = self.per_device_train_batch_size * self.gradient_accumulation_steps
