@@ -30,6 +30,7 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -226,11 +227,18 @@ def _append(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def machines(runs: list[dict]) -> list[dict]:
+    """The processor kinds and number formats the trained runs came from, with their run counts: a study's paired
+    differences mean something only within one (runs recorded before these fields existed count as unknown)."""
+    kinds = Counter((r.get("cpu"), r.get("bf16")) for r in runs if r["arm"] != "base")
+    return [{"cpu": cpu, "bf16": bf16, "runs": n} for (cpu, bf16), n in kinds.items()]
+
+
 def summarize(bench: dict, runs: list[dict]) -> dict:
     metric = bench.get("metric", "flexible")
     baselines = tuple(bench.get("baselines", ["sft", "repeat"]))
     base = next((r for r in runs if r["arm"] == "base"), None)
-    out = {"metric": metric, "base": base["epochs"][0] if base else None, "regimes": {}}
+    out = {"metric": metric, "base": base["epochs"][0] if base else None, "machines": machines(runs), "regimes": {}}
     for label in dict.fromkeys(r["regime"] for r in runs if r["arm"] != "base"):
         out["regimes"][label] = summarize_regime([r for r in runs if r["regime"] == label], metric, baselines)
     return out

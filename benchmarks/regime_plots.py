@@ -26,6 +26,14 @@ def markdown(summary: dict, bench: dict) -> str:
     baselines = [b for b in bench.get("baselines", ["sft", "repeat"])]
     base = summary.get("base")
     lines = []
+    kinds = summary.get("machines") or []
+    if len(kinds) > 1:
+        mixed = "; ".join(f"{k['runs']} runs on {k['cpu']} with bf16={k['bf16']}" for k in kinds)
+        warning = (
+            f"**Warning: this study mixes machines or number formats ({mixed}); its paired differences "
+            "compare runs that differ in more than the arm. Give each machine kind its own --work-dir.**"
+        )
+        lines += [warning, ""]
     if base:
         lines += [f"Base model before training: test {100 * base['test'][metric]:.1f}%, validation "
                   f"{100 * base['val'][metric]:.1f}% ({metric}).", ""]  # fmt: skip

@@ -139,3 +139,20 @@ def test_self_training_summary_pairs_trainers_by_seed():
                            "set": {"rounds": 3, "training.accumulate_data": True}}, "sft", 4)  # fmt: skip
     assert cfg["rounds"] == 3 and cfg["seed"] == 4 and "run_dir" not in cfg
     assert cfg["training"]["accumulate_data"] is True and cfg["training"]["trainer"] == "sft"
+
+
+def test_a_study_that_mixes_machines_says_so():
+    from bench_regimes import summarize
+    from regime_plots import markdown
+
+    bench = {"baselines": ["sft"], "metric": "acc"}
+    one = [{**run(arm, s, [0.1, 0.2], [0.1, 0.2]), "regime": "r", "cpu": "AVX512", "bf16": True}
+           for arm in ("sft", "dyn") for s in (0, 1)]  # fmt: skip
+    summary = summarize(bench, one)
+    assert summary["machines"] == [{"cpu": "AVX512", "bf16": True, "runs": 4}]
+    assert "Warning" not in markdown(summary, bench)
+    mixed = one + [{**run("dyn", 2, [0.1, 0.2], [0.1, 0.2]), "regime": "r", "cpu": "AVX2", "bf16": False}]
+    summary = summarize(bench, mixed)
+    assert len(summary["machines"]) == 2
+    table = markdown(summary, bench)
+    assert "mixes machines or number formats (4 runs on AVX512 with bf16=True; 1 runs on AVX2 with bf16=False)" in table
