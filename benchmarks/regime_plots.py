@@ -51,8 +51,20 @@ def markdown(summary: dict, bench: dict) -> str:
             for b in baselines:
                 row += f" {_diff(c.get(f'minus_{b}_final'))} | {_diff(c.get(f'minus_{b}_val'))} |"
             lines.append(row)
-        lines.append("")
+        lines += ["", *_per_seed_table(arms), ""]
     return "\n".join(lines)
+
+
+def _per_seed_table(arms: dict) -> list[str]:
+    """Each seed's test curve per arm, the validation-selected epoch in brackets: the runs behind the means."""
+    lines = ["| seed | arm | test after each epoch (x100; [validation-selected]) |", "|---|---|---|"]
+    runs = sorted((r["seed"], order, arm, r) for order, (arm, c) in enumerate(arms.items()) for r in c["per_seed"])
+    for seed, _, arm, r in runs:
+        cells = [
+            f"[{100 * v:.0f}]" if i + 1 == r["selected_epoch"] else f"{100 * v:.0f}" for i, v in enumerate(r["test"])
+        ]
+        lines.append(f"| {seed} | {arm} | {' '.join(cells)} |")
+    return lines
 
 
 def plot(summary: dict, path: str) -> None:

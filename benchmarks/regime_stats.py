@@ -64,8 +64,8 @@ def curve(runs: list[dict], arm: str, metric: str, split: str = "test") -> list[
 
 
 def summarize_regime(runs: list[dict], metric: str, baselines: tuple[str, ...]) -> dict:
-    """Per arm: test curve, final and validation-selected metric, chosen epochs, and paired differences to each
-    baseline present, for both ways of picking the epoch."""
+    """Per arm: test curve, final and validation-selected metric, chosen epochs, each seed's test curve, and paired
+    differences to each baseline present, for both ways of picking the epoch."""
     out = {}
     for arm in dict.fromkeys(r["arm"] for r in runs):
         mine = [r for r in runs if r["arm"] == arm]
@@ -76,6 +76,14 @@ def summarize_regime(runs: list[dict], metric: str, baselines: tuple[str, ...]) 
             "final": _stat([pick(r, metric, "final") for r in mine]),
             "val_selected": _stat([pick(r, metric, "val") for r in mine]),
             "selected_epochs": [select_epoch([e["val"][metric] for e in r["epochs"]]) + 1 for r in mine],
+            "per_seed": [
+                {
+                    "seed": r["seed"],
+                    "test": [e["test"][metric] for e in r["epochs"]],
+                    "selected_epoch": select_epoch([e["val"][metric] for e in r["epochs"]]) + 1,
+                }
+                for r in sorted(mine, key=lambda r: r["seed"])
+            ],  # fmt: skip
         }
         for baseline in baselines:
             if baseline != arm:

@@ -156,3 +156,17 @@ def test_a_study_that_mixes_machines_says_so():
     assert len(summary["machines"]) == 2
     table = markdown(summary, bench)
     assert "mixes machines or number formats (4 runs on AVX512 with bf16=True; 1 runs on AVX2 with bf16=False)" in table
+
+
+def test_the_table_lists_every_seeds_curve_with_its_selected_epoch():
+    from regime_plots import markdown
+
+    runs = [
+        run("sft", 1, [0.1, 0.3], [0.2, 0.1]),
+        run("sft", 0, [0.3, 0.5], [0.1, 0.3]),
+        run("dyn", 0, [0.2, 0.3], [0.4, 0.4]),
+    ]
+    summary = {"metric": "acc", "regimes": {"r": summarize_regime(runs, "acc", ("sft",))}}
+    table = markdown(summary, {"baselines": ["sft"]})
+    rows = [line for line in table.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
+    assert rows == ["| 0 | sft | 30 [50] |", "| 0 | dyn | [20] 30 |", "| 1 | sft | [10] 30 |"]
