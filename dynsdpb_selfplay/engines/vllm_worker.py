@@ -6,12 +6,17 @@ start-up, which the reload does not rebuild: generations then mix the new body w
 disagreed with transformers on every prompt of tests/test_engine_vllm.py until the copy was rebuilt). The method
 below reloads and then rebuilds those copies. On a GPU it is a plain ``reload_weights``.
 
-The methods run inside each vLLM worker process; ``self`` is the worker.
+The methods run inside each vLLM worker process; ``self`` is the worker. vLLM imports this module in each worker
+before it builds the model, which is also where the CPU kernels of :mod:`.vllm_cpu_ops` get registered.
 """
 
 from __future__ import annotations
 
+from .vllm_cpu_ops import PROVIDER, register
+
 __all__ = ["DynSDPBWorkerExtension"]
+
+register()
 
 
 class DynSDPBWorkerExtension:
@@ -32,3 +37,12 @@ class DynSDPBWorkerExtension:
                 dispatch_cpu_unquantized_gemm(module, remove_weight=False)
                 rebuilt += 1
         return rebuilt
+
+    def dynsdpb_kernels(self) -> dict:
+        """Which implementation this worker's model runs for RMSNorm and SiLU-and-mul ('c' or 'native')."""
+        from vllm import ir
+
+        silu = {getattr(m, "use_c_kernel", False) for m in self.model_runner.get_model().modules()
+                if type(m).__name__.endswith("SiluAndMul")}  # fmt: skip
+        return {"rms_norm": "c" if ir.ops.rms_norm.get_priority()[:1] == [PROVIDER] else "native",
+                "silu_and_mul": "c" if silu == {True} else "native"}  # fmt: skip
