@@ -20,6 +20,7 @@ The study config names a pipeline config and what to change in it::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -55,8 +56,15 @@ def load_study(path: str) -> dict:
 
 
 def pipeline_config(study: dict, trainer: str, seed: int) -> dict:
-    """The pipeline config with the study's ``set`` overrides (dotted keys), the trainer and the seed."""
+    """The pipeline config with the study's ``set`` overrides (dotted keys), the trainer and the seed. An ``sft`` run
+    drops the ``training.distillation_*`` fields the pipeline sets for DynSDPB (``SFTConfig`` refuses them): every
+    other training field stays the same in both arms."""
+    from dynsdpb_selfplay.distill.config import DistillationArguments
+
     cfg = yaml.safe_load(Path(study["pipeline"]).read_text())
+    if trainer != "dynsdpb":
+        for f in dataclasses.fields(DistillationArguments):
+            cfg.get("training", {}).pop(f.name, None)
     for key, value in {**study.get("set", {}), "training.trainer": trainer, "seed": seed}.items():
         node, *path = key.split(".")
         target = cfg

@@ -283,3 +283,26 @@ def test_gpu_check_script_runs_its_kernel_checks_small_on_cpu():
     assert all(r["fused_vs_naive"]["loss"] < 1e-3 for r in rows)
     assert gpu_check.unmet_requirements(("trl",)) == []
     assert gpu_check.unmet_requirements(("no-such-package-here",)) == ["no-such-package-here: not installed"]
+
+
+def test_self_training_study_runs_both_trainers_with_the_same_pipeline():
+    """The shipped self-training study builds a valid run config for each trainer (no model is loaded): the study's
+    overrides and the seed reach it, and the sft run differs from the dynsdpb run only in the trainer and the
+    distillation fields SFTConfig refuses."""
+    sys.path.insert(0, str(BENCH))
+    from bench_self_training import load_study, pipeline_config
+
+    from dynsdpb_selfplay.rounds.config import from_dict
+
+    study = load_study(str(BENCH / "configs" / "self_training_cpu.yaml"))
+    built = {t: pipeline_config(study, t, 7) for t in study["trainers"]}
+    for trainer, cfg in built.items():
+        run = from_dict(cfg, source=trainer)
+        assert run.training.trainer == trainer and run.seed == 7 and run.rounds == 3
+        assert run.training.accumulate_data is True
+    sft, dyn = built["sft"]["training"], built["dynsdpb"]["training"]
+    dropped = {k for k in dyn if k not in sft}
+    assert dropped and all(k.startswith("distillation_") for k in dropped)
+    assert {k: v for k, v in dyn.items() if k not in dropped and k != "trainer"} == {
+        k: v for k, v in sft.items() if k != "trainer"
+    }
