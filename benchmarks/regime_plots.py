@@ -93,7 +93,7 @@ def plot(summary: dict, path: str) -> None:
             ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.12)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("epoch (2N sample visits; equal steps for every arm)", fontsize=8)
-        ax.set_ylabel(f"test {metric} accuracy, %", fontsize=8)
+        ax.set_ylabel(f"test {metric if 'accuracy' in metric else metric + ' accuracy'}, %", fontsize=8)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(regimes) :]:
