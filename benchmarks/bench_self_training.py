@@ -1,18 +1,22 @@
 """Do self-training rounds raise held-out accuracy, and does DynSDPB inside them matter? The same ``dynsdpb run``
-config with ``training.trainer: sft`` and ``dynsdpb``, over seeds (the run seed: sampling, data order, LoRA init).
+config run as several arms (each a few changed keys, e.g. ``training.trainer: sft``), over seeds (the run seed:
+sampling, data order, LoRA init).
 
-Per (trainer, seed) one pipeline run (a child ``dynsdpb run``, resumed if cut short); per round the held-out
-accuracy of each run, its mean and 95% t-interval over seeds, the paired (same seed) difference dynsdpb - sft, and
-each round's gain over round 0 (the base model, the same for every run).
+Per (arm, seed) one pipeline run (a child ``dynsdpb run``, resumed if cut short); per round the held-out accuracy of
+each run, its mean and 95% t-interval over seeds, the paired (same seed) difference of each arm to each baseline arm,
+and each round's gain over round 0 (the base model, the same for every run).
 
     .venv/bin/python benchmarks/bench_self_training.py --config benchmarks/configs/self_training_cpu.yaml \\
         --out benchmarks/results/self_training_cpu.json
 
-The study config names a pipeline config and what to change in it::
+The study config names a pipeline config, what to change in it for every run and for each arm (dotted keys)::
 
     pipeline: pipelines/configs/demo.yaml
-    set: {rounds: 3, training.accumulate_data: true}     # dotted keys into the pipeline config
-    trainers: [sft, dynsdpb]
+    set: {rounds: 3, training.accumulate_data: true}
+    arms:
+      sft: {training.trainer: sft}
+      dynsdpb: {training.trainer: dynsdpb}
+    baselines: [sft]
     seeds: [0, 1, 2]
     work_dir: runs/bench_self_training_cpu
 """
@@ -39,7 +43,8 @@ from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.evaluate import mean_ci95  # noqa: E402
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
-KEYS = {"pipeline", "set", "trainers", "seeds", "work_dir", "metric"}
+KEYS = {"pipeline", "set", "arms", "baselines", "seeds", "work_dir", "metric"}
+DEFAULT_ARMS = {"sft": {"training.trainer": "sft"}, "dynsdpb": {"training.trainer": "dynsdpb"}}
 
 
 def load_study(path: str) -> dict:
@@ -52,20 +57,27 @@ def load_study(path: str) -> dict:
         raise UserInputError(f"{path}: unknown key(s) {unknown}; known: {', '.join(sorted(KEYS))}")
     if "pipeline" not in data:
         raise UserInputError(f"{path}: pipeline: give the `dynsdpb run` config to study")
+    arms = data.setdefault("arms", DEFAULT_ARMS)
+    if not isinstance(arms, dict) or not all(isinstance(v, dict) for v in arms.values()):
+        raise UserInputError(f"{path}: arms: a mapping of arm name -> {{dotted.key: value}}")
+    for name in data.setdefault("baselines", ["sft"]):
+        if name not in arms:
+            raise UserInputError(f"{path}: baselines: {name!r} is not an arm ({', '.join(arms)})")
     return data
 
 
-def pipeline_config(study: dict, trainer: str, seed: int) -> dict:
-    """The pipeline config with the study's ``set`` overrides (dotted keys), the trainer and the seed. An ``sft`` run
-    drops the ``training.distillation_*`` fields the pipeline sets for DynSDPB (``SFTConfig`` refuses them): every
-    other training field stays the same in both arms."""
+def pipeline_config(study: dict, arm: str, seed: int) -> dict:
+    """The pipeline config with the study's ``set`` overrides, the arm's and the seed (dotted keys). A run whose
+    trainer is not ``dynsdpb`` drops the ``training.distillation_*`` fields the pipeline sets for DynSDPB
+    (``SFTConfig`` refuses them): every other field stays as the pipeline and the study set it."""
     from dynsdpb_selfplay.distill.config import DistillationArguments
 
     cfg = yaml.safe_load(Path(study["pipeline"]).read_text())
-    if trainer != "dynsdpb":
+    overrides = {**study.get("set", {}), **study.get("arms", DEFAULT_ARMS)[arm], "seed": seed}
+    if overrides.get("training.trainer", cfg.get("training", {}).get("trainer")) != "dynsdpb":
         for f in dataclasses.fields(DistillationArguments):
             cfg.get("training", {}).pop(f.name, None)
-    for key, value in {**study.get("set", {}), "training.trainer": trainer, "seed": seed}.items():
+    for key, value in overrides.items():
         node, *path = key.split(".")
         target = cfg
         for part in [node, *path][:-1]:
@@ -75,11 +87,11 @@ def pipeline_config(study: dict, trainer: str, seed: int) -> dict:
     return cfg
 
 
-def run_one(study: dict, trainer: str, seed: int, work_dir: Path) -> dict:
+def run_one(study: dict, arm: str, seed: int, work_dir: Path) -> dict:
     """One pipeline run (started, resumed, or read back when finished); its per-round accuracies."""
     from dynsdpb_selfplay.rounds.config import from_dict
 
-    run_dir = work_dir / f"{trainer}-seed{seed}"
+    run_dir = work_dir / f"{arm}-seed{seed}"
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"done": []}
     if "report" not in state["done"]:
@@ -87,12 +99,12 @@ def run_one(study: dict, trainer: str, seed: int, work_dir: Path) -> dict:
         if state_path.exists():
             cli += ["--resume", str(run_dir)]
         else:
-            cfg = pipeline_config(study, trainer, seed)
-            from_dict(cfg, source=f"{study['pipeline']} (trainer {trainer}, seed {seed})")  # fail before hours
-            path = work_dir / f"{trainer}-seed{seed}.yaml"
+            cfg = pipeline_config(study, arm, seed)
+            from_dict(cfg, source=f"{study['pipeline']} (arm {arm}, seed {seed})")  # fail before hours
+            path = work_dir / f"{arm}-seed{seed}.yaml"
             path.write_text(yaml.safe_dump(cfg, sort_keys=False))
             cli += [str(path), "--run-dir", str(run_dir)]
-        print(f"[bench_self_training] {trainer} seed {seed}: {' '.join(cli)}", flush=True)
+        print(f"[bench_self_training] {arm} seed {seed}: {' '.join(cli)}", flush=True)
         code = run_child(cli).returncode
         if code != 0:
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
@@ -107,46 +119,49 @@ def run_one(study: dict, trainer: str, seed: int, work_dir: Path) -> dict:
                        "train_rows": tr.get("rows"), "steps": tr.get("steps"),
                        "kept_rows": info.get(f"round_{r}/filter", {}).get("rows"),
                        **({"time": round_breakdown(info, r)} if r else {})})  # fmt: skip
-    return {"trainer": trainer, "seed": seed, "run_dir": str(run_dir), "rounds": rounds}
+    return {"arm": arm, "seed": seed, "run_dir": str(run_dir), "rounds": rounds}
 
 
-def summarize(runs: list[dict], metric: str = "flexible_accuracy") -> dict:
-    """Per trainer and round: mean and 95% t-interval over seeds, the gain over round 0, and per round the paired
-    difference of each trainer to ``sft`` (same seed)."""
+def summarize(runs: list[dict], metric: str = "flexible_accuracy", baselines: tuple[str, ...] = ("sft",)) -> dict:
+    """Per arm and round: mean and 95% t-interval over seeds, the gain over round 0, and the paired (same seed)
+    difference to each baseline arm, as ``minus_<baseline>``."""
 
     def stat(values):
         mean, half = mean_ci95(values)
         return {"mean": mean, "ci95": half, "n": len(values)}
 
-    by = {(r["trainer"], r["seed"]): {x["round"]: x[metric] for x in r["rounds"]} for r in runs}
+    by = {(r["arm"], r["seed"]): {x["round"]: x[metric] for x in r["rounds"]} for r in runs}
     out = {}
-    for trainer in dict.fromkeys(r["trainer"] for r in runs):
-        seeds = sorted(s for t, s in by if t == trainer)
-        rounds = sorted(set.intersection(*(set(by[(trainer, s)]) for s in seeds)))
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        seeds = sorted(s for a, s in by if a == arm)
+        rounds = sorted(set.intersection(*(set(by[(arm, s)]) for s in seeds)))
         cell = {"seeds": seeds, "rounds": {}}
         for k in rounds:
-            entry = {"accuracy": stat([by[(trainer, s)][k] for s in seeds])}
+            entry = {"accuracy": stat([by[(arm, s)][k] for s in seeds])}
             if k:
-                entry["gain_over_round_0"] = stat([by[(trainer, s)][k] - by[(trainer, s)][0] for s in seeds])
-            paired = [s for s in seeds if trainer != "sft" and k in by.get(("sft", s), {})]
-            if paired:
-                entry["minus_sft"] = stat([by[(trainer, s)][k] - by[("sft", s)][k] for s in paired])
+                entry["gain_over_round_0"] = stat([by[(arm, s)][k] - by[(arm, s)][0] for s in seeds])
+            for base in baselines:
+                paired = [s for s in seeds if arm != base and k in by.get((base, s), {})]
+                if paired:
+                    entry[f"minus_{base}"] = stat([by[(arm, s)][k] - by[(base, s)][k] for s in paired])
             cell["rounds"][k] = entry
-        out[trainer] = cell
+        out[arm] = cell
     return out
 
 
-def markdown(summary: dict) -> str:
+def markdown(summary: dict, baselines: tuple[str, ...] = ("sft",)) -> str:
     def pct(s):
         return (
             "-" if not s else f"{100 * s['mean']:.1f}" + ("" if s["ci95"] != s["ci95"] else f" ± {100 * s['ci95']:.1f}")
         )
 
-    lines = ["| trainer | round | accuracy % | gain over round 0 | minus sft (paired) |", "|---|---|---|---|---|"]
-    for trainer, cell in summary.items():
+    head = ["arm", "round", "accuracy %", "gain over round 0", *(f"minus {b} (paired)" for b in baselines)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, cell in summary.items():
         for k, e in cell["rounds"].items():
-            lines.append(f"| {trainer} | {k} | {pct(e['accuracy'])} | {pct(e.get('gain_over_round_0'))} | "
-                         f"{pct(e.get('minus_sft'))} |")  # fmt: skip
+            cells = [arm, str(k), pct(e["accuracy"]), pct(e.get("gain_over_round_0")),
+                     *(pct(e.get(f"minus_{b}")) for b in baselines)]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -157,11 +172,11 @@ def plot(summary: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for trainer, cell in summary.items():
+    for arm, cell in summary.items():
         ks = list(cell["rounds"])
         mean = [100 * cell["rounds"][k]["accuracy"]["mean"] for k in ks]
         half = [0.0 if (h := cell["rounds"][k]["accuracy"]["ci95"]) != h else 100 * h for k in ks]
-        ax.errorbar(ks, mean, yerr=half, marker="o", capsize=3, label=f"{trainer} ({len(cell['seeds'])} seeds)")
+        ax.errorbar(ks, mean, yerr=half, marker="o", capsize=3, label=f"{arm} ({len(cell['seeds'])} seeds)")
     ax.set_xlabel("round (0 = base model)")
     ax.set_ylabel("held-out accuracy, %")
     ax.set_ylim(bottom=0)
@@ -174,24 +189,31 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="study YAML (benchmarks/configs/self_training_*.yaml)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
+    p.add_argument("--arms", nargs="+", help="arms to run and report, by name (default: the config's)")
     p.add_argument("--out", help="JSON result path (a PNG plot and a .md table are written beside it)")
     args = p.parse_args()
     start = time.perf_counter()
     try:
         study = load_study(args.config)
         seeds = args.seeds or study.get("seeds", [0, 1, 2])
-        trainers = study.get("trainers", ["sft", "dynsdpb"])
+        if args.arms:
+            unknown = [a for a in args.arms if a not in study["arms"]]
+            if unknown:
+                raise UserInputError(f"--arms: {unknown} not in {args.config} (arms: {', '.join(study['arms'])})")
+            study["arms"] = {a: study["arms"][a] for a in args.arms}
+            study["baselines"] = [b for b in study["baselines"] if b in study["arms"]]
         work_dir = Path(study.get("work_dir", "runs/bench_self_training"))
         work_dir.mkdir(parents=True, exist_ok=True)
-        runs = [run_one(study, t, s, work_dir) for s in seeds for t in trainers]
+        runs = [run_one(study, arm, s, work_dir) for s in seeds for arm in study["arms"]]
     except UserInputError as e:
         print(f"bench_self_training: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bench_self_training: interrupted; the same command resumes the runs", file=sys.stderr)
         return 130
-    summary = summarize(runs, study.get("metric", "flexible_accuracy"))
-    table = markdown(summary)
+    baselines = tuple(study["baselines"])
+    summary = summarize(runs, study.get("metric", "flexible_accuracy"), baselines)
+    table = markdown(summary, baselines)
     print(table)
     if args.out:
         save({"benchmark": "self_training", "config": {**study, "seeds": seeds}, "summary": summary, "runs": runs,

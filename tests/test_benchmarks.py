@@ -285,24 +285,34 @@ def test_gpu_check_script_runs_its_kernel_checks_small_on_cpu():
     assert gpu_check.unmet_requirements(("no-such-package-here",)) == ["no-such-package-here: not installed"]
 
 
-def test_self_training_study_runs_both_trainers_with_the_same_pipeline():
-    """The shipped self-training study builds a valid run config for each trainer (no model is loaded): the study's
-    overrides and the seed reach it, and the sft run differs from the dynsdpb run only in the trainer and the
-    distillation fields SFTConfig refuses."""
+def test_self_training_study_arms_differ_only_where_they_say(tmp_path):
+    """The shipped self-training study builds a valid run config for each arm (no model is loaded): the study's
+    overrides and the seed reach it; the SFT arms differ from the DynSDPB arm only in the trainer, the distillation
+    fields SFTConfig refuses, and (sft_2_epochs) the epochs; a baseline must be an arm."""
     sys.path.insert(0, str(BENCH))
     from bench_self_training import load_study, pipeline_config
 
+    from dynsdpb_selfplay.errors import UserInputError
     from dynsdpb_selfplay.rounds.config import from_dict
 
-    study = load_study(str(BENCH / "configs" / "self_training_cpu.yaml"))
-    built = {t: pipeline_config(study, t, 7) for t in study["trainers"]}
-    for trainer, cfg in built.items():
-        run = from_dict(cfg, source=trainer)
-        assert run.training.trainer == trainer and run.seed == 7 and run.rounds == 3
+    path = BENCH / "configs" / "self_training_cpu.yaml"
+    study = load_study(str(path))
+    assert set(study["arms"]) == {"sft", "sft_2_epochs", "dynsdpb"} and study["baselines"] == ["sft", "sft_2_epochs"]
+    built = {arm: pipeline_config(study, arm, 7) for arm in study["arms"]}
+    for arm, cfg in built.items():
+        run = from_dict(cfg, source=arm)
+        assert run.training.trainer == arm.split("_")[0] and run.seed == 7 and run.rounds == 3
         assert run.training.accumulate_data is True
-    sft, dyn = built["sft"]["training"], built["dynsdpb"]["training"]
-    dropped = {k for k in dyn if k not in sft}
+    dyn = built["dynsdpb"]["training"]
+    dropped = {k for k in dyn if k not in built["sft"]["training"]}
     assert dropped and all(k.startswith("distillation_") for k in dropped)
-    assert {k: v for k, v in dyn.items() if k not in dropped and k != "trainer"} == {
-        k: v for k, v in sft.items() if k != "trainer"
-    }
+    for arm, epochs in (("sft", 1), ("sft_2_epochs", 2)):
+        sft = built[arm]["training"]
+        assert {k: v for k, v in dyn.items() if k not in dropped | {"trainer", "num_train_epochs"}} == {
+            k: v for k, v in sft.items() if k not in {"trainer", "num_train_epochs"}
+        }
+        assert sft["num_train_epochs"] == epochs and dyn["num_train_epochs"] == 1
+    bad = tmp_path / "bad_study.yaml"
+    bad.write_text(path.read_text().replace("baselines: [sft, sft_2_epochs]", "baselines: [sft, plain]"))
+    with pytest.raises(UserInputError, match=r"bad_study.yaml: baselines: 'plain' is not an arm"):
+        load_study(str(bad))

@@ -120,25 +120,34 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
     assert log.read_text() == lines and json.loads(out.read_text())["summary"] == result["summary"]
 
 
-def test_self_training_summary_pairs_trainers_by_seed():
-    from bench_self_training import pipeline_config, summarize
+def test_self_training_summary_pairs_each_arm_with_each_baseline_by_seed():
+    from bench_self_training import markdown, pipeline_config, summarize
 
-    def runs(trainer, seed, accs):
-        return {"trainer": trainer, "seed": seed, "rounds": [{"round": k, "flexible_accuracy": a}
-                                                              for k, a in enumerate(accs)]}  # fmt: skip
+    def runs(arm, seed, accs):
+        return {"arm": arm, "seed": seed, "rounds": [{"round": k, "flexible_accuracy": a}
+                                                      for k, a in enumerate(accs)]}  # fmt: skip
 
-    s = summarize([runs("sft", 0, [0.1, 0.2]), runs("sft", 1, [0.1, 0.3]),
-                   runs("dynsdpb", 0, [0.1, 0.25]), runs("dynsdpb", 1, [0.1, 0.45])])  # fmt: skip
+    all_runs = [runs("sft", 0, [0.1, 0.2]), runs("sft", 1, [0.1, 0.3]), runs("sft2", 0, [0.1, 0.3]),
+                runs("dynsdpb", 0, [0.1, 0.25]), runs("dynsdpb", 1, [0.1, 0.45])]  # fmt: skip
+    s = summarize(all_runs, baselines=("sft", "sft2"))
     assert s["sft"]["rounds"][1]["accuracy"]["mean"] == pytest.approx(0.25)
     assert s["sft"]["rounds"][1]["gain_over_round_0"]["mean"] == pytest.approx(0.15)
     d = s["dynsdpb"]["rounds"][1]["minus_sft"]
     # differences 0.05 and 0.15: mean 0.1, t(1) = 12.706, sd = 0.0707
     assert d["mean"] == pytest.approx(0.1) and d["ci95"] == pytest.approx(12.706 * 0.1 / 2**0.5 / 2**0.5)
-    assert "minus_sft" not in s["sft"]["rounds"][1]
-    cfg = pipeline_config({"pipeline": str(REPO / "pipelines" / "configs" / "demo.yaml"),
-                           "set": {"rounds": 3, "training.accumulate_data": True}}, "sft", 4)  # fmt: skip
+    # sft2 has seed 0 only: one pair (0.25 - 0.3), no interval
+    d2 = s["dynsdpb"]["rounds"][1]["minus_sft2"]
+    assert d2["mean"] == pytest.approx(-0.05) and d2["n"] == 1 and d2["ci95"] != d2["ci95"]
+    assert "minus_sft" not in s["sft"]["rounds"][1] and "minus_sft2" not in s["sft2"]["rounds"][1]
+    assert s["sft2"]["rounds"][1]["minus_sft"]["mean"] == pytest.approx(0.1)
+    assert "| dynsdpb | 1 | 35.0 ± 127.1 | 25.0 ± 127.1 | 10.0 ± 63.5 | -5.0 |" in markdown(s, ("sft", "sft2"))
+    study = {"pipeline": str(REPO / "pipelines" / "configs" / "demo.yaml"),
+             "set": {"rounds": 3, "training.accumulate_data": True},
+             "arms": {"sft2": {"training.trainer": "sft", "training.num_train_epochs": 2}}}  # fmt: skip
+    cfg = pipeline_config(study, "sft2", 4)
     assert cfg["rounds"] == 3 and cfg["seed"] == 4 and "run_dir" not in cfg
     assert cfg["training"]["accumulate_data"] is True and cfg["training"]["trainer"] == "sft"
+    assert cfg["training"]["num_train_epochs"] == 2 and "distillation_alpha" not in cfg["training"]
 
 
 def test_a_study_that_mixes_machines_says_so():
