@@ -177,6 +177,7 @@ def plot(summary: dict, path: str) -> None:
         mean = [100 * cell["rounds"][k]["accuracy"]["mean"] for k in ks]
         half = [0.0 if (h := cell["rounds"][k]["accuracy"]["ci95"]) != h else 100 * h for k in ks]
         ax.errorbar(ks, mean, yerr=half, marker="o", capsize=3, label=f"{arm} ({len(cell['seeds'])} seeds)")
+    ax.set_xticks(sorted({k for cell in summary.values() for k in cell["rounds"]}))
     ax.set_xlabel("round (0 = base model)")
     ax.set_ylabel("held-out accuracy, %")
     ax.set_ylim(bottom=0)
