@@ -71,6 +71,7 @@ def pipeline_config(study: dict, arm: str, seed: int) -> dict:
     trainer is not ``dynsdpb`` drops the ``training.distillation_*`` fields the pipeline sets for DynSDPB
     (``SFTConfig`` refuses them): every other field stays as the pipeline and the study set it."""
     from dynsdpb_selfplay.distill.config import DistillationArguments
+    from dynsdpb_selfplay.rounds.schema import set_dotted_value
 
     cfg = yaml.safe_load(Path(study["pipeline"]).read_text())
     overrides = {**study.get("set", {}), **study.get("arms", DEFAULT_ARMS)[arm], "seed": seed}
@@ -78,11 +79,7 @@ def pipeline_config(study: dict, arm: str, seed: int) -> dict:
         for f in dataclasses.fields(DistillationArguments):
             cfg.get("training", {}).pop(f.name, None)
     for key, value in overrides.items():
-        node, *path = key.split(".")
-        target = cfg
-        for part in [node, *path][:-1]:
-            target = target.setdefault(part, {})
-        target[[node, *path][-1]] = value
+        set_dotted_value(cfg, key, value, f"{study['pipeline']} (arm {arm}) {key}")
     cfg.pop("run_dir", None)
     return cfg
 

@@ -107,12 +107,17 @@ def set_dotted(data: dict, assignment: str, where: str = "--set") -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UserInputError(f"{where} {assignment!r}: the value is not valid YAML ({e})") from None
-    *parents, last = key.strip().split(".")
+    set_dotted_value(data, key.strip(), value, f"{where} {assignment!r}")
+
+
+def set_dotted_value(data: dict, key: str, value, where: str) -> None:
+    """Set ``data[section][...][last] = value`` for the dotted ``key``, creating missing sections."""
+    *parents, last = key.split(".")
     node = data
     for i, part in enumerate(parents):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UserInputError(f"{where} {assignment!r}: {'.'.join(parents[: i + 1])} is not a section")
+            raise UserInputError(f"{where}: {'.'.join(parents[: i + 1])} is not a section")
         node = child
     node[last] = value
 
