@@ -64,11 +64,12 @@ def test_each_step_repeats_the_previous_steps_fresh_half(tmp_path, tokenizer, mi
     assert distilled == [0] + [2] * 9
 
 
-def test_first_step_is_plain_ce_and_later_steps_match_a_hand_computed_loss(tmp_path, tokenizer):
+@pytest.mark.parametrize("w", [1.0, 0.25])
+def test_first_step_is_plain_ce_and_later_steps_match_a_hand_computed_loss(tmp_path, tokenizer, w):
     record = WeightsAtStepBegin()
     tau, alpha = 2.0, 0.7
     t = build(tmp_path, tokenizer, max_steps=3, callbacks=[record], distillation_schedule="static",
-              distillation_temperature=tau, distillation_alpha=alpha)  # fmt: skip
+              distillation_temperature=tau, distillation_alpha=alpha, distillation_repeated_ce_weight=w)  # fmt: skip
     t.train()
     t.seen = []
     logs = [h for h in t.state.log_history if "loss" in h]
@@ -91,12 +92,16 @@ def test_first_step_is_plain_ce_and_later_steps_match_a_hand_computed_loss(tmp_p
         p = F.softmax(z_prev[repeated] / tau, -1)
         q = F.log_softmax(z[repeated] / tau, -1)
         kl = (p * (p.log() - q)).sum(-1)
-        expected = F.cross_entropy(z, labels) + (alpha * tau**2 * kl).mean()
+        ce_weight = torch.tensor([1.0 if is_fresh_position(i) else w for i in range(4)])
+        ce = F.cross_entropy(z, labels, reduction="none")
+        expected = (ce_weight * ce).sum() / ce_weight.sum() + (alpha * tau**2 * kl).mean()
         h = logs[step]
         assert h["loss"] == pytest.approx(expected.item(), rel=1e-4)
+        assert h["dynsdpb/ce"] == pytest.approx(ce.mean().item(), rel=1e-4)  # the metric stays unweighted
         assert h["dynsdpb/kl"] == pytest.approx(kl.mean().item(), rel=1e-3)
         assert h["dynsdpb/alpha"] == pytest.approx(alpha) and h["dynsdpb/temperature"] == pytest.approx(tau)
-        assert h["loss"] == pytest.approx(h["dynsdpb/ce"] + h["dynsdpb/kd_loss"], rel=1e-4)
+        if w == 1.0:
+            assert h["loss"] == pytest.approx(h["dynsdpb/ce"] + h["dynsdpb/kd_loss"], rel=1e-4)
 
 
 def test_alpha_zero_equals_plain_training_on_the_same_batches(tmp_path, tokenizer):

@@ -66,6 +66,23 @@ def test_no_distilled_tokens_gives_plain_cross_entropy():
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, labels))
 
 
+def test_weighted_cross_entropy_hand_computed():
+    # Row 0: CE of label 0 under softmax([0, 2 ln2, 0]) = ln 6; row 1: uniform over 3, CE = ln 3. Row 1 distilled.
+    logits = torch.tensor([[0.0, 2 * LN2, 0.0], [0.0, 0.0, 0.0]])
+    labels, kd_rows = torch.tensor([0, 2]), torch.tensor([1])
+    t = build_targets(torch.tensor([[2 * LN2, 0.0, 0.0]]), torch.tensor([1.0]), torch.tensor([0.5]))
+    kd = 0.5 * kl_to_targets(logits[1:], t).item()  # p = [4/6, 1/6, 1/6], q uniform
+    assert kd == pytest.approx(0.5 * (4 / 6 * math.log(2) + 2 / 6 * math.log(0.5)), rel=1e-6)
+    for w, ce in [(1.0, (math.log(6) + math.log(3)) / 2), (0.25, (math.log(6) + 0.25 * math.log(3)) / 1.25),
+                  (0.0, math.log(6))]:  # fmt: skip
+        loss, sums = distillation_loss(logits, labels, kd_rows, t, ce_weight=torch.tensor([1.0, w]))
+        assert loss.item() == pytest.approx(ce + kd, rel=1e-6), w
+        assert sums["ce_sum"].item() == pytest.approx(math.log(6) + math.log(3), rel=1e-6)  # unweighted metric
+    # An explicit normalizer is used as given (the step's weighted count under accumulation).
+    loss, _ = distillation_loss(logits, labels, kd_rows, t, num_items=4.0, ce_weight=torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx(math.log(6) / 4 + kd, rel=1e-6)
+
+
 def test_gradients_reach_the_student_only():
     teacher = torch.randn(3, 5, requires_grad=True)
     t = build_targets(teacher, torch.full((3,), 2.0), torch.ones(3))
@@ -113,16 +130,21 @@ def _grads(loss, *params):
 @pytest.mark.parametrize("topk", [None, 5, 50])
 @pytest.mark.parametrize("softcap", [None, 7.0])
 @pytest.mark.parametrize("chunk_size", [1, 3, 1000])
-def test_fused_matches_reference_values_and_gradients(topk, softcap, chunk_size):
+@pytest.mark.parametrize("repeated_ce_weight", [None, 0.25])
+def test_fused_matches_reference_values_and_gradients(topk, softcap, chunk_size, repeated_ce_weight):
     hidden, weight, bias, labels, kd_rows, targets = _case(topk)
     z = torch.nn.functional.linear(hidden, weight, bias) * 0.5
     if softcap is not None:
         z = softcap * torch.tanh(z / softcap)
-    ref, _ = distillation_loss(z, labels, kd_rows, targets, num_items=20, num_distilled=6)
+    ce_weight = None
+    if repeated_ce_weight is not None:
+        ce_weight = torch.ones(len(labels))
+        ce_weight[[1, 2, 4, 5, 11]] = repeated_ce_weight
+    ref, _ = distillation_loss(z, labels, kd_rows, targets, num_items=20, num_distilled=6, ce_weight=ce_weight)
     ref_grads = _grads(ref, hidden, weight, bias)
     loss, out = fused_ce_distill(
         hidden, weight, bias, labels, num_items=20, kd_rows=kd_rows, kd_targets=targets, num_distilled=6,
-        logit_scale=0.5, softcap=softcap, chunk_size=chunk_size,
+        logit_scale=0.5, softcap=softcap, chunk_size=chunk_size, ce_weight=ce_weight,
     )  # fmt: skip
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     for got, want in zip(_grads(loss, hidden, weight, bias), ref_grads, strict=True):

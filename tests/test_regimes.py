@@ -179,3 +179,31 @@ def test_the_table_lists_every_seeds_curve_with_its_selected_epoch():
     table = markdown(summary, {"baselines": ["sft"]})
     rows = [line for line in table.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
     assert rows == ["| 0 | sft | 30 [50] |", "| 0 | dyn | [20] 30 |", "| 1 | sft | [10] 30 |"]
+
+
+@pytest.mark.parametrize("name", ["regimes_decoder_cpu.yaml", "regimes_decoder_long.yaml", "regimes_nlu_cpu.yaml"])
+def test_every_arm_of_the_shipped_regime_studies_is_a_valid_configuration(name, tmp_path):
+    """A misspelt or out-of-range distillation option in a study would otherwise surface hours into the run."""
+    from dynsdpb_selfplay.distill.config import DistillationArguments
+
+    path = REPO / "benchmarks" / "configs" / name
+    if name.startswith("regimes_nlu"):
+        from bench_nlu_regimes import load_bench_config
+
+        bench = load_bench_config(str(path))
+        for arm, spec in bench["arms"].items():
+            distillation = spec.get("distillation", {})
+            assert spec.get("trainer") != "plain" or not distillation, arm  # plain training has nothing to distill
+            settings = DistillationArguments(**distillation)  # the class's own checks
+            assert all(getattr(settings, key) == value for key, value in distillation.items()), arm
+        return
+    from bench_regimes import load_bench_config, run_config
+
+    bench = load_bench_config(str(path))
+    for regime in bench["regimes"]:
+        for arm, spec in bench["arms"].items():
+            cfg = run_config(bench, regime, arm, bench["seeds"][0], str(path))
+            trainer_config = cfg.training.trainer_config(str(tmp_path), seed=0)  # the class's own checks
+            assert cfg.training.trainer == spec.get("trainer", "dynsdpb")
+            for key, value in spec.get("distillation", {}).items():
+                assert getattr(trainer_config, key) == value, (arm, key)

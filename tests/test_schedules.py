@@ -77,3 +77,7 @@ def test_new_options_are_validated_with_their_names():
         DistillationArguments(distillation_progress="cosine")
     with pytest.raises(ValueError, match="distillation_uncertainty_topk"):
         DistillationArguments(distillation_uncertainty_topk=1)
+    with pytest.raises(ValueError, match="distillation_repeated_ce_weight=1.5: must be in"):
+        DistillationArguments(distillation_repeated_ce_weight=1.5)
+    with pytest.raises(ValueError, match="distillation_repeated_ce_weight=0.0: below 1 needs distillation_alpha > 0"):
+        DistillationArguments(distillation_repeated_ce_weight=0.0, distillation_alpha=0.0)

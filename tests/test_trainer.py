@@ -25,6 +25,22 @@ RecordingTrainer = recording(DynSDPBTrainer)
 PlainOverlapTrainer = plain_overlap(SFTTrainer)
 
 
+class PlainOverlapFreshLabelsOnly(PlainOverlapTrainer):
+    """Plain CE on the same overlapping batches with the repeated half's labels masked after the first step (whose
+    repeated half holds rows not yet stored), counted by transformers' own ``num_items_in_batch``."""
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.state.global_step > 0:
+            position = 0
+            for batch in batches:
+                for row in range(batch["labels"].shape[0]):
+                    if not is_fresh_position(position):
+                        batch["labels"][row] = -100
+                    position += 1
+        return batches, self._get_num_items_in_batch(batches, device)
+
+
 def losses(trainer, key="loss"):
     return [h[key] for h in trainer.state.log_history if key in h]
 
@@ -59,11 +75,13 @@ def test_each_step_repeats_the_previous_steps_fresh_half(tmp_path, tokenizer, mi
     assert distilled[0] == 0 and all(d > 0 for d in distilled[1:])
 
 
-def test_gradient_accumulation_gives_the_same_losses_and_weights(tmp_path, tokenizer):
+@pytest.mark.parametrize("repeated_ce_weight", [1.0, 0.5])
+def test_gradient_accumulation_gives_the_same_losses_and_weights(tmp_path, tokenizer, repeated_ce_weight):
     # SGD: parameter differences are then lr * gradient differences, not amplified by Adam's normalization.
     base = dict(
-        max_steps=5, distillation_schedule="static", distillation_temperature=2.0, learning_rate=0.5, optim="sgd"
-    )
+        max_steps=5, distillation_schedule="static", distillation_temperature=2.0, learning_rate=0.5, optim="sgd",
+        distillation_repeated_ce_weight=repeated_ce_weight,
+    )  # fmt: skip
     runs = [
         run(tmp_path / f"{m}x{a}", tokenizer, per_device_train_batch_size=m, gradient_accumulation_steps=a, **base)
         for m, a in [(4, 1), (2, 2), (1, 4)]
@@ -84,6 +102,23 @@ def test_alpha_zero_equals_plain_cross_entropy_on_the_same_batches(tmp_path, tok
     assert losses(dyn) == pytest.approx(losses(plain), rel=1e-5)
     assert losses(dyn, "mean_token_accuracy") == pytest.approx(losses(plain, "mean_token_accuracy"), rel=1e-6)
     assert losses(dyn, "entropy") == pytest.approx(losses(plain, "entropy"), rel=1e-4)
+    for name, value in params(dyn).items():
+        torch.testing.assert_close(value, params(plain)[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("micro,accum", [(4, 1), (2, 2)])
+def test_no_ce_on_repeated_rows_equals_plain_ce_on_the_fresh_rows_alone(tmp_path, tokenizer, micro, accum):
+    # distillation_repeated_ce_weight = 0 with a negligible distillation term: each step is the CE of its fresh half
+    # alone, divided by the fresh label tokens (transformers' own count once the repeated labels are masked).
+    common = dict(max_steps=6, learning_rate=0.5, optim="sgd", per_device_train_batch_size=micro,
+                  gradient_accumulation_steps=accum)  # fmt: skip
+    dyn = run(tmp_path / "d", tokenizer, distillation_repeated_ce_weight=0.0, distillation_alpha=1e-30,
+              distillation_schedule="static", **common)  # fmt: skip
+    plain = run(tmp_path / "p", tokenizer, trainer_cls=PlainOverlapFreshLabelsOnly, **common)
+    full = run(tmp_path / "f", tokenizer, distillation_alpha=1e-30, distillation_schedule="static", **common)
+    assert losses(dyn) == pytest.approx(losses(plain), rel=1e-5)
+    assert losses(dyn)[0] == pytest.approx(losses(full)[0], rel=1e-6)  # nothing is repeated yet at step 1
+    assert losses(dyn)[1:] != pytest.approx(losses(full)[1:], rel=1e-3)
     for name, value in params(dyn).items():
         torch.testing.assert_close(value, params(plain)[name], rtol=1e-4, atol=1e-6)
 

@@ -38,8 +38,21 @@ class MicroBatchPlan:
     store_rows: torch.Tensor  # [S] flat indices of the tokens to store
     store_samples: list[tuple[int, torch.Tensor, torch.Tensor]]  # (key, tokens, positions) per stored sample
     num_distilled: torch.Tensor  # distilled tokens of the whole optimizer step (all ranks when averaged)
-    label_tokens_repeated: int  # label tokens of repeated samples (aligned or not)
+    repeated_rows: torch.Tensor  # [R] flat indices of the label tokens of repeated samples (aligned or not)
     num_items: torch.Tensor | None = None  # CE normalizer of the whole step, where the trainer does not give one
+
+    @property
+    def label_tokens_repeated(self) -> int:
+        return self.repeated_rows.numel()
+
+    def ce_weight(self, num_label_tokens: int, repeated_weight: float, device) -> torch.Tensor | None:
+        """``[N]`` CE weights: ``repeated_weight`` on the repeated samples' label tokens, 1 elsewhere; ``None``
+        when every weight is 1 (``distillation_repeated_ce_weight``)."""
+        if repeated_weight == 1.0:
+            return None
+        weight = torch.ones(num_label_tokens, dtype=torch.float32, device=device)
+        weight[self.repeated_rows.to(device)] = repeated_weight
+        return weight
 
 
 class IndexedDataset(TorchDataset):
@@ -99,13 +112,13 @@ def plan_micro_batch(batch: dict, store: TargetStore, first_position: int) -> Mi
     for c in counts:
         offsets.append(offsets[-1] + c)
 
-    kd_rows, kd_sources, store_rows, store_samples, repeated = [], [], [], [], 0
+    kd_rows, kd_sources, store_rows, store_samples, repeated = [], [], [], [], []
     for b in range(rows):
         tokens, first = real_tokens(input_ids[b], None if attention is None else attention[b])
         positions = (labels[b, 1:] != -100).nonzero().squeeze(-1) - first  # t predicts token t + 1
         record = store.get(keys[b])
         if record is not None:
-            repeated += positions.numel()
+            repeated.append(torch.arange(offsets[b], offsets[b + 1], device=labels.device))
             cur, prev = align_positions(record, tokens, positions)
             if cur.numel():
                 kd_rows.append(cur + offsets[b])
@@ -123,7 +136,7 @@ def plan_micro_batch(batch: dict, store: TargetStore, first_position: int) -> Mi
         store_rows=cat(store_rows),
         store_samples=store_samples,
         num_distilled=torch.zeros(()),
-        label_tokens_repeated=repeated,
+        repeated_rows=cat(repeated),
     )
 
 
@@ -141,12 +154,12 @@ def plan_classification_batch(batch: dict, store: TargetStore, first_position: i
     attention = batch.get("attention_mask")
     keys = batch[INDEX_COLUMN].tolist()
     position = torch.zeros(1, dtype=torch.long)
-    kd_rows, kd_sources, store_rows, store_samples, repeated = [], [], [], [], 0
+    kd_rows, kd_sources, store_rows, store_samples, repeated = [], [], [], [], []
     for b in range(labels.shape[0]):
         tokens, _ = real_tokens(input_ids[b], None if attention is None else attention[b])
         record = store.get(keys[b])
         if record is not None:
-            repeated += 1
+            repeated.append(b)
             if torch.equal(record.tokens.to(tokens.device), tokens):
                 kd_rows.append(b)
                 kd_sources.append((record.targets, position.to(record.targets.logp.device)))
@@ -164,5 +177,5 @@ def plan_classification_batch(batch: dict, store: TargetStore, first_position: i
         store_rows=rows(store_rows),
         store_samples=store_samples,
         num_distilled=torch.zeros(()),
-        label_tokens_repeated=repeated,
+        repeated_rows=rows(repeated),
     )

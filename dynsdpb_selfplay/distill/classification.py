@@ -8,6 +8,8 @@ which ``D`` are distilled (repeated, identical tokens, targets stored one step e
 
     L = (1/B) sum_{b <= B} CE(z_b, y_b)  +  (1/D) sum_{i <= D} alpha_i * tau_i^2 * KL(p_i || softmax(z_i / tau_i))
 
+(with ``distillation_repeated_ce_weight = w < 1``: ``sum_b w_b CE_b / sum_b w_b``, ``w_b = w`` on repeated samples)
+
 computed by :func:`~.losses.distillation_loss` on the ``[B, C]`` logits (small enough that no fused kernel is
 needed). Regression (one output) and multi-label heads have no class distribution and are refused.
 """
@@ -87,6 +89,7 @@ class DynSDPBClassificationMixin(DynSDPBCore):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         num_samples = self._step_total(sum(b["labels"].shape[0] for b in batches), device)
+        num_samples = self._ce_normalizer(num_samples, [b[PLAN_KEY] for b in batches], device)
         for batch in batches:
             batch[PLAN_KEY].num_items = num_samples
         return batches, num_items
@@ -98,8 +101,9 @@ class DynSDPBClassificationMixin(DynSDPBCore):
         if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
             raise ValueError(f"expected class logits of shape [batch, classes], got {tuple(logits.shape)}")
         targets = self._gathered_targets(plan)
+        ce_weight = plan.ce_weight(labels.shape[0], self.dynsdpb.distillation_repeated_ce_weight, logits.device)
         loss, sums = distillation_loss(
-            logits, labels, plan.kd_rows, targets, num_items=plan.num_items, num_distilled=plan.num_distilled
+            logits, labels, plan.kd_rows, targets, plan.num_items, plan.num_distilled, ce_weight=ce_weight
         )
         if not torch.isfinite(loss):
             return self._nonfinite_loss(model, loss, inputs, plan)

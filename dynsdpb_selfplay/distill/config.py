@@ -62,6 +62,16 @@ class DistillationArguments:
             "prediction renormalised over its k most probable outcomes, divided by log k."
         },
     )
+    distillation_repeated_ce_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight w in [0, 1] of the cross-entropy of the repeated half of each step (the rows whose "
+            "previous-step prediction is distilled); the CE is divided by the weighted label-token count. 1: the "
+            "paper's loss, CE on every row. 0: a repeated row learns from its stored prediction only, so each label "
+            "is trained on once per pass of the data and the repetition is a consistency term alone. Needs "
+            "distillation_alpha > 0 when below 1 (with alpha 0 nothing is stored, so no row counts as repeated)."
+        },
+    )
     distillation_topk: int | None = field(
         default=None,
         metadata={
@@ -116,6 +126,14 @@ class DistillationArguments:
             raise bad("distillation_schedule", "must be 'static' or 'dynamic' (or a Schedule / callable in Python)")
         if self.distillation_progress not in ("constant", "linear"):
             raise bad("distillation_progress", "must be 'constant' or 'linear'")
+        w = self.distillation_repeated_ce_weight
+        if not 0 <= w <= 1:
+            raise bad("distillation_repeated_ce_weight", "must be in [0, 1]")
+        if w < 1 and self.distillation_alpha == 0:
+            raise bad(
+                "distillation_repeated_ce_weight",
+                "below 1 needs distillation_alpha > 0: with alpha 0 nothing is stored, so no row counts as repeated",
+            )
         k = self.distillation_uncertainty_topk
         if k is not None and not (isinstance(k, int) and k >= 2):
             raise bad("distillation_uncertainty_topk", "must be None (whole vocabulary) or an integer >= 2")

@@ -238,7 +238,16 @@ class DynSDPBCore:
         for batch, plan in zip(batches, plans, strict=True):
             plan.num_distilled = num_distilled
             batch[PLAN_KEY] = plan
-        return batches, num_items
+        return batches, self._ce_normalizer(num_items, plans, device)
+
+    def _ce_normalizer(self, count, plans: list[MicroBatchPlan], device):
+        """The step's CE normalizer ``sum_t w_t``: ``count`` label tokens (or samples), less ``1 - w`` for each one
+        of a repeated sample under ``distillation_repeated_ce_weight = w``."""
+        w = self.dynsdpb.distillation_repeated_ce_weight
+        if w == 1.0 or count is None:
+            return count
+        repeated = self._step_total(sum(p.label_tokens_repeated for p in plans), device)
+        return count - (1.0 - w) * repeated.to(torch.as_tensor(count).device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         plan: MicroBatchPlan | None = inputs.pop(PLAN_KEY, None)

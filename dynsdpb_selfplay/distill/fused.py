@@ -5,15 +5,15 @@ every token and the KL of the distilled ones from the *same* logits (one softmax
 entropy metric and the stored-target statistics), writes the new stored targets of the rows that will repeat, and
 immediately forms the gradient of the loss with respect to the logits::
 
-    dL/dz_t  = (softmax(z_t) - onehot(y_t)) / N                                  (CE, every label token)
+    dL/dz_t  = w_t * (softmax(z_t) - onehot(y_t)) / N                            (CE, every label token)
              + alpha_t * tau_t * (q_t - p_t) / D                                  (full targets)
              + alpha_t * tau_t * (q_t - p_tail * q_t/q_tail [off top-k] ; q_t - p_t [on top-k]) / D   (top-k + tail)
 
-with ``q_t = softmax(z_t / tau_t)``. That gradient is pushed through the projection at once (``dL/dh = g W``,
-``dL/dW = g^T h``), so backward only scales the saved results by the incoming gradient. Peak extra memory is a few
-``[chunk, V]`` fp32 buffers instead of ``[N, V]`` logits and their softmax. ``q_t/q_tail <= 1`` is formed in log
-space, and ``0 * log 0`` counts as 0 (a masked vocabulary entry, logit ``-inf``), so the gradients stay finite wherever
-the reference :func:`~.losses.distillation_loss` does.
+with ``q_t = softmax(z_t / tau_t)`` and CE weights ``w_t`` (1 unless given). That gradient is pushed through the
+projection at once (``dL/dh = g W``, ``dL/dW = g^T h``), so backward only scales the saved results by the incoming
+gradient. Peak extra memory is a few ``[chunk, V]`` fp32 buffers instead of ``[N, V]`` logits and their softmax.
+``q_t/q_tail <= 1`` is formed in log space, and ``0 * log 0`` counts as 0 (a masked vocabulary entry, logit
+``-inf``), so the gradients stay finite wherever the reference :func:`~.losses.distillation_loss` does.
 
 Logit scaling and soft-capping (Gemma-style ``z = c * tanh(s / c)``) are applied like TRL's fused head does.
 :func:`~.losses.distillation_loss` is the unfused reference this must match.
@@ -66,8 +66,9 @@ class _FusedCEDistill(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros(v, dtype=torch.float32, device=device) if need_b else None
         f32 = dict(dtype=torch.float32, device=device)
-        sums = {k: torch.zeros((), **f32) for k in ("ce", "kl", "kd", "alpha", "tau", "tail", "ent", "ok")}
+        sums = {k: torch.zeros((), **f32) for k in ("ce", "ce_w", "kl", "kd", "alpha", "tau", "tail", "ent", "ok")}
         kd_rows, kd_t, store_rows = plan["kd_rows"], plan["kd_targets"], plan["store_rows"]
+        ce_weight = plan["ce_weight"]
         cap, scale = plan["softcap"], plan["logit_scale"]
 
         with torch.autocast(device.type, enabled=False), torch.no_grad():
@@ -85,7 +86,10 @@ class _FusedCEDistill(torch.autograd.Function):
                 lse = z.logsumexp(-1, keepdim=True)
                 g = (z - lse).exp_()  # softmax at T = 1
                 z_y = z.gather(-1, y[:, None])
-                sums["ce"] += (lse - z_y).sum()
+                ce = (lse - z_y).squeeze(-1)
+                w_ce = None if ce_weight is None else ce_weight[start:end]
+                sums["ce"] += ce.sum()
+                sums["ce_w"] += ce.sum() if w_ce is None else (w_ce * ce).sum()
                 sums["ent"] += (lse.squeeze(-1) - weighted_sum(g, z)).sum()
                 sums["ok"] += (z.argmax(-1) == y).sum()
 
@@ -95,7 +99,7 @@ class _FusedCEDistill(torch.autograd.Function):
                     out.stored.append(plan["make_targets"](z[s_local], g[s_local], lse[s_local], y[s_local]))
 
                 g.scatter_add_(-1, y[:, None], torch.full_like(z_y, -1.0))
-                g.mul_(plan["ce_scale"])
+                g.mul_(plan["ce_scale"] if w_ce is None else plan["ce_scale"] * w_ce[:, None])
 
                 k_local, k_lo, k_hi = _rows_in(kd_rows, start, end)
                 if k_local.numel():
@@ -139,7 +143,7 @@ class _FusedCEDistill(torch.autograd.Function):
                 if need_b:
                     grad_b += g.sum(0)
 
-        loss = sums["ce"] * plan["ce_scale"] + sums["kd"] * plan["kd_scale"]
+        loss = sums["ce_w"] * plan["ce_scale"] + sums["kd"] * plan["kd_scale"]
         out.ce_sum, out.kl_sum, out.kd_sum = sums["ce"], sums["kl"], sums["kd"]
         out.alpha_sum, out.tau_sum, out.tail_mass_sum = sums["alpha"], sums["tau"], sums["tail"]
         out.entropy_sum, out.num_correct = sums["ent"], sums["ok"]
@@ -172,15 +176,17 @@ def fused_ce_distill(
     logit_scale: float = 1.0,
     softcap: float | None = None,
     chunk_size: int = 256,
+    ce_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, FusedOutputs]:
-    """``L = sum_t CE_t / num_items + kd_weight * sum_i alpha_i tau_i^2 KL_i / num_distilled``, fused with the LM head.
+    """``L = sum_t w_t CE_t / num_items + kd_weight * sum_i alpha_i tau_i^2 KL_i / num_distilled``, fused with the
+    LM head.
 
     Args:
         hidden: ``[N, H]`` final hidden states at the label positions (already shifted: row ``t`` predicts
             ``labels[t]``).
         weight, bias: the LM head, ``[V, H]`` and ``[V]`` or ``None``.
         labels: ``[N]`` label tokens.
-        num_items: CE normalizer (``num_items_in_batch`` under gradient accumulation), clamped to >= 1.
+        num_items: CE normalizer (``num_items_in_batch`` under gradient accumulation; 0 counts as 1).
         kd_rows: ``[D]`` sorted indices into ``N`` of the distilled tokens; ``kd_targets`` their targets.
         num_distilled: KL normalizer (distilled tokens in the whole optimizer step), clamped to >= 1.
         kd_weight: factor on the KD term alone (undoes what the caller's trainer later does to the whole loss, e.g.
@@ -190,6 +196,8 @@ def fused_ce_distill(
             is the softmax at temperature 1 and ``lse`` its log-normalizer) builds them.
         logit_scale, softcap: the model's logit transform ``z = softcap * tanh(logit_scale * s / softcap)``.
         chunk_size: tokens per chunk; memory is ``O(chunk_size * V)``.
+        ce_weight: ``[N]`` weights ``w_t`` of the CE terms (``None``: all 1). ``FusedOutputs.ce_sum`` stays the
+            unweighted sum (a metric of fit); the loss uses the weighted one.
 
     Returns:
         The scalar loss (differentiable in ``hidden``, ``weight`` and ``bias``) and :class:`FusedOutputs`.
@@ -201,7 +209,8 @@ def fused_ce_distill(
         "kd_targets": kd_targets,
         "store_rows": empty if store_rows is None else store_rows.to(device),
         "make_targets": make_targets,
-        "ce_scale": 1.0 / max(float(num_items), 1.0),
+        "ce_scale": 1.0 / (float(num_items) if float(num_items) > 0 else 1.0),
+        "ce_weight": None if ce_weight is None else ce_weight.to(device=device, dtype=torch.float32),
         "kd_scale": float(kd_weight) / max(float(num_distilled), 1.0),
         "logit_scale": float(logit_scale),
         "softcap": softcap,
@@ -209,6 +218,9 @@ def fused_ce_distill(
     }
     if plan["kd_rows"].numel() and kd_targets is None:
         raise ValueError("fused_ce_distill: kd_rows given without kd_targets")
+    if ce_weight is not None and ce_weight.shape != labels.shape:
+        shapes = f"{tuple(ce_weight.shape)} vs labels {tuple(labels.shape)}"
+        raise ValueError(f"fused_ce_distill: ce_weight must match labels, got {shapes}")
     if plan["store_rows"].numel() and make_targets is None:
         raise ValueError("fused_ce_distill: store_rows given without make_targets")
     zero = torch.zeros((), device=device)

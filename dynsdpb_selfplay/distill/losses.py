@@ -15,6 +15,9 @@ and the DynSDPB objective over a batch with ``N`` label tokens of which ``D`` ar
 
     L = (1/N) sum_{t <= N} CE_t  +  (1/D) sum_{i <= D} alpha_i * tau_i^2 * KL_i
 
+With ``distillation_repeated_ce_weight = w < 1`` each CE term carries a weight ``w_t`` (``w`` on the label tokens of
+repeated samples, 1 elsewhere) and the CE is ``sum_t w_t CE_t / sum_t w_t``.
+
 Stored targets come in two forms (:class:`Targets`):
 
 * **full**: ``log p`` over the whole vocabulary, fp32 ``[n, V]``; exact.
@@ -210,26 +213,33 @@ def distillation_loss(
     targets: Targets,
     num_items: float | torch.Tensor | None = None,
     num_distilled: float | torch.Tensor | None = None,
+    ce_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Reference (unfused) DynSDPB loss over label tokens; the trainer's fused kernel must match it.
 
-    ``L = sum_t CE_t / num_items + sum_i alpha_i tau_i^2 KL_i / num_distilled``
+    ``L = sum_t w_t CE_t / num_items + sum_i alpha_i tau_i^2 KL_i / num_distilled``
 
     Args:
         logits: ``[N, V]`` student logits at the label positions.
         labels: ``[N]`` label tokens.
         kd_rows: ``[D]`` indices into ``N`` of the distilled tokens (may be empty).
         targets: :class:`Targets` for the ``D`` distilled tokens, in ``kd_rows`` order.
-        num_items: CE normalizer (defaults to ``N``, at least 1), e.g. ``num_items_in_batch`` under accumulation.
+        num_items: CE normalizer (defaults to ``sum_t w_t``, i.e. ``N`` without weights; 0 counts as 1), e.g.
+            ``num_items_in_batch`` under accumulation.
         num_distilled: KL normalizer (defaults to ``D``, at least 1).
+        ce_weight: ``[N]`` weights ``w_t`` of the CE terms (``None``: all 1).
 
     Returns:
-        The scalar loss and the sums ``ce_sum``, ``kl_sum`` (unweighted) and ``kd_sum`` (weighted).
+        The scalar loss and the sums ``ce_sum`` (unweighted CE), ``kl_sum`` (unweighted) and ``kd_sum`` (weighted).
     """
-    n_items = torch.as_tensor(labels.numel() if num_items is None else num_items, dtype=torch.float32).clamp(min=1)
-    n_kd = torch.as_tensor(kd_rows.numel() if num_distilled is None else num_distilled, dtype=torch.float32)
     ce = torch.nn.functional.cross_entropy(logits.float(), labels.long(), reduction="none")
+    weighted = ce if ce_weight is None else ce * ce_weight.float()
+    if num_items is None:
+        num_items = labels.numel() if ce_weight is None else ce_weight.float().sum()
+    n_items = torch.as_tensor(num_items, dtype=torch.float32)
+    n_items = torch.where(n_items > 0, n_items, 1.0)  # nothing to normalise: the (zero) sum stays zero
+    n_kd = torch.as_tensor(kd_rows.numel() if num_distilled is None else num_distilled, dtype=torch.float32)
     kl = kl_to_targets(logits[kd_rows], targets) if kd_rows.numel() else logits.new_zeros(0, dtype=torch.float32)
     kd = targets.alpha * targets.tau.square() * kl if kd_rows.numel() else kl
-    loss = ce.sum() / n_items + kd.sum() / n_kd.clamp(min=1)
+    loss = weighted.sum() / n_items + kd.sum() / n_kd.clamp(min=1)
     return loss, {"ce_sum": ce.sum().detach(), "kl_sum": kl.sum().detach(), "kd_sum": kd.sum().detach()}

@@ -8,7 +8,8 @@ mixin and a :class:`~.config.DynSDPBConfig`; :func:`attach_dynsdpb` turns an alr
 its class for a subclass with the right mixin, so an existing recipe gains DynSDPB with one line.
 
 The CE is TRL's (normalized by the label tokens of the whole optimizer step, ``num_items_in_batch``, or, for a
-model that takes no loss kwargs, the micro-batch mean the Trainer divides by the accumulation steps), the KL is
+model that takes no loss kwargs, the micro-batch mean the Trainer divides by the accumulation steps; weighted, with
+the count, by ``distillation_repeated_ce_weight`` on repeated samples), the KL is
 normalized by the distilled tokens of the whole step on every model family, and MoE models keep SFTTrainer's
 ``router_aux_loss_coef * aux_loss``. Families whose logits the fused kernel cannot reproduce are refused at
 construction (:mod:`.architectures`).
@@ -111,9 +112,13 @@ class DynSDPBMixin(DynSDPBCore):
         if hasattr(weight, "full_tensor"):  # FSDP2 DTensor: gather the head, as TRL's fused head does
             weight = weight.full_tensor()
             bias = None if bias is None else bias.full_tensor()
-        num_items = mask.sum() if num_items_in_batch is None else num_items_in_batch
-        scale, softcap = self._dynsdpb_transform
         settings = self.dynsdpb
+        ce_weight = plan.ce_weight(int(mask.sum()), settings.distillation_repeated_ce_weight, weight.device)
+        if num_items_in_batch is not None:
+            num_items = num_items_in_batch  # the step's, already weighted in get_batch_samples
+        else:
+            num_items = mask.sum() if ce_weight is None else ce_weight.sum()
+        scale, softcap = self._dynsdpb_transform
         # ZeRO-3 partitions the head outside its module's forward: gather it for the kernel, as TRL's fused head does.
         with maybe_gather_lm_head_ctx(weight, bias):
             loss, out = fused_ce_distill(
@@ -132,6 +137,7 @@ class DynSDPBMixin(DynSDPBCore):
                 logit_scale=scale,
                 softcap=softcap,
                 chunk_size=settings.distillation_chunk_size,
+                ce_weight=ce_weight,
             )
         # From here on, exactly SFTTrainer.compute_loss: the token-normalised loss times the processes DDP averages
         # over, then the weighted MoE aux loss, a per-micro-batch mean (over the accumulation steps when the Trainer
