@@ -116,15 +116,16 @@ def plan_micro_batch(batch: dict, store: TargetStore, first_position: int) -> Mi
     for b in range(rows):
         tokens, first = real_tokens(input_ids[b], None if attention is None else attention[b])
         positions = (labels[b, 1:] != -100).nonzero().squeeze(-1) - first  # t predicts token t + 1
+        label_rows = torch.arange(offsets[b], offsets[b + 1], device=labels.device)  # row b's flat label indices
         record = store.get(keys[b])
         if record is not None:
-            repeated.append(torch.arange(offsets[b], offsets[b + 1], device=labels.device))
+            repeated.append(label_rows)
             cur, prev = align_positions(record, tokens, positions)
             if cur.numel():
                 kd_rows.append(cur + offsets[b])
                 kd_sources.append((record.targets, prev.to(record.targets.logp.device)))
         if is_fresh_position(first_position + b):
-            store_rows.append(torch.arange(offsets[b], offsets[b + 1], device=labels.device))
+            store_rows.append(label_rows)
             store_samples.append((keys[b], tokens.detach().clone(), positions.detach().clone()))
 
     def cat(parts):
