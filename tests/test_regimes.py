@@ -181,7 +181,7 @@ def test_the_table_lists_every_seeds_curve_with_its_selected_epoch():
     assert rows == ["| 0 | sft | 30 [50] |", "| 0 | dyn | [20] 30 |", "| 1 | sft | [10] 30 |"]
 
 
-@pytest.mark.parametrize("name", ["regimes_decoder_cpu.yaml", "regimes_decoder_long.yaml", "regimes_nlu_cpu.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "benchmarks" / "configs").glob("regimes_*.yaml")))
 def test_every_arm_of_the_shipped_regime_studies_is_a_valid_configuration(name, tmp_path):
     """A misspelt or out-of-range distillation option in a study would otherwise surface hours into the run."""
     from dynsdpb_selfplay.distill.config import DistillationArguments
