@@ -62,3 +62,20 @@ def test_distillation_fields_in_yaml_are_validated(recipe, tmp_path, capsys):
     path.write_text(yaml.safe_dump({**cfg, "distillation_temperature": 0}))
     assert main(["sft", "--config", str(path)]) == 2
     assert "dynsdpb sft: error: distillation_temperature=0: must be > 0" in capsys.readouterr().err
+
+
+def test_readme_lists_every_distillation_field_with_its_default():
+    """The README's options table is where users look first; a new or changed field must show there as it is."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from dynsdpb_selfplay.distill.config import DistillationArguments
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        if line.startswith("| `distillation_"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells[1].strip("`")
+    expected = {f.name: str(f.default) for f in fields(DistillationArguments)}
+    assert rows == expected
