@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
-from common import run_child, save  # noqa: E402
+from common import read_config, run_or_raise, save  # noqa: E402
 
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
@@ -63,15 +62,7 @@ CURVE = {"loss": "loss", "ce": "dynsdpb/ce", "kl": "dynsdpb/kl", "kd": "dynsdpb/
 
 def load_bench_config(path: str) -> dict:
     """The benchmark YAML; unknown keys name the file. Each run's settings are checked as a run config later."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UserInputError(f"{path}: cannot read the benchmark config ({e})") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"{path}: expected a mapping at the top level")
-    for key in data:
-        if key not in KEYS:
-            raise UserInputError(f"{path}: {key}: unknown key; known: {', '.join(sorted(KEYS))}")
+    data = read_config(path, KEYS)
     for key in data.get("distillation") or {}:  # DynSDPBConfig field names, as in a run config's training:
         if not key.startswith("distillation_"):
             raise UserInputError(f"{path}: distillation.{key}: write the DynSDPBConfig field, distillation_{key}")
@@ -243,10 +234,7 @@ def run_pipelines(spec: dict, args, source: str) -> list[dict]:
                 cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
                 cli += [str(cfg_path), "--run-dir", str(run_dir)]
             print(f"[bench_gsm8k] pipeline {path} with trainer {trainer}: {' '.join(cli)}", flush=True)
-            code = run_child(cli).returncode
-            if code != 0:
-                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-                raise UserInputError(f"{source}: pipeline run {run_dir} {how} (output above; a rerun resumes it)")
+            run_or_raise(cli, f"{source}: pipeline run {run_dir}")
             state = json.loads(state_path.read_text())
         info = state["info"]
         rounds = rounds_in(info)

@@ -25,9 +25,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import yaml  # noqa: E402
 from bench_gsm8k import read_runs  # noqa: E402
-from common import restore_runs, save  # noqa: E402
+from common import read_config, restore_runs, save  # noqa: E402
 from regime_plots import markdown, plot  # noqa: E402
 from regime_stats import summarize_regime  # noqa: E402
 
@@ -41,13 +40,7 @@ METRICS = ("accuracy", "mcc", "f1")
 
 
 def load_bench_config(path: str) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UserInputError(f"{path}: cannot read the benchmark config ({e})") from None
-    unknown = sorted(set(data) - KEYS) if isinstance(data, dict) else ["(not a mapping)"]
-    if unknown:
-        raise UserInputError(f"{path}: unknown key(s) {unknown}; known: {', '.join(sorted(KEYS))}")
+    data = read_config(path, KEYS)
     if data.get("task", "gsm8k-steps") not in TASKS:
         raise UserInputError(f"{path}: task: {data['task']!r} is not one of {TASKS}")
     if not data.get("regimes") or not data.get("arms"):

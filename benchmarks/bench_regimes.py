@@ -36,9 +36,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import yaml  # noqa: E402
 from bench_gsm8k import gold_rows, read_runs  # noqa: E402
-from common import restore_runs, save  # noqa: E402
+from common import read_config, restore_runs, save  # noqa: E402
 from regime_plots import markdown, plot  # noqa: E402
 from regime_stats import summarize_regime  # noqa: E402
 
@@ -54,15 +53,7 @@ ARM_KEYS = {"trainer", "distillation"}
 def load_bench_config(path: str) -> dict:
     """The study's YAML; unknown keys name the file and the section. Every run's settings are validated as a run
     config before anything trains (:func:`run_config`)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UserInputError(f"{path}: cannot read the benchmark config ({e})") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"{path}: expected a mapping at the top level")
-    for key in data:
-        if key not in KEYS:
-            raise UserInputError(f"{path}: {key}: unknown key; known: {', '.join(sorted(KEYS))}")
+    data = read_config(path, KEYS)
     for section, known, items in (("regimes", REGIME_KEYS, data.get("regimes") or []),
                                   ("arms", ARM_KEYS, (data.get("arms") or {}).values())):  # fmt: skip
         for item in items:

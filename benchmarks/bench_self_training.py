@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
 from bench_rounds import round_breakdown, rounds_in  # noqa: E402
-from common import run_child, save  # noqa: E402
+from common import read_config, run_or_raise, save  # noqa: E402
 
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.evaluate import mean_ci95  # noqa: E402
@@ -48,13 +47,7 @@ DEFAULT_ARMS = {"sft": {"training.trainer": "sft"}, "dynsdpb": {"training.traine
 
 
 def load_study(path: str) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UserInputError(f"{path}: cannot read the study config ({e})") from None
-    unknown = sorted(set(data) - KEYS) if isinstance(data, dict) else ["(not a mapping)"]
-    if unknown:
-        raise UserInputError(f"{path}: unknown key(s) {unknown}; known: {', '.join(sorted(KEYS))}")
+    data = read_config(path, KEYS, "study config")
     if "pipeline" not in data:
         raise UserInputError(f"{path}: pipeline: give the `dynsdpb run` config to study")
     arms = data.setdefault("arms", DEFAULT_ARMS)
@@ -102,10 +95,7 @@ def run_one(study: dict, arm: str, seed: int, work_dir: Path) -> dict:
             path.write_text(yaml.safe_dump(cfg, sort_keys=False))
             cli += [str(path), "--run-dir", str(run_dir)]
         print(f"[bench_self_training] {arm} seed {seed}: {' '.join(cli)}", flush=True)
-        code = run_child(cli).returncode
-        if code != 0:
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-            raise UserInputError(f"run {run_dir} {how} (output above; the same command resumes it)")
+        run_or_raise(cli, f"run {run_dir}")
         state = json.loads(state_path.read_text())
     info = state["info"]
     rounds = []

@@ -1,5 +1,5 @@
 """What every benchmark records beside its numbers (the machine with its CPU capability and whether it computes bf16
-natively, the versions, where the JSON goes), and how it runs
+natively, the versions, where the JSON goes), how it reads its YAML, and how it runs
 a child process without orphaning the child's vLLM engine."""
 
 from __future__ import annotations
@@ -25,6 +25,27 @@ def environment() -> dict:
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(), "gpu": gpu,
                "cpu": cpu_features()}  # fmt: skip
     return {"machine": machine, "versions": versions}
+
+
+def read_config(path: str, keys: set[str], what: str = "benchmark config") -> dict:
+    """The mapping at the top of the YAML file ``path``; an unreadable file, another top level or a key outside
+    ``keys`` raises :class:`UserInputError` naming the file (and the key)."""
+    from pathlib import Path
+
+    import yaml
+
+    from dynsdpb_selfplay.errors import UserInputError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserInputError(f"{path}: cannot read the {what} ({e})") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: expected a mapping at the top level")
+    for key in data:
+        if key not in keys:
+            raise UserInputError(f"{path}: {key}: unknown key; known: {', '.join(sorted(keys))}")
+    return data
 
 
 def save(result: dict, path: str | None) -> None:
@@ -77,3 +98,15 @@ def run_child(cmd: list[str], capture: bool = False) -> subprocess.CompletedProc
         proc.communicate()
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+
+def run_or_raise(cmd: list[str], what: str) -> None:
+    """:func:`run_child`, and a :class:`UserInputError` saying how ``what`` (a resumable run) ended if it failed."""
+    import signal
+
+    from dynsdpb_selfplay.errors import UserInputError
+
+    code = run_child(cmd).returncode
+    if code != 0:
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        raise UserInputError(f"{what} {how} (output above; the same command resumes it)")

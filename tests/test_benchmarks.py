@@ -316,3 +316,27 @@ def test_self_training_study_arms_differ_only_where_they_say(tmp_path):
     bad.write_text(path.read_text().replace("baselines: [sft, sft_2_epochs]", "baselines: [sft, plain]"))
     with pytest.raises(UserInputError, match=r"bad_study.yaml: baselines: 'plain' is not an arm"):
         load_study(str(bad))
+
+
+def test_benchmark_configs_and_child_runs_fail_naming_the_file_key_and_run(tmp_path):
+    """The shared YAML reader and child runner of the benchmark scripts: what failed, where, and how to go on."""
+    sys.path.insert(0, str(BENCH))
+    from common import read_config, run_or_raise
+
+    from dynsdpb_selfplay.errors import UserInputError
+
+    path = tmp_path / "study.yaml"
+    path.write_text("seeds: [1]\n")
+    assert read_config(str(path), {"seeds", "arms"}) == {"seeds": [1]}
+    for text, match in [("seeds: [1]\ncolour: red\n", r"study\.yaml: colour: unknown key; known: arms, seeds"),
+                        ("- 1\n", r"study\.yaml: expected a mapping at the top level"),
+                        ("seeds: [1\n", r"study\.yaml: cannot read the study config")]:  # fmt: skip
+        path.write_text(text)
+        with pytest.raises(UserInputError, match=match):
+            read_config(str(path), {"seeds", "arms"}, "study config")
+    run_or_raise([sys.executable, "-c", "pass"], "run a")
+    with pytest.raises(UserInputError, match=r"^run b exited with 3 \(output above; the same command resumes it\)"):
+        run_or_raise([sys.executable, "-c", "raise SystemExit(3)"], "run b")
+    kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    with pytest.raises(UserInputError, match=r"^run c was killed by SIGKILL"):
+        run_or_raise([sys.executable, "-c", kill], "run c")
