@@ -6,6 +6,8 @@ passes of plain training), the same optimizer steps for every arm, so arms are c
 After each epoch the model predicts a fixed test split and a separate validation split (GSM8K train questions
 outside the training pool), and the validation split alone picks a run's best epoch.
 Seed ``s`` fixes the training subset (nested across sizes), the new classification head and the data order.
+Finished runs go to ``<work_dir>/runs.jsonl`` (a rerun skips them), and the ``--out`` JSON is rewritten after each,
+so a cut study keeps its finished runs in a tracked file and a fresh clone resumes from it.
 
     DYNSDPB_GSM8K_DIR=../shared/data/gsm8k .venv/bin/python benchmarks/bench_nlu_regimes.py \\
         --config benchmarks/configs/regimes_nlu_cpu.yaml --out benchmarks/results/regimes_nlu_cpu.json
@@ -45,9 +47,18 @@ def load_bench_config(path: str) -> dict:
         raise UserInputError(f"{path}: task: {data['task']!r} is not one of {TASKS}")
     if not data.get("regimes") or not data.get("arms"):
         raise UserInputError(f"{path}: give at least one regime (label, size, learning_rate) and one arm")
+    from dynsdpb_selfplay.distill.config import DistillationArguments
+
     for arm, spec in data["arms"].items():
-        if set(spec) - {"trainer", "distillation"}:
+        if not isinstance(spec, dict) or set(spec) - {"trainer", "distillation"}:
             raise UserInputError(f"{path}: arms.{arm}: keys are 'trainer' (plain | dynsdpb) and 'distillation'")
+        trainer, distillation = spec.get("trainer", "dynsdpb"), spec.get("distillation") or {}
+        if trainer not in ("plain", "dynsdpb") or (trainer == "plain" and distillation):
+            raise UserInputError(f"{path}: arms.{arm}: trainer is 'plain' (no distillation settings) or 'dynsdpb'")
+        try:  # every arm is checked before hours of training, by the class's own checks
+            DistillationArguments(**distillation)
+        except (TypeError, ValueError) as e:
+            raise UserInputError(f"{path}: arms.{arm}.distillation: {e}") from None
     return data
 
 
@@ -145,6 +156,28 @@ def one_run(bench: dict, regime: dict, arm: str, seed: int, val, test, work_dir:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
 
 
+def write_results(bench: dict, seeds: list[int], log_path: Path, out: str | None, start: float) -> str:
+    """Summarize every run in ``log_path`` per metric into ``out`` (JSON, with a .md table and a PNG of accuracy
+    beside it); returns the tables."""
+    runs = read_runs(log_path)
+    baselines = tuple(bench.get("baselines", ["plain", "repeat"]))
+    summary, tables = {}, []
+    for metric in METRICS:  # the first one (accuracy unless the config says) is the one plotted
+        summary[metric] = {"metric": metric, "base": None, "regimes": {}}
+        for label in dict.fromkeys(r["regime"] for r in runs):
+            mine = [r for r in runs if r["regime"] == label]
+            summary[metric]["regimes"][label] = summarize_regime(mine, metric, baselines)
+        tables.append(f"### {metric}\n\n" + markdown(summary[metric], {"baselines": list(baselines)}))
+    table = "\n".join(tables)
+    if out:
+        save({"benchmark": "nlu_regimes", "config": {**bench, "seeds": seeds}, "summary": summary, "runs": runs,
+              "wall_s_this_invocation": time.perf_counter() - start}, out)  # fmt: skip
+        stem = os.path.splitext(out)[0]
+        Path(stem + ".md").write_text(table)
+        plot(summary["accuracy"], stem + ".png")
+    return table
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="study YAML (benchmarks/configs/regimes_nlu_*.yaml)")
@@ -172,29 +205,14 @@ def main() -> int:
                 record = one_run(bench, regime, arm, seed, val, test, work_dir)
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
+                write_results(bench, seeds, log_path, args.out, start)  # a crash or a cut loses no finished run
     except UserInputError as e:
         print(f"bench_nlu_regimes: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bench_nlu_regimes: interrupted; finished runs are kept and the same command resumes", file=sys.stderr)
         return 130
-    runs = read_runs(log_path)
-    baselines = tuple(bench.get("baselines", ["plain", "repeat"]))
-    summary, tables = {}, []
-    for metric in METRICS:  # the first one (accuracy unless the config says) is the one plotted
-        summary[metric] = {"metric": metric, "base": None, "regimes": {}}
-        for label in dict.fromkeys(r["regime"] for r in runs):
-            mine = [r for r in runs if r["regime"] == label]
-            summary[metric]["regimes"][label] = summarize_regime(mine, metric, baselines)
-        tables.append(f"### {metric}\n\n" + markdown(summary[metric], {"baselines": list(baselines)}))
-    table = "\n".join(tables)
-    print(table)
-    if args.out:
-        save({"benchmark": "nlu_regimes", "config": {**bench, "seeds": seeds}, "summary": summary, "runs": runs,
-              "wall_s_this_invocation": time.perf_counter() - start}, args.out)  # fmt: skip
-        stem = os.path.splitext(args.out)[0]
-        Path(stem + ".md").write_text(table)
-        plot(summary["accuracy"], stem + ".png")
+    print(write_results(bench, seeds, log_path, args.out, start))
     return 0
 
 

@@ -15,8 +15,10 @@ compared by paired differences over seeds.
     .venv/bin/python benchmarks/bench_regimes.py --config benchmarks/configs/regimes_decoder_cpu.yaml \\
         --out benchmarks/results/regimes_decoder_cpu.json
 
-Finished runs are appended to ``<work_dir>/runs.jsonl`` and a rerun skips them; a run cut short starts over. Where
-``runs.jsonl`` is missing (a fresh clone), the runs of the ``--out`` JSON are restored into it first.
+Finished runs are appended to ``<work_dir>/runs.jsonl`` and a rerun skips them; a run cut short starts over. The
+``--out`` JSON (with its table and plot) is rewritten after every finished run, so a study stopped by a crash or a
+lost machine still has all its finished runs in a tracked file; where ``runs.jsonl`` is missing (a fresh clone),
+the runs of the ``--out`` JSON are restored into it first.
 """
 
 from __future__ import annotations
@@ -179,8 +181,9 @@ def train_and_score(bench, regime, arm, seed, scorer: Scorer, task, fmt, base: s
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
 
 
-def run_all(bench: dict, args, log_path: Path, source: str) -> None:
-    """Every missing run, and the base model's scores (arm ``base``, epoch 0), with one engine."""
+def run_all(bench: dict, args, log_path: Path, source: str, on_record=lambda: None) -> None:
+    """Every missing run, and the base model's scores (arm ``base``, epoch 0), with one engine; ``on_record`` is
+    called after each record is appended to ``log_path``."""
     from dynsdpb_selfplay.engines import make_engine
     from dynsdpb_selfplay.models import resolve_model
     from dynsdpb_selfplay.tasks import get_task
@@ -201,6 +204,7 @@ def run_all(bench: dict, args, log_path: Path, source: str) -> None:
         if ("-", "base", 0) not in done:
             record = {"regime": "-", "arm": "base", "seed": 0, "epochs": [{"epoch": 0, "step": 0, **scorer.score()}]}
             _append(log_path, record)
+            on_record()
         for regime, arm, seed in todo:
             folder = args.work_dir / regime["label"] / f"{arm}-seed{seed}"
             steps = run_config(bench, regime, arm, seed, source).training.args["max_steps"]
@@ -208,6 +212,7 @@ def run_all(bench: dict, args, log_path: Path, source: str) -> None:
                   flush=True)  # fmt: skip
             record = train_and_score(bench, regime, arm, seed, scorer, task, fmt, base, folder, source)
             _append(log_path, record)
+            on_record()
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         engine.close()
@@ -233,6 +238,21 @@ def summarize(bench: dict, runs: list[dict]) -> dict:
     for label in dict.fromkeys(r["regime"] for r in runs if r["arm"] != "base"):
         out["regimes"][label] = summarize_regime([r for r in runs if r["regime"] == label], metric, baselines)
     return out
+
+
+def write_results(bench: dict, args, log_path: Path, start: float) -> str:
+    """Summarize every run in ``log_path`` into ``--out`` (JSON, with a .md table and a PNG beside it); returns
+    the table."""
+    runs = read_runs(log_path)
+    summary = summarize(bench, runs)
+    table = markdown(summary, bench)
+    if args.out:
+        save({"benchmark": "regimes", "config": {**bench, "seeds": args.seeds}, "summary": summary, "runs": runs,
+              "wall_s_this_invocation": time.perf_counter() - start}, args.out)  # fmt: skip
+        stem = os.path.splitext(args.out)[0]
+        Path(stem + ".md").write_text(table)
+        plot(summary, stem + ".png")
+    return table
 
 
 def main() -> int:
@@ -263,8 +283,8 @@ def main() -> int:
         args.work_dir.mkdir(parents=True, exist_ok=True)
         log_path = args.work_dir / "runs.jsonl"
         restore_runs(log_path, args.out, "regimes")
-        if not args.summarize_only:
-            run_all(bench, args, log_path, args.config)
+        if not args.summarize_only:  # results are rewritten after every run: a crash or a cut loses none of them
+            run_all(bench, args, log_path, args.config, lambda: write_results(bench, args, log_path, start))
     except UserInputError as e:
         print(f"bench_regimes: error: {e}", file=sys.stderr)
         return 2
@@ -272,16 +292,7 @@ def main() -> int:
         print(f"bench_regimes: interrupted; finished runs are in {args.work_dir / 'runs.jsonl'} and the same "
               "command resumes", file=sys.stderr)  # fmt: skip
         return 130
-    runs = read_runs(log_path)
-    summary = summarize(bench, runs)
-    table = markdown(summary, bench)
-    print(table)
-    if args.out:
-        save({"benchmark": "regimes", "config": {**bench, "seeds": args.seeds}, "summary": summary, "runs": runs,
-              "wall_s_this_invocation": time.perf_counter() - start}, args.out)  # fmt: skip
-        stem = os.path.splitext(args.out)[0]
-        Path(stem + ".md").write_text(table)
-        plot(summary, stem + ".png")
+    print(write_results(bench, args, log_path, start))
     return 0
 
 

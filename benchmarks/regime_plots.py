@@ -75,6 +75,8 @@ def plot(summary: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     regimes = list(summary["regimes"])
+    if not regimes:  # only the base model is scored yet
+        return
     cols = min(len(regimes), 4)
     rows = -(-len(regimes) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)

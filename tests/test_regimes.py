@@ -77,7 +77,8 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
         "training": {"per_device_train_batch_size": 4, "max_length": 512, "bf16": False},
         "regimes": [{"label": "full-8", "size": 8, "learning_rate": 1e-3},
                     {"label": "lora-8", "size": 8, "learning_rate": 1e-3, "lora": {"r": 4, "lora_alpha": 8,
-                                                                                   "target_modules": ["q_proj"]}}],
+                                                                                   "target_modules": ["q_proj"]}},
+                    {"label": "broken", "size": 8, "learning_rate": 1e-3, "lora": {"target_modules": ["no_proj"]}}],
         "arms": {"sft": {"trainer": "sft"}, "dynamic": {"distillation": {"distillation_schedule": "dynamic",
                                                                            "distillation_progress": "linear"}}},
     }  # fmt: skip
@@ -86,8 +87,20 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
     out = tmp_path / "result.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_regimes.py"), "--config", str(path), "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    # A study that dies in its third run (peft finds no module to adapt) keeps the two it finished in --out.
+    proc = subprocess.run([*cmd, "--regimes", "full-8", "broken"], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode != 0 and "no_proj" in proc.stderr, proc.stderr[-3000:]
+    kept = json.loads(out.read_text())
+    assert sorted((r["regime"], r["arm"]) for r in kept["runs"]) == [("-", "base"), ("full-8", "dynamic"),
+                                                                      ("full-8", "sft")]  # fmt: skip
+    assert set(kept["summary"]["regimes"]) == {"full-8"}
+    # The same study resumes: only lora-8's runs train.
+    proc = subprocess.run([*cmd, "--regimes", "full-8", "lora-8"], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "full-8 sft seed 0:" not in proc.stdout and "lora-8 sft seed 0:" in proc.stdout
+    cmd = [*cmd, "--regimes", "full-8", "lora-8"]
     result = json.loads(out.read_text())
     runs = [r for r in result["runs"] if r["arm"] != "base"]
     assert len(runs) == 2 * 2
@@ -207,3 +220,53 @@ def test_every_arm_of_the_shipped_regime_studies_is_a_valid_configuration(name, 
             assert cfg.training.trainer == spec.get("trainer", "dynsdpb")
             for key, value in spec.get("distillation", {}).items():
                 assert getattr(trainer_config, key) == value, (arm, key)
+
+
+def test_bench_nlu_regimes_keeps_finished_runs_when_a_later_one_fails(tmp_path, gsm8k_data, monkeypatch, capsys):
+    """The encoder study on the real MiniLM (offline package), 1 seed, 2 epochs of 16 rows: every arm takes the same
+    steps and is scored after each epoch; a bad arm stops the study before anything trains; a run that dies leaves
+    the finished ones in --out; a rerun trains nothing."""
+    import bench_nlu_regimes
+
+    cfg = {
+        "model": "all-minilm-l6-v2", "task": "gsm8k-steps", "work_dir": str(tmp_path / "work"), "seeds": [0],
+        "epochs": 2, "data": {"pool": 40, "validation": 8, "test": 8}, "max_seq_length": 32,
+        "training": {"per_device_train_batch_size": 8}, "baselines": ["plain"],
+        "regimes": [{"label": "n16", "size": 16, "learning_rate": 1e-4}],
+        "arms": {"plain": {"trainer": "plain"}, "dynamic": {"distillation": {"distillation_schedule": "dynamic"}},
+                 "static": {"distillation": {"distillation_schedule": "static"}}},
+    }  # fmt: skip
+    path, out = tmp_path / "study.yaml", tmp_path / "nlu.json"
+    monkeypatch.setenv("DYNSDPB_GSM8K_DIR", str(gsm8k_data))
+
+    def study(arms: dict, *extra: str) -> int:
+        path.write_text(yaml.safe_dump({**cfg, "arms": arms}, sort_keys=False))
+        monkeypatch.setattr(sys, "argv", ["bench_nlu_regimes", "--config", str(path), "--out", str(out), *extra])
+        return bench_nlu_regimes.main()
+
+    assert study({**cfg["arms"], "broken": {"distillation": {"distillation_alpha": -1.0}}}) == 2
+    assert f"{path}: arms.broken.distillation: distillation_alpha=-1.0" in capsys.readouterr().err
+    assert not out.exists()
+
+    real, calls = bench_nlu_regimes.one_run, []
+
+    def dies_on_the_third_run(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 3:
+            raise RuntimeError("machine lost")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench_nlu_regimes, "one_run", dies_on_the_third_run)
+    with pytest.raises(RuntimeError, match="machine lost"):
+        study(cfg["arms"])
+    result = json.loads(out.read_text())
+    assert [r["arm"] for r in result["runs"]] == ["plain", "dynamic"]
+    for r in result["runs"]:
+        # An epoch is 2 x 16 rows / batch 8 = 4 steps for every arm, scored after each.
+        assert r["steps"] == 8 and [e["step"] for e in r["epochs"]] == [4, 8]
+        assert all(0 <= e[s]["accuracy"] <= 1 for e in r["epochs"] for s in ("test", "val"))
+    assert result["summary"]["accuracy"]["regimes"]["n16"]["dynamic"]["minus_plain_final"]["n"] == 1
+    assert out.with_suffix(".png").is_file() and "### mcc" in out.with_suffix(".md").read_text()
+    calls.clear()
+    assert study(cfg["arms"], "--arms", "plain", "dynamic") == 0
+    assert calls == [] and json.loads(out.read_text())["runs"] == result["runs"]
