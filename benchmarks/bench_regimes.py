@@ -230,11 +230,23 @@ def machines(runs: list[dict]) -> list[dict]:
     return [{"cpu": cpu, "bf16": bf16, "runs": n} for (cpu, bf16), n in kinds.items()]
 
 
+def seeds_across_machines(runs: list[dict]) -> list[str]:
+    """``"<regime> seed <s>"`` for each seed whose arms ran on more than one processor kind or number format: its
+    paired differences compare more than the arm. A study continued on another machine keeps every seed's arms
+    together (runs go seed by seed), so this is empty unless a machine change fell between two arms of a seed."""
+    kinds: dict[tuple, set] = {}
+    for r in runs:
+        if r["arm"] != "base":
+            kinds.setdefault((r["regime"], r["seed"]), set()).add((r.get("cpu"), r.get("bf16")))
+    return [f"{regime} seed {seed}" for (regime, seed), k in kinds.items() if len(k) > 1]
+
+
 def summarize(bench: dict, runs: list[dict]) -> dict:
     metric = bench.get("metric", "flexible")
     baselines = tuple(bench.get("baselines", ["sft", "repeat"]))
     base = next((r for r in runs if r["arm"] == "base"), None)
-    out = {"metric": metric, "base": base["epochs"][0] if base else None, "machines": machines(runs), "regimes": {}}
+    out = {"metric": metric, "base": base["epochs"][0] if base else None, "machines": machines(runs),
+           "seeds_across_machines": seeds_across_machines(runs), "regimes": {}}  # fmt: skip
     for label in dict.fromkeys(r["regime"] for r in runs if r["arm"] != "base"):
         out["regimes"][label] = summarize_regime([r for r in runs if r["regime"] == label], metric, baselines)
     return out

@@ -29,11 +29,21 @@ def markdown(summary: dict, bench: dict) -> str:
     kinds = summary.get("machines") or []
     if len(kinds) > 1:
         mixed = "; ".join(f"{k['runs']} runs on {k['cpu']} with bf16={k['bf16']}" for k in kinds)
-        warning = (
-            f"**Warning: this study mixes machines or number formats ({mixed}); its paired differences "
-            "compare runs that differ in more than the arm. Give each machine kind its own --work-dir.**"
-        )
-        lines += [warning, ""]
+        split = summary.get("seeds_across_machines")
+        if split is None or split:  # (None: a summary from before pairs were checked)
+            where = f" ({', '.join(split)})" if split else ""
+            lines += [
+                f"**Warning: this study mixes machines or number formats ({mixed}), and the arms of some seeds{where} "
+                "ran on different ones: their paired differences compare more than the arm. Rerun those seeds' runs "
+                "on one machine, or give each machine kind its own --work-dir.**",
+                "",
+            ]
+        else:
+            lines += [
+                f"Runs come from more than one machine kind or number format ({mixed}). Every seed's arms ran on "
+                "one of them, so each paired difference compares the arms alone; the per-arm means mix machines.",
+                "",
+            ]
     if base:
         lines += [f"Base model before training: test {100 * base['test'][metric]:.1f}%, validation "
                   f"{100 * base['val'][metric]:.1f}% ({metric}).", ""]  # fmt: skip

@@ -173,11 +173,26 @@ def test_a_study_that_mixes_machines_says_so():
     summary = summarize(bench, one)
     assert summary["machines"] == [{"cpu": "AVX512", "bf16": True, "runs": 4}]
     assert "Warning" not in markdown(summary, bench)
-    mixed = one + [{**run("dyn", 2, [0.1, 0.2], [0.1, 0.2]), "regime": "r", "cpu": "AVX2", "bf16": False}]
-    summary = summarize(bench, mixed)
-    assert len(summary["machines"]) == 2
+    # A study continued on another machine, seed by seed: every pair is within one machine.
+    later = [
+        {**run(arm, 2, [0.1, 0.2], [0.1, 0.2]), "regime": "r", "cpu": "AVX2", "bf16": False} for arm in ("sft", "dyn")
+    ]
+    summary = summarize(bench, one + later)
+    assert len(summary["machines"]) == 2 and summary["seeds_across_machines"] == []
     table = markdown(summary, bench)
-    assert "mixes machines or number formats (4 runs on AVX512 with bf16=True; 1 runs on AVX2 with bf16=False)" in table
+    assert "Warning" not in table
+    assert "more than one machine kind or number format (4 runs on AVX512 with bf16=True; 2 runs on AVX2" in table
+    # Seed 2's first arm alone on the new machine (its pair not run yet) splits nothing.
+    summary = summarize(bench, one + later[:1])
+    assert summary["seeds_across_machines"] == [] and "Warning" not in markdown(summary, bench)
+    # A machine change between the two arms of seed 1: that seed's difference compares machines too.
+    split = one[:3] + [{**one[3], "cpu": "AVX2", "bf16": False}]
+    summary = summarize(bench, split)
+    assert summary["seeds_across_machines"] == ["r seed 1"]
+    assert (
+        "**Warning: this study mixes machines or number formats (3 runs on AVX512 with bf16=True; 1 runs on AVX2 "
+        "with bf16=False), and the arms of some seeds (r seed 1) ran on different ones" in markdown(summary, bench)
+    )
 
 
 def test_the_table_lists_every_seeds_curve_with_its_selected_epoch():
