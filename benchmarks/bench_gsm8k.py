@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
-from common import read_config, run_or_raise, save  # noqa: E402
+from common import read_config, run_pipeline, save  # noqa: E402
 
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
@@ -214,38 +214,23 @@ def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, sour
 
 def run_pipelines(spec: dict, args, source: str) -> list[dict]:
     """``dynsdpb run`` of the pipeline config once per trainer (resumed if cut short); per-round accuracy and steps."""
-    from bench_rounds import round_breakdown, rounds_in
+    from bench_rounds import rounds_summary
 
     path = Path(spec["config"])
     base = yaml.safe_load(path.read_text())
+
+    def config(trainer: str) -> dict:
+        config = {**base, "training": {**base.get("training", {}), "trainer": trainer}}
+        config.pop("run_dir", None)
+        return config
+
     out = []
     for trainer in spec.get("trainers", ["sft", "dynsdpb"]):
         run_dir = args.work_dir / f"pipeline_{trainer}"
-        state_path = run_dir / "state.json"
-        state = json.loads(state_path.read_text()) if state_path.exists() else {"done": []}
-        if "report" not in state["done"]:
-            cli = [sys.executable, "-m", "dynsdpb_selfplay.cli", "run"]
-            if state_path.exists():
-                cli += ["--resume", str(run_dir)]
-            else:
-                config = {**base, "training": {**base.get("training", {}), "trainer": trainer}}
-                config.pop("run_dir", None)
-                cfg_path = args.work_dir / f"pipeline_{trainer}.yaml"
-                cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-                cli += [str(cfg_path), "--run-dir", str(run_dir)]
-            print(f"[bench_gsm8k] pipeline {path} with trainer {trainer}: {' '.join(cli)}", flush=True)
-            run_or_raise(cli, f"{source}: pipeline run {run_dir}")
-            state = json.loads(state_path.read_text())
-        info = state["info"]
-        rounds = rounds_in(info)
-        out.append({
-            "trainer": trainer, "config": str(path), "run_dir": str(run_dir),
-            "rounds": [{"round": r, **{k: info.get(f"round_{r}/eval", {}).get(k) for k in
-                        ("strict_accuracy", "flexible_accuracy", "n_samples")},
-                        "train_rows": info.get(f"round_{r}/train", {}).get("rows"),
-                        "steps": info.get(f"round_{r}/train", {}).get("steps"),
-                        **({"time": round_breakdown(info, r)} if r else {})} for r in rounds],
-        })  # fmt: skip
+        state = run_pipeline(run_dir, lambda t=trainer: config(t), f"{source}: pipeline {path} with trainer {trainer}",
+                             "bench_gsm8k")  # fmt: skip
+        out.append({"trainer": trainer, "config": str(path), "run_dir": str(run_dir),
+                    "rounds": rounds_summary(state["info"])})  # fmt: skip
     return out
 
 

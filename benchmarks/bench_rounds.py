@@ -30,6 +30,20 @@ def rounds_in(info: dict) -> list[int]:
     return sorted({int(k.split("/")[0].removeprefix("round_")) for k in info if k.startswith("round_")})
 
 
+def rounds_summary(info: dict) -> list[dict]:
+    """Per round of a finished run (``state.json``'s ``info``): held-out accuracies, rows kept and trained on,
+    optimizer steps, and (from round 1) the wall-time breakdown."""
+    out = []
+    for r in rounds_in(info):
+        ev, tr = info.get(f"round_{r}/eval", {}), info.get(f"round_{r}/train", {})
+        out.append({"round": r, **{k: ev.get(k) for k in ("strict_accuracy", "flexible_accuracy", "n_samples",
+                                                           "flexible_ci95")},
+                    "train_rows": tr.get("rows"), "steps": tr.get("steps"),
+                    "kept_rows": info.get(f"round_{r}/filter", {}).get("rows"),
+                    **({"time": round_breakdown(info, r)} if r else {})})  # fmt: skip
+    return out
+
+
 def round_breakdown(info: dict, r: int) -> dict:
     """Seconds per category for round ``r`` from the phase infos of ``state.json``."""
     phases = {p: info.get(f"round_{r}/{p}", {}) for p in PHASES}

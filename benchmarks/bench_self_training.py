@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -35,8 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
-from bench_rounds import round_breakdown, rounds_in  # noqa: E402
-from common import read_config, run_or_raise, save  # noqa: E402
+from bench_rounds import rounds_summary  # noqa: E402
+from common import read_config, run_pipeline, save  # noqa: E402
 
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.evaluate import mean_ci95  # noqa: E402
@@ -81,32 +80,14 @@ def run_one(study: dict, arm: str, seed: int, work_dir: Path) -> dict:
     """One pipeline run (started, resumed, or read back when finished); its per-round accuracies."""
     from dynsdpb_selfplay.rounds.config import from_dict
 
+    def config() -> dict:
+        cfg = pipeline_config(study, arm, seed)
+        from_dict(cfg, source=f"{study['pipeline']} (arm {arm}, seed {seed})")  # fail before hours
+        return cfg
+
     run_dir = work_dir / f"{arm}-seed{seed}"
-    state_path = run_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"done": []}
-    if "report" not in state["done"]:
-        cli = [sys.executable, "-m", "dynsdpb_selfplay.cli", "run"]
-        if state_path.exists():
-            cli += ["--resume", str(run_dir)]
-        else:
-            cfg = pipeline_config(study, arm, seed)
-            from_dict(cfg, source=f"{study['pipeline']} (arm {arm}, seed {seed})")  # fail before hours
-            path = work_dir / f"{arm}-seed{seed}.yaml"
-            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-            cli += [str(path), "--run-dir", str(run_dir)]
-        print(f"[bench_self_training] {arm} seed {seed}: {' '.join(cli)}", flush=True)
-        run_or_raise(cli, f"run {run_dir}")
-        state = json.loads(state_path.read_text())
-    info = state["info"]
-    rounds = []
-    for r in rounds_in(info):
-        ev, tr = info.get(f"round_{r}/eval", {}), info.get(f"round_{r}/train", {})
-        rounds.append({"round": r, **{k: ev.get(k) for k in ("strict_accuracy", "flexible_accuracy", "n_samples",
-                                                                 "flexible_ci95")},
-                       "train_rows": tr.get("rows"), "steps": tr.get("steps"),
-                       "kept_rows": info.get(f"round_{r}/filter", {}).get("rows"),
-                       **({"time": round_breakdown(info, r)} if r else {})})  # fmt: skip
-    return {"arm": arm, "seed": seed, "run_dir": str(run_dir), "rounds": rounds}
+    state = run_pipeline(run_dir, config, f"{arm} seed {seed}", "bench_self_training")
+    return {"arm": arm, "seed": seed, "run_dir": str(run_dir), "rounds": rounds_summary(state["info"])}
 
 
 def summarize(runs: list[dict], metric: str = "flexible_accuracy", baselines: tuple[str, ...] = ("sft",)) -> dict:

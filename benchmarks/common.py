@@ -110,3 +110,30 @@ def run_or_raise(cmd: list[str], what: str) -> None:
     if code != 0:
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
         raise UserInputError(f"{what} {how} (output above; the same command resumes it)")
+
+
+def run_pipeline(run_dir, config, what: str, tag: str) -> dict:
+    """``dynsdpb run`` of one pipeline in ``run_dir`` as a child process: started from ``config()`` (a dict, written
+    as ``<run_dir>.yaml`` beside the folder), resumed where ``state.json`` exists, or only read back where its report
+    phase is done. Returns the run's ``state.json``; a failed child raises :class:`UserInputError` naming ``what``."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    run_dir = Path(run_dir)
+    state_path = run_dir / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"done": []}
+    if "report" in state["done"]:
+        return state
+    cli = [sys.executable, "-m", "dynsdpb_selfplay.cli", "run"]
+    if state_path.exists():
+        cli += ["--resume", str(run_dir)]
+    else:
+        path = run_dir.parent / f"{run_dir.name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config(), sort_keys=False))
+        cli += [str(path), "--run-dir", str(run_dir)]
+    print(f"[{tag}] {what}: {' '.join(cli)}", flush=True)
+    run_or_raise(cli, f"{what}: pipeline run {run_dir}")
+    return json.loads(state_path.read_text())

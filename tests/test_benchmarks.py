@@ -340,3 +340,38 @@ def test_benchmark_configs_and_child_runs_fail_naming_the_file_key_and_run(tmp_p
     kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
     with pytest.raises(UserInputError, match=r"^run c was killed by SIGKILL"):
         run_or_raise([sys.executable, "-c", kill], "run c")
+
+
+def test_a_pipeline_run_is_started_resumed_or_read_back_and_a_failure_names_it(tmp_path, tiny, monkeypatch):
+    """The pipeline runs of bench_gsm8k and bench_self_training (common.run_pipeline): a new run writes its config
+    beside its folder and runs to its report; a finished one is read back without a child; one cut short resumes."""
+    sys.path.insert(0, str(BENCH))
+    from bench_rounds import rounds_summary
+    from common import run_pipeline
+
+    from dynsdpb_selfplay.errors import UserInputError
+
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    built = []
+
+    def config(model=tiny):
+        built.append(model)
+        return run_config(model, rounds=1)
+
+    run_dir = tmp_path / "sft-seed0"
+    state = run_pipeline(run_dir, config, "sft seed 0", "test")
+    assert "report" in state["done"] and built == [tiny]
+    assert yaml.safe_load((tmp_path / "sft-seed0.yaml").read_text())["model"] == tiny
+    rounds = rounds_summary(state["info"])
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["steps"] == 4 and rounds[1]["train_rows"] > 0
+    assert all(0 <= r["flexible_accuracy"] <= 1 for r in rounds) and rounds[1]["time"]["wall_s"] > 0
+    mtime = (run_dir / "state.json").stat().st_mtime_ns
+    assert run_pipeline(run_dir, config, "sft seed 0", "test") == state and built == [tiny]  # read back
+    assert (run_dir / "state.json").stat().st_mtime_ns == mtime
+    cut = {**state, "done": [p for p in state["done"] if p != "report"]}
+    (run_dir / "state.json").write_text(json.dumps(cut))
+    resumed = run_pipeline(run_dir, config, "sft seed 0", "test")
+    assert "report" in resumed["done"] and built == [tiny]  # resumed from its folder, not rebuilt
+    with pytest.raises(UserInputError, match=r"^bad seed 0: pipeline run .*bad-seed0 exited with \d+"):
+        run_pipeline(tmp_path / "bad-seed0", lambda: config(str(tmp_path / "no-model")), "bad seed 0", "test")
