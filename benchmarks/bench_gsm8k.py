@@ -219,10 +219,10 @@ def run_pipelines(spec: dict, args, source: str) -> list[dict]:
     path = Path(spec["config"])
     base = yaml.safe_load(path.read_text())
 
-    def config(trainer: str) -> dict:
-        config = {**base, "training": {**base.get("training", {}), "trainer": trainer}}
-        config.pop("run_dir", None)
-        return config
+    def config(trainer: str) -> dict:  # the pipeline's own config with the trainer changed; run_pipeline sets run_dir
+        cfg = {**base, "training": {**base.get("training", {}), "trainer": trainer}}
+        cfg.pop("run_dir", None)
+        return cfg
 
     out = []
     for trainer in spec.get("trainers", ["sft", "dynsdpb"]):
