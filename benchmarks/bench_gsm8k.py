@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
-from common import read_config, run_pipeline, save  # noqa: E402
+from common import read_config, run_pipeline, save_study  # noqa: E402
 
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
@@ -366,13 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     for pl in pipelines:
         print(f"pipeline {pl['trainer']}: " + ", ".join(
             f"round {r['round']} flexible {100 * r['flexible_accuracy']:.1f}%" for r in pl["rounds"]))  # fmt: skip
-    if args.out:
-        config = {**bench, "seeds": args.seeds, "arms": args.arms, "work_dir": str(args.work_dir)}
-        save({"benchmark": "gsm8k", "config": config, "summary": summary, "pipelines": pipelines, "runs": runs,
-              "wall_s_this_invocation": time.perf_counter() - start}, args.out)  # fmt: skip
-        stem = os.path.splitext(args.out)[0]
-        Path(stem + ".md").write_text(table)
-        plot(summary, runs, stem + ".png")
+    config = {**bench, "seeds": args.seeds, "arms": args.arms, "work_dir": str(args.work_dir)}
+    save_study({"benchmark": "gsm8k", "config": config, "summary": summary, "pipelines": pipelines, "runs": runs,
+                "wall_s_this_invocation": time.perf_counter() - start}, args.out, table,
+               lambda path: plot(summary, runs, path))  # fmt: skip
     return 0
 
 

@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_gsm8k import read_runs  # noqa: E402
-from common import read_config, restore_runs, save  # noqa: E402
+from common import read_config, restore_runs, save_study  # noqa: E402
 from regime_plots import markdown, plot  # noqa: E402
 from regime_stats import summarize_regime  # noqa: E402
 
@@ -169,12 +169,9 @@ def write_results(bench: dict, seeds: list[int], log_path: Path, out: str | None
             summary[metric]["regimes"][label] = summarize_regime(mine, metric, baselines)
         tables.append(f"### {metric}\n\n" + markdown(summary[metric], {"baselines": list(baselines)}))
     table = "\n".join(tables)
-    if out:
-        save({"benchmark": "nlu_regimes", "config": {**bench, "seeds": seeds}, "summary": summary, "runs": runs,
-              "wall_s_this_invocation": time.perf_counter() - start}, out)  # fmt: skip
-        stem = os.path.splitext(out)[0]
-        Path(stem + ".md").write_text(table)
-        plot(summary["accuracy"], stem + ".png")
+    save_study({"benchmark": "nlu_regimes", "config": {**bench, "seeds": seeds}, "summary": summary, "runs": runs,
+                "wall_s_this_invocation": time.perf_counter() - start}, out, table,
+               lambda path: plot(summary["accuracy"], path))  # fmt: skip
     return table
 
 

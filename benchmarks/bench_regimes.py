@@ -39,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_gsm8k import gold_rows, read_runs  # noqa: E402
-from common import read_config, restore_runs, save  # noqa: E402
+from common import read_config, restore_runs, save_study  # noqa: E402
 from regime_plots import markdown, plot  # noqa: E402
 from regime_stats import summarize_regime  # noqa: E402
 
@@ -258,12 +258,9 @@ def write_results(bench: dict, args, log_path: Path, start: float) -> str:
     runs = read_runs(log_path)
     summary = summarize(bench, runs)
     table = markdown(summary, bench)
-    if args.out:
-        save({"benchmark": "regimes", "config": {**bench, "seeds": args.seeds}, "summary": summary, "runs": runs,
-              "wall_s_this_invocation": time.perf_counter() - start}, args.out)  # fmt: skip
-        stem = os.path.splitext(args.out)[0]
-        Path(stem + ".md").write_text(table)
-        plot(summary, stem + ".png")
+    save_study({"benchmark": "regimes", "config": {**bench, "seeds": args.seeds}, "summary": summary, "runs": runs,
+                "wall_s_this_invocation": time.perf_counter() - start}, args.out, table,
+               lambda path: plot(summary, path))  # fmt: skip
     return table
 
 

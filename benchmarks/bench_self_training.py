@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
 from bench_rounds import rounds_summary  # noqa: E402
-from common import read_config, run_pipeline, save  # noqa: E402
+from common import read_config, run_pipeline, save_study  # noqa: E402
 
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.evaluate import mean_ci95  # noqa: E402
@@ -184,12 +184,9 @@ def main() -> int:
     summary = summarize(runs, study.get("metric", "flexible_accuracy"), baselines)
     table = markdown(summary, baselines)
     print(table)
-    if args.out:
-        save({"benchmark": "self_training", "config": {**study, "seeds": seeds}, "summary": summary, "runs": runs,
-              "wall_s_this_invocation": time.perf_counter() - start}, args.out)  # fmt: skip
-        stem = os.path.splitext(args.out)[0]
-        Path(stem + ".md").write_text(table)
-        plot(summary, stem + ".png")
+    save_study({"benchmark": "self_training", "config": {**study, "seeds": seeds}, "summary": summary, "runs": runs,
+                "wall_s_this_invocation": time.perf_counter() - start}, args.out, table,
+               lambda path: plot(summary, path))  # fmt: skip
     return 0
 
 

@@ -57,6 +57,19 @@ def save(result: dict, path: str | None) -> None:
         json.dump({**result, **environment()}, f, indent=1)
 
 
+def save_study(result: dict, out: str | None, table: str, draw) -> None:
+    """Write a study's ``result`` JSON to ``out`` (with the environment added), its markdown ``table`` beside it as
+    ``<stem>.md`` and its figure as ``<stem>.png`` through ``draw(path)``; nothing when ``out`` is not given."""
+    if not out:
+        return
+    from pathlib import Path
+
+    save(result, out)
+    stem = os.path.splitext(out)[0]
+    Path(stem + ".md").write_text(table)
+    draw(stem + ".png")
+
+
 def restore_runs(log_path, out: str | None, benchmark: str) -> int:
     """Seed a missing ``runs.jsonl`` with the runs of a result JSON at ``out`` written by the same ``benchmark``.
 

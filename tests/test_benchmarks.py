@@ -342,6 +342,22 @@ def test_benchmark_configs_and_child_runs_fail_naming_the_file_key_and_run(tmp_p
         run_or_raise([sys.executable, "-c", kill], "run c")
 
 
+def test_a_study_writes_its_json_table_and_figure_beside_each_other_or_nothing(tmp_path):
+    """common.save_study: <out>.json with the machine recorded, <stem>.md, <stem>.png (drawn by the caller)."""
+    sys.path.insert(0, str(BENCH))
+    from common import save_study
+
+    drawn = []
+    save_study({"benchmark": "x", "runs": [1]}, None, "| table |", drawn.append)
+    assert drawn == [] and list(tmp_path.iterdir()) == []
+    out = tmp_path / "results" / "study.json"
+    save_study({"benchmark": "x", "runs": [1]}, str(out), "| table |\n", drawn.append)
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "x" and result["runs"] == [1] and "cpu" in result["machine"]
+    assert (tmp_path / "results" / "study.md").read_text() == "| table |\n"
+    assert drawn == [str(tmp_path / "results" / "study.png")]
+
+
 def test_a_pipeline_run_is_started_resumed_or_read_back_and_a_failure_names_it(tmp_path, tiny, monkeypatch):
     """The pipeline runs of bench_gsm8k and bench_self_training (common.run_pipeline): a new run writes its config
     beside its folder and runs to its report; a finished one is read back without a child; one cut short resumes."""
