@@ -47,7 +47,7 @@ from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
 KEYS = {"model", "work_dir", "seeds", "epochs", "task", "data", "max_new_tokens", "engine", "training", "regimes",
-        "arms", "metric", "baselines"}  # fmt: skip
+        "arms", "metric", "baselines", "reuse_runs"}  # fmt: skip
 REGIME_KEYS = {"label", "size", "learning_rate", "lora", "epochs"}
 ARM_KEYS = {"trainer", "distillation"}
 
@@ -90,6 +90,58 @@ def run_config(bench: dict, regime: dict, arm: str, seed: int, source: str):
     data = {"model": bench.get("model", "smollm2-135m-instruct"), "seed": seed, "task": bench["task"],
             "training": training, "engine": bench.get("engine", {})}  # fmt: skip
     return from_dict(data, source=f"{source} (regime {regime['label']}, arm {arm})")
+
+
+SCORING_KEYS = ("model", "task", "data", "max_new_tokens", "engine")
+
+
+def reuse_runs(bench: dict, args, log_path: Path, source: str) -> int:
+    """Copy into ``log_path`` the finished runs of another study's results JSON (the config's ``reuse_runs``) that
+    this study would repeat exactly: the same (regime, arm, seed) with the same run config (model, task, data order,
+    training settings and steps, engine) and the same scoring (``SCORING_KEYS``). A new arm is then paired with
+    baseline runs that exist instead of training them again. Reused records carry ``reused_from``; runs already in
+    the log stay. Returns how many were copied; a results file that scores differently raises."""
+    from dynsdpb_selfplay.rounds.config import to_dict
+
+    path = bench.get("reuse_runs")
+    if not path:
+        return 0
+    try:
+        other = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"{source}: reuse_runs: cannot read {path} ({e})") from None
+    if other.get("benchmark") != "regimes":
+        raise UserInputError(f"{source}: reuse_runs: {path} is not a bench_regimes result")
+    theirs = other["config"]
+    for key in SCORING_KEYS:
+        if theirs.get(key) != bench.get(key):
+            raise UserInputError(f"{source}: reuse_runs: {path} scores with another '{key}' ({theirs.get(key)!r} "
+                                 f"there, {bench.get(key)!r} here); its runs cannot be paired with these")  # fmt: skip
+    done = {(r["regime"], r["arm"], r["seed"]) for r in read_runs(log_path)}
+    mine = {r["label"]: r for r in args.regimes}
+    their_regimes = {r["label"]: r for r in theirs["regimes"]}
+    copied = []
+    for run in other.get("runs", []):
+        key = (run["regime"], run["arm"], run["seed"])
+        if key in done:
+            continue
+        if run["arm"] != "base":
+            label, arm, seed = key
+            if label not in mine or label not in their_regimes or seed not in args.seeds:
+                continue
+            if arm not in bench["arms"] or arm not in theirs["arms"]:
+                continue
+            ours = to_dict(run_config(bench, mine[label], arm, seed, source))
+            if ours != to_dict(run_config(theirs, their_regimes[label], arm, seed, path)):
+                continue
+        copied.append({**run, "reused_from": path})
+    if copied:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in copied)
+        print(f"bench_regimes: reused {len(copied)} finished runs of {path} (identical run and scoring configs)",
+              flush=True)  # fmt: skip
+    return len(copied)
 
 
 def splits(bench: dict, task, seed: int, size: int):
@@ -292,6 +344,7 @@ def main() -> int:
         args.work_dir.mkdir(parents=True, exist_ok=True)
         log_path = args.work_dir / "runs.jsonl"
         restore_runs(log_path, args.out, "regimes")
+        reuse_runs(bench, args, log_path, args.config)
         if not args.summarize_only:  # results are rewritten after every run: a crash or a cut loses none of them
             run_all(bench, args, log_path, args.config, lambda: write_results(bench, args, log_path, start))
     except UserInputError as e:

@@ -195,6 +195,61 @@ def test_a_study_that_mixes_machines_says_so():
     )
 
 
+def test_a_study_reuses_only_the_runs_it_would_repeat_exactly(tmp_path):
+    """reuse_runs: a new arm is paired with another study's finished runs where the run config (seed, arm
+    settings, steps) and the scoring match; anything else is trained, and a file scoring differently is refused."""
+    from types import SimpleNamespace
+
+    from bench_regimes import load_bench_config, reuse_runs
+
+    from dynsdpb_selfplay.errors import UserInputError
+
+    shipped = REPO / "benchmarks" / "configs" / "regimes_decoder_long_ablation.yaml"
+    bench = load_bench_config(str(shipped))
+    theirs = {**bench, "seeds": [5, 6, 20], "arms": {**bench["arms"], "repeat": {"trainer": "dynsdpb",
+              "distillation": {"distillation_alpha": 0.5, "distillation_schedule": "static"}}}}  # fmt: skip
+    runs = [{**run("base", 0, [0.1], [0.1]), "regime": "-"}] + [
+        {**run(arm, seed, [0.3], [0.3]), "regime": "lora-32"}
+        for arm, seed in [("sft", 5), ("dynamic", 5), ("sft", 6), ("sft", 20), ("repeat", 5)]
+    ]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"benchmark": "regimes", "config": theirs, "runs": runs}))
+    bench["reuse_runs"] = str(other)
+    args = SimpleNamespace(regimes=bench["regimes"], seeds=bench["seeds"])
+    log = tmp_path / "work" / "runs.jsonl"
+    assert reuse_runs(bench, args, log, "study.yaml") == 4
+    copied = [json.loads(line) for line in log.read_text().splitlines()]
+    # seed 20 is not this study's; their 'repeat' has another alpha, so ours is trained
+    assert [(r["arm"], r["seed"]) for r in copied] == [("base", 0), ("sft", 5), ("dynamic", 5), ("sft", 6)]
+    assert all(r["reused_from"] == str(other) for r in copied)
+    assert reuse_runs(bench, args, log, "study.yaml") == 0  # already there
+    longer = {**theirs, "epochs": 4}  # a 4-epoch sft run is another run, even with the same scoring
+    other.write_text(json.dumps({"benchmark": "regimes", "config": longer, "runs": runs}))
+    log.unlink()
+    assert reuse_runs(bench, args, log, "study.yaml") == 1  # the base model's scores only
+    other.write_text(json.dumps({"benchmark": "regimes", "config": {**theirs, "max_new_tokens": 128}, "runs": runs}))
+    with pytest.raises(UserInputError, match=r"study\.yaml: reuse_runs: .*other\.json scores with another "
+                       r"'max_new_tokens' \(128 there, 64 here\)"):  # fmt: skip
+        reuse_runs(bench, args, log, "study.yaml")
+    other.write_text(json.dumps({"benchmark": "gsm8k", "runs": []}))
+    with pytest.raises(UserInputError, match=r"other\.json is not a bench_regimes result"):
+        reuse_runs(bench, args, log, "study.yaml")
+
+
+def test_the_shipped_ablation_reuses_the_replications_sft_and_dynsdpb_runs(tmp_path):
+    """The committed replication results hold, for the ablation's seeds, runs it would repeat exactly."""
+    from types import SimpleNamespace
+
+    from bench_regimes import load_bench_config, reuse_runs
+
+    bench = load_bench_config(str(REPO / "benchmarks" / "configs" / "regimes_decoder_long_ablation.yaml"))
+    bench["reuse_runs"] = str(REPO / bench["reuse_runs"])
+    log = tmp_path / "runs.jsonl"
+    reuse_runs(bench, SimpleNamespace(regimes=bench["regimes"], seeds=bench["seeds"]), log, "ablation")
+    copied = {(r["arm"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())}
+    assert copied == {("base", 0)} | {(arm, seed) for arm in ("sft", "dynamic") for seed in bench["seeds"]}
+
+
 def test_the_table_lists_every_seeds_curve_with_its_selected_epoch():
     from regime_plots import markdown
 
