@@ -61,8 +61,15 @@ def markdown(summary: dict, bench: dict) -> str:
             for b in baselines:
                 row += f" {_diff(c.get(f'minus_{b}_final'))} | {_diff(c.get(f'minus_{b}_val'))} |"
             lines.append(row)
-        lines += ["", *_per_seed_table(arms), ""]
+        lines += ["", *_per_epoch_differences(arms, baselines), *_per_seed_table(arms), ""]
     return "\n".join(lines)
+
+
+def _per_epoch_differences(arms: dict, baselines: list[str]) -> list[str]:
+    """One line per (arm, baseline): the paired test difference after each epoch (bold where it excludes 0)."""
+    lines = [f"- {arm} − {b}, paired, after each epoch: " + ", ".join(_diff(d) for d in c[f"minus_{b}_curve"])
+             for arm, c in arms.items() for b in baselines if c.get(f"minus_{b}_curve")]  # fmt: skip
+    return [*lines, ""] if lines else []
 
 
 def _per_seed_table(arms: dict) -> list[str]:

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dynsdpb_selfplay.evaluate import mean_ci95  # noqa: E402
 
-__all__ = ["curve", "paired", "pick", "select_epoch", "summarize_regime"]
+__all__ = ["curve", "paired", "paired_curve", "pick", "select_epoch", "summarize_regime"]
 
 
 def select_epoch(val: list[float]) -> int:
@@ -46,14 +46,30 @@ def _stat(values: list[float]) -> dict:
     return {"mean": mean, "ci95": half, "n": len(values)}
 
 
+def _pairs(runs: list[dict], arm: str, baseline: str) -> list[tuple[dict, dict]]:
+    """``(arm's run, baseline's run)`` for each seed both ran, by seed."""
+    by = {(r["arm"], r["seed"]): r for r in runs}
+    return [(by[(arm, s)], by[(baseline, s)]) for s in sorted(s for a, s in by if a == arm and (baseline, s) in by)]
+
+
+def _diff_stat(diffs: list[float]) -> dict:
+    return {**_stat(diffs), "per_seed": diffs, "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
+
+
 def paired(runs: list[dict], arm: str, baseline: str, metric: str, how: str) -> dict | None:
     """Mean and 95% t-interval of ``pick(arm) - pick(baseline)`` over the seeds both arms ran (``None`` if none)."""
-    by = {(r["arm"], r["seed"]): r for r in runs}
-    seeds = sorted(s for a, s in by if a == arm and (baseline, s) in by)
-    if not seeds:
-        return None
-    diffs = [pick(by[(arm, s)], metric, how) - pick(by[(baseline, s)], metric, how) for s in seeds]
-    return {**_stat(diffs), "per_seed": diffs, "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
+    pairs = _pairs(runs, arm, baseline)
+    return _diff_stat([pick(a, metric, how) - pick(b, metric, how) for a, b in pairs]) if pairs else None
+
+
+def paired_curve(runs: list[dict], arm: str, baseline: str, metric: str) -> list[dict]:
+    """Per epoch ``e``, mean and 95% t-interval over the seeds both arms ran of arm's test ``metric`` after ``e``
+    minus the baseline's after ``e`` (epochs both have; ``[]`` without a common seed). Every epoch, not one chosen:
+    it shows where a difference appears and whether it lasts."""
+    pairs = _pairs(runs, arm, baseline)
+    n = min((min(len(a["epochs"]), len(b["epochs"])) for a, b in pairs), default=0)
+    return [_diff_stat([a["epochs"][e]["test"][metric] - b["epochs"][e]["test"][metric] for a, b in pairs])
+            for e in range(n)]  # fmt: skip
 
 
 def curve(runs: list[dict], arm: str, metric: str, split: str = "test") -> list[dict]:
@@ -65,7 +81,7 @@ def curve(runs: list[dict], arm: str, metric: str, split: str = "test") -> list[
 
 def summarize_regime(runs: list[dict], metric: str, baselines: tuple[str, ...]) -> dict:
     """Per arm: test curve, final and validation-selected metric, chosen epochs, each seed's test curve, and paired
-    differences to each baseline present, for both ways of picking the epoch."""
+    differences to each baseline present, for both ways of picking the epoch and after every epoch."""
     out = {}
     for arm in dict.fromkeys(r["arm"] for r in runs):
         mine = [r for r in runs if r["arm"] == arm]
@@ -91,5 +107,7 @@ def summarize_regime(runs: list[dict], metric: str, baselines: tuple[str, ...]) 
                     diff = paired(runs, arm, baseline, metric, how)
                     if diff is not None:
                         cell[f"minus_{baseline}_{how}"] = diff
+                if per_epoch := paired_curve(runs, arm, baseline, metric):
+                    cell[f"minus_{baseline}_curve"] = per_epoch
         out[arm] = cell
     return out

@@ -12,7 +12,8 @@ from helpers import REPO, save_tiny_model
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from regime_stats import paired, pick, select_epoch, summarize_regime  # noqa: E402
+from regime_plots import markdown  # noqa: E402
+from regime_stats import paired, paired_curve, pick, select_epoch, summarize_regime  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -65,6 +66,23 @@ def test_summary_curves_and_selected_epochs():
     assert s["dyn"]["minus_sft_final"]["per_seed"] == pytest.approx([0.0, 0.1])
     assert s["dyn"]["minus_sft_val"]["per_seed"] == pytest.approx([0.3 - 0.1, 0.3 - 0.5])
     assert "minus_sft_final" not in s["sft"]
+    # after each epoch: epoch 1 differences 0.1, 0.0 (mean 0.05); epoch 2 0.0, 0.1
+    per_epoch = s["dyn"]["minus_sft_curve"]
+    assert [e["per_seed"] for e in per_epoch] == [pytest.approx([0.1, 0.0]), pytest.approx([0.0, 0.1])]
+    assert per_epoch[0]["mean"] == pytest.approx(0.05) and per_epoch[0]["wins"] == 1 and per_epoch[0]["losses"] == 0
+    # two seeds: t(0.975, 1) = 12.706, sd of (0.1, 0.0) = sqrt(0.005)
+    assert per_epoch[0]["ci95"] == pytest.approx(12.706 * 0.005**0.5 / 2**0.5, rel=1e-3)
+    assert "minus_sft_curve" not in s["sft"]
+
+
+def test_the_per_epoch_difference_stops_at_the_shorter_run_and_needs_a_common_seed():
+    runs = [run("sft", 0, [0.1, 0.3, 0.4], [0, 0, 0]), run("dyn", 0, [0.2, 0.5], [0, 0])]
+    assert [e["mean"] for e in paired_curve(runs, "dyn", "sft", "acc")] == pytest.approx([0.1, 0.2])
+    assert paired_curve(runs + [run("x", 1, [0.1], [0])], "x", "sft", "acc") == []
+    table = markdown(
+        {"metric": "acc", "regimes": {"r": summarize_regime(runs, "acc", ("sft",))}}, {"baselines": ["sft"]}
+    )
+    assert "- dyn − sft, paired, after each epoch: 10.0 (1/1), 20.0 (1/1)" in table
 
 
 def test_bench_regimes_end_to_end_and_rerun(tmp_path):
@@ -165,7 +183,6 @@ def test_self_training_summary_pairs_each_arm_with_each_baseline_by_seed():
 
 def test_a_study_that_mixes_machines_says_so():
     from bench_regimes import summarize
-    from regime_plots import markdown
 
     bench = {"baselines": ["sft"], "metric": "acc"}
     one = [{**run(arm, s, [0.1, 0.2], [0.1, 0.2]), "regime": "r", "cpu": "AVX512", "bf16": True}
@@ -251,8 +268,6 @@ def test_the_shipped_ablation_reuses_the_replications_sft_and_dynsdpb_runs(tmp_p
 
 
 def test_the_table_lists_every_seeds_curve_with_its_selected_epoch():
-    from regime_plots import markdown
-
     runs = [
         run("sft", 1, [0.1, 0.3], [0.2, 0.1]),
         run("sft", 0, [0.3, 0.5], [0.1, 0.3]),
