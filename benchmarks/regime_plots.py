@@ -9,6 +9,7 @@ def _pct(s: dict | None, scale: float = 100.0) -> str:
     if not s:
         return "-"
     m, h = s["mean"] * scale, s["ci95"] * scale
+    m = 0.0 if round(m, 1) == 0 else m  # no "-0.0" for a difference that is zero to the printed digit
     return f"{m:.1f}" if h != h else f"{m:.1f} ± {h:.1f}"
 
 

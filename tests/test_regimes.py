@@ -83,6 +83,11 @@ def test_the_per_epoch_difference_stops_at_the_shorter_run_and_needs_a_common_se
         {"metric": "acc", "regimes": {"r": summarize_regime(runs, "acc", ("sft",))}}, {"baselines": ["sft"]}
     )
     assert "- dyn − sft, paired, after each epoch: 10.0 (1/1), 20.0 (1/1)" in table
+    behind = [run("sft", 0, [0.3], [0]), run("dyn", 0, [0.2999], [0])]  # -0.01 points prints as 0.0, not -0.0
+    table = markdown(
+        {"metric": "acc", "regimes": {"r": summarize_regime(behind, "acc", ("sft",))}}, {"baselines": ["sft"]}
+    )
+    assert "after each epoch: 0.0 (0/1)" in table
 
 
 def test_bench_regimes_end_to_end_and_rerun(tmp_path):
