@@ -137,8 +137,8 @@ def reuse_runs(bench: dict, args, log_path: Path, source: str) -> int:
         copied.append({**run, "reused_from": path})
     if copied:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in copied)
+        for record in copied:
+            _append(log_path, record)
         print(f"bench_regimes: reused {len(copied)} finished runs of {path} (identical run and scoring configs)",
               flush=True)  # fmt: skip
     return len(copied)
