@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynsdpb_selfplay.engines import EngineConfig, SamplingConfig, make_engine
+from dynsdpb_selfplay.engines import Completion, EngineConfig, Generation, SamplingConfig, make_engine
 from dynsdpb_selfplay.engines.hf import HFEngine
 
 pytestmark = pytest.mark.vllm
@@ -79,11 +79,11 @@ def test_update_weights_in_place(engine, tiny_model_dirs):
 
 def test_queued_groups_run_together_and_each_comes_back_whole(engine):
     # Three groups queued at once, one with a follow-up submitted while the others run: each group's greedy
-    # generations equal the same group generated alone, and the engine reports progress per finished prompt.
+    # generations equal the same group generated alone, and the engine reports every prompt and token.
     ids = [engine.encode(p) for p in PROMPTS]
     alone = [_ids(engine.generate_ids(ids[k : k + 3], GREEDY)) for k in (0, 3, 5)]
     seen = []
-    engine.progress = lambda prompts, tokens: seen.append((prompts, tokens))
+    engine.progress = lambda event: seen.append((event.done, event.tokens))
     try:
         tickets = {engine.submit(ids[k : k + 3], GREEDY): k for k in (0, 3)}
         out, follow = {}, None
@@ -101,6 +101,36 @@ def test_queued_groups_run_together_and_each_comes_back_whole(engine):
         engine.submit(ids[:1], GREEDY)
         engine.generate_ids(ids[:1], GREEDY)
     list(engine.completed())  # drain what the refused call left queued
+
+
+def test_tokens_are_reported_as_they_are_generated_and_the_generations_stay_the_same(engine):
+    """vLLM reports each step's tokens while requests run, well before a prompt completes (they used to be reported
+    only as prompts completed), and the reports add up; the generations equal a FINAL_ONLY request's, the way they
+    came before (``LLM.generate``), and a run without a listener: sampled, n > 1, stop strings and the length
+    cap."""
+    stop = next(ch for ch in engine.generate(PROMPTS[:1], GREEDY)[0].completions[0].text[1:] if ch.strip())
+    sampling = SamplingConfig(n=3, temperature=1.0, seed=5, max_new_tokens=24, stop=[stop])
+    ids = [engine.encode(p) for p in PROMPTS]
+    events = []
+    engine.progress = events.append
+    try:
+        ours = engine.generate_ids(ids, sampling)
+    finally:
+        engine.progress = None
+    final_only = engine.llm.generate([{"prompt_token_ids": p} for p in ids], engine._sampling_params(sampling),
+                                     use_tqdm=False)  # fmt: skip
+    before = [Generation(list(o.prompt_token_ids), [Completion(c.text, list(c.token_ids), c.finish_reason)
+                                                    for c in o.outputs]) for o in final_only]  # fmt: skip
+    assert ours == before and engine.generate_ids(ids, sampling) == before
+    completions = [c for g in ours for c in g.completions]
+    assert {c.finish_reason for c in completions} == {"stop", "length"}
+    assert len({len(c.token_ids) for c in completions}) > 2
+    first_done = next(i for i, e in enumerate(events) if e.done)
+    assert first_done >= 4 and sum(e.tokens for e in events[:first_done]) >= 4 * len(ids)
+    tokens = sum(len(c.token_ids) for c in completions)
+    assert events[0].queued == len(ids) and events[0].budget == len(ids) * 3 * 24
+    assert sum(e.tokens for e in events) == tokens and sum(e.unused for e in events) == len(ids) * 3 * 24 - tokens
+    assert sum(e.done for e in events) == len(ids)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ the transformers backend, runs the groups one at a time in submission order, eac
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -22,8 +21,10 @@ from dataclasses import dataclass, field
 
 from ..errors import UserInputError
 from ..precision import DTYPES, resolve_dtype
+from .progress import Progress, progress_bar
 
-__all__ = ["Completion", "Engine", "EngineConfig", "Generation", "SamplingConfig", "progress_bar", "resolve_dtype"]
+__all__ = ["Completion", "Engine", "EngineConfig", "Generation", "Progress", "SamplingConfig", "progress_bar",
+           "resolve_dtype"]  # fmt: skip
 
 
 @dataclass
@@ -134,12 +135,30 @@ class EngineConfig:
     )
     enable_lora: bool = field(default=False, metadata={"help": "vllm: allow LoRA adapters per request."})
     max_lora_rank: int = field(default=16, metadata={"help": "vllm: largest LoRA rank to serve."})
+    handoff: str = field(
+        default="auto",
+        metadata={
+            "help": "How a round's trained fp32 weights reach a bf16/fp16 engine (rounds/handoff.py): 'nearest' "
+            "(rounded to nearest on load, which drops most of a small update: 8% of the demo's round 1 kept), "
+            "'stochastic' (an unbiased stochastically rounded copy, round_r/served), or 'auto': nearest when it "
+            "keeps at least min_update_share of the update, else stochastic. An fp32 engine serves them exactly."
+        },
+    )
+    min_update_share: float = field(
+        default=0.95,
+        metadata={"help": "Share of a round's weight update the served copy must keep; below it warns (and 'auto' "
+                  "rounds stochastically). Measured per round in the run's summary and report."},
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.backend not in ("auto", "vllm", "hf"):
             raise ValueError(f"backend={self.backend!r}: expected 'auto', 'vllm' or 'hf'")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}: expected one of {DTYPES}")
+        if self.handoff not in ("auto", "nearest", "stochastic"):
+            raise ValueError(f"handoff={self.handoff!r}: expected 'auto', 'nearest' or 'stochastic'")
+        if not 0 <= self.min_update_share <= 1:
+            raise ValueError(f"min_update_share={self.min_update_share}: must be in [0, 1]")
         if self.batch_size < 1 or self.max_batch_tokens < 1:
             raise ValueError(f"batch_size={self.batch_size}, max_batch_tokens={self.max_batch_tokens}: must be >= 1")
         if self.tensor_parallel_size < 1:
@@ -176,14 +195,16 @@ class Generation:
 class Engine(ABC):
     """A loaded model that generates. Use as a context manager, or call :meth:`close` to free it.
 
-    ``progress``: an optional ``callback(prompts, tokens)`` told how many prompts completed and how many tokens they
-    generated, as the engine goes (a progress bar); every backend calls it at least once per completed batch."""
+    ``progress``: an optional ``callback(event)`` told with :class:`~.progress.Progress` events what the engine was
+    handed and what it generated, as it goes (a progress bar, a token count): each group's token budget when it is
+    queued (or a direct :meth:`generate_ids` call starts), tokens as they are generated (at least once per completed
+    batch), and the budget finished completions left unused."""
 
     name = "engine"
     tokenizer = None
     model_path: str = ""
     adapter: str | None = None  # the LoRA adapter served when a call names none (set by update_weights)
-    progress: Callable[[int, int], None] | None = None
+    progress: Callable[[Progress], None] | None = None
 
     def encode(self, prompt) -> list[int]:
         """Token ids of a prompt: a message list goes through the chat template (with the generation prompt, no
@@ -224,6 +245,7 @@ class Engine(ABC):
             self._queue, self._tickets = deque(), 0
         self._tickets += 1
         self._queue.append((self._tickets, [list(p) for p in prompt_ids], sampling, lora_path))
+        self._report_queued(len(prompt_ids), sampling)
         return self._tickets
 
     def completed(self) -> Iterator[tuple[int, list[Generation]]]:
@@ -234,11 +256,29 @@ class Engine(ABC):
         queue = getattr(self, "_queue", deque())
         while queue:
             ticket, prompt_ids, sampling, lora_path = queue.popleft()
-            yield ticket, self.generate_ids(prompt_ids, sampling, lora_path=lora_path)
+            self._queue_running = True  # submit() reported this group's budget: generate_ids does not again
+            try:
+                generations = self.generate_ids(prompt_ids, sampling, lora_path=lora_path)
+            finally:
+                self._queue_running = False
+            yield ticket, generations
 
-    def _report(self, generations: list[Generation]) -> None:
-        if self.progress is not None and generations:
-            self.progress(len(generations), sum(len(c.token_ids) for g in generations for c in g.completions))
+    # ------------------------------------------------------------------------------------ progress reports
+    def _report(self, event: Progress) -> None:
+        if self.progress is not None and event != Progress():
+            self.progress(event)
+
+    def _report_queued(self, prompts: int, sampling: SamplingConfig) -> None:
+        """A group of ``prompts`` was handed to the engine: :meth:`submit`, and the start of a :meth:`generate_ids`
+        call, report it (nothing while :meth:`completed` runs a submitted group, already reported)."""
+        if not getattr(self, "_queue_running", False):
+            self._report(Progress(queued=prompts, budget=prompts * sampling.n * sampling.max_new_tokens))
+
+    def _report_done(self, generations: list[Generation], sampling: SamplingConfig) -> None:
+        """Prompts completed, for a backend that reports their tokens only then (the transformers one)."""
+        tokens = [len(c.token_ids) for g in generations for c in g.completions]
+        self._report(Progress(tokens=sum(tokens), unused=len(tokens) * sampling.max_new_tokens - sum(tokens),
+                              done=len(generations)))  # fmt: skip
 
     @abstractmethod
     def update_weights(self, checkpoint_dir: str) -> None:
@@ -255,33 +295,3 @@ class Engine(ABC):
 
     def __exit__(self, *exc):
         self.close()
-
-
-@contextlib.contextmanager
-def progress_bar(engine: Engine | None, total: int, desc: str):
-    """Within the block, a progress bar of ``engine``'s completed prompts (out of ``total``) with generated
-    tokens/s, fed by its ``progress`` callback: long generations show how far they are instead of minutes of
-    silence."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="prompt", leave=False, dynamic_ncols=True)
-    tokens = 0
-
-    previous = None if engine is None else engine.progress
-
-    def update(prompts: int, new_tokens: int) -> None:
-        nonlocal tokens
-        tokens += new_tokens
-        bar.update(prompts)
-        bar.set_postfix_str(f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.0f} tok/s", refresh=False)
-        if previous is not None:  # whoever listened before (a phase counting tokens) keeps hearing
-            previous(prompts, new_tokens)
-
-    if engine is not None:
-        engine.progress = update
-    try:
-        yield bar
-    finally:
-        if engine is not None:
-            engine.progress = previous
-        bar.close()

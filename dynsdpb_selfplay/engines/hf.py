@@ -86,6 +86,7 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def generate_ids(self, prompt_ids, sampling, lora_path=None):
+        self._report_queued(len(prompt_ids), sampling)
         if sampling.seed is not None or self.config.seed is not None:
             torch.manual_seed(sampling.seed if sampling.seed is not None else self.config.seed)
         lora_path = lora_path or self.adapter
@@ -110,7 +111,7 @@ class HFEngine(Engine):
                 for row, i in enumerate(batch):
                     seqs = new[row * sampling.n : (row + 1) * sampling.n]
                     results[i] = Generation(list(prompt_ids[i]), [self._completion(s, sampling) for s in seqs])
-                self._report([results[i] for i in batch])
+                self._report_done([results[i] for i in batch], sampling)  # a batch's tokens come at once
         finally:
             if lora_path is not None:
                 self.model.disable_adapters()

@@ -18,7 +18,7 @@ import sys
 
 from ..errors import EngineUnavailableError, UserInputError
 from ..memory import check_memory, vllm_cpu_need
-from .base import Completion, Engine, EngineConfig, Generation, SamplingConfig, resolve_dtype
+from .base import Completion, Engine, EngineConfig, Generation, Progress, SamplingConfig, resolve_dtype
 from .lifetime import guarded_children
 
 __all__ = ["VLLM_INSTALL_HINT", "VLLMEngine", "use_multiprocessing"]
@@ -182,37 +182,78 @@ class VLLMEngine(Engine):
 
     # Queued generation: every submitted request goes into vLLM's scheduler at once, so the engine batches across
     # groups (chunks, passes) up to max_num_seqs; a group is handed back as soon as its last request finishes.
+    # Requests stream cumulative outputs (LLM.enqueue would make them FINAL_ONLY), so that each step reports the
+    # tokens of unfinished requests too (Engine.progress); a completion is built from its last output, the very one
+    # a FINAL_ONLY request returns.
     def submit(self, prompt_ids, sampling, lora_path=None):
+        from vllm.sampling_params import RequestOutputKind
+
         if not hasattr(self, "_groups"):
-            self._groups, self._owner, self._tickets = {}, {}, 0
+            self._groups, self._owner, self._streams, self._tickets = {}, {}, {}, 0
+        params = self._sampling_params(sampling)
+        params.output_kind = RequestOutputKind.CUMULATIVE
+        ids = self._add_requests(prompt_ids, params, self._lora_request(lora_path or self.adapter))
         self._tickets += 1
-        requests = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
-        lora = self._lora_request(lora_path or self.adapter)
-        ids = self.llm.enqueue(requests, self._sampling_params(sampling), lora_request=lora, use_tqdm=False)
-        # enqueue() returns internal ids ("<n>-<suffix>"); step() reports the request by its external id "<n>".
-        ids = [str(i).rsplit("-", 1)[0] for i in ids]
-        self._groups[self._tickets] = ([list(p) for p in prompt_ids], ids, {})
+        self._groups[self._tickets] = ([list(p) for p in prompt_ids], ids, {}, sampling.max_new_tokens)
         self._owner.update({rid: (self._tickets, k) for k, rid in enumerate(ids)})
+        self._report_queued(len(ids), sampling)
         return self._tickets
+
+    def _add_requests(self, prompt_ids, params, lora) -> list[str]:
+        """One request per prompt, added as ``LLM.enqueue`` adds them but with ``params`` as given; returns the ids
+        that ``step()`` reports them by. All or none: a prompt vLLM refuses withdraws the ones added before it."""
+        llm = self.llm
+        prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
+        render = getattr(llm, "_preprocess_cmpl", None)  # enqueue()'s rendering (vLLM 0.32); else add_request's own
+        ids, added = [], []
+        try:
+            for prompt in render(prompts) if render is not None else prompts:
+                ids.append(str(next(llm.request_counter)))
+                added.append(llm.llm_engine.add_request(ids[-1], prompt, params, lora_request=lora))
+        except Exception:
+            if added:
+                llm.llm_engine.abort_request(added, internal=True)
+            raise
+        return ids
 
     def completed(self):
         engine = self.llm.llm_engine
         while getattr(self, "_groups", None):
             if not engine.has_unfinished_requests():
                 raise RuntimeError(f"vLLM holds no request of the {len(self._groups)} group(s) still pending")
-            for out in engine.step():
-                if not out.finished or out.request_id not in self._owner:
+            progress, ready = self._absorb(engine.step())
+            self._report(progress)
+            for ticket in ready:
+                _, ids, done, _ = self._groups.pop(ticket)
+                yield ticket, [done[i] for i in ids]
+
+    def _absorb(self, outputs) -> tuple[Progress, list[int]]:
+        """Take one step's outputs into the pending groups; returns what they generated and finished, and the tickets
+        of the groups now complete."""
+        tokens = unused = prompts = 0
+        ready = []
+        for out in outputs:
+            if out.request_id not in self._owner:
+                continue
+            ticket, k = self._owner[out.request_id]
+            prompt_ids, ids, done, max_new = self._groups[ticket]
+            # per completion index (n > 1: one output each): tokens so far, and its Completion once it has finished
+            seen, final = self._streams.setdefault(out.request_id, ({}, {}))
+            for c in out.outputs:
+                if c.index in final:
                     continue
-                ticket, k = self._owner.pop(out.request_id)
-                prompts, ids, done = self._groups[ticket]
-                done[out.request_id] = Generation(
-                    prompts[k],
-                    [Completion(c.text, list(c.token_ids), c.finish_reason or "length") for c in out.outputs],
-                )
-                self._report([done[out.request_id]])
+                tokens += len(c.token_ids) - seen.get(c.index, 0)
+                seen[c.index] = len(c.token_ids)
+                if c.finish_reason is not None or out.finished:
+                    final[c.index] = Completion(c.text, list(c.token_ids), c.finish_reason or "length")
+                    unused += max_new - len(c.token_ids)
+            if out.finished:
+                del self._owner[out.request_id], self._streams[out.request_id]
+                done[out.request_id] = Generation(prompt_ids[k], [final[i] for i in sorted(final)])
+                prompts += 1
                 if len(done) == len(ids):
-                    del self._groups[ticket]
-                    yield ticket, [done[i] for i in ids]
+                    ready.append(ticket)
+        return Progress(tokens=tokens, unused=unused, done=prompts), ready
 
     def update_weights(self, checkpoint_dir: str) -> None:
         from ..models import adapter_info, check_model_dir
