@@ -18,11 +18,10 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import save  # noqa: E402
+from benchmarks.common import save  # noqa: E402
 
-PHASES = ("generate", "filter", "train", "eval")
+PHASES = ("generate", "filter", "train", "handoff", "eval", "validate", "select")
 
 
 def rounds_in(info: dict) -> list[int]:

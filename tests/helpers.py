@@ -214,7 +214,7 @@ def round_config(model: str, **overrides) -> dict:
     for key, value in overrides.items():
         section, _, field = key.partition(".")
         if field:
-            cfg[section] = {**cfg[section], field: value}
+            cfg[section] = {**cfg.get(section, {}), field: value}
         else:
             cfg[key] = value
     return cfg

@@ -74,7 +74,7 @@ def test_a_run_stops_before_training_that_cannot_fit_and_keeps_what_is_done(tiny
     assert "training needs at least" in err and "training.per_device_train_batch_size" in err
     assert "training.max_length" in err and f"--resume {tmp_path / 'run'}" in err
     done = json.loads((tmp_path / "run" / "state.json").read_text())["done"]
-    assert done == ["round_0/eval", "round_1/generate", "round_1/filter"]
+    assert done == ["round_0/validate", "round_0/eval", "round_1/generate", "round_1/filter"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for host memory (a CPU engine)")

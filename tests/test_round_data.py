@@ -161,3 +161,44 @@ def test_round_section_shows_counts_histogram_examples_and_transitions(tmp_path)
     assert "![round 1 pass rates](round_1/pass_rates.png)" in text
     assert (folder / "pass_rates.png").stat().st_size > 1000
     assert "*truncated*" in text and "cut mid" in text and "*kept, shortest*" in text
+
+
+def _answer_lines(rule: str):
+    from dynsdpb_selfplay.rounds.filtering import AnswerLines
+    from dynsdpb_selfplay.tasks import get_task
+    from dynsdpb_selfplay.tasks.scoring import is_correct
+
+    task = get_task("arith", steps=1)
+    fmt = task.get_format(name="chat-0shot")
+    return AnswerLines(rule, line=lambda a: task.answer_line(a, fmt), stated=lambda t: task.stated_answer(t, fmt),
+                       same=is_correct)  # fmt: skip
+
+
+def test_a_kept_row_always_carries_the_answer_line():
+    """verify: flexible accepts a solution by its last number; the row it becomes ends with the #### line the prompt
+    asked for (append), or is dropped (require); a line stating another answer is never a row."""
+    records = [sample("q1", 0, "3 + 4 = 7", True),  # no line: the line is written under it
+               sample("q1", 1, "3 + 4 = 7.\n#### 7", True),  # has it: kept as is
+               sample("q2", 0, "#### 9\nso 3 + 4 = 7", True),  # its line says 9: never kept
+               sample("q3", 0, "It is 7.  \n", True)]  # fmt: skip
+    rows, stats, verdicts = filter_self_training(records, "flexible", 4, answer_lines=_answer_lines("append"))
+    texts = [r["completion"][0]["content"] for r in rows]
+    assert texts == ["3 + 4 = 7\n#### 7", "3 + 4 = 7.\n#### 7", "It is 7.\n#### 7"]
+    assert verdicts == ["kept", "kept", "wrong_answer_line", "kept"]
+    assert (stats["answer_line_appended"], stats["answer_line_present"], stats["wrong_answer_line"]) == (2, 1, 1)
+    assert stats["kept_tokens_mean"] == 0  # hand-built records carry no token counts
+    rows, stats, verdicts = filter_self_training(records, "flexible", 4, answer_lines=_answer_lines("require"))
+    assert [r["id"] for r in rows] == ["q1-1-sample"] and stats["no_answer_line"] == 2
+    assert verdicts == ["no_answer_line", "kept", "wrong_answer_line", "no_answer_line"]
+    rows, _, _ = filter_self_training(records, "flexible", 4, answer_lines=_answer_lines("as_is"))
+    assert [r["completion"][0]["content"] for r in rows][0] == "3 + 4 = 7"
+    # Majority labels: the line states the agreed answer, not the (unknown) gold one.
+    votes = [sample("m", k, f"so it is {x}", x == "7") | {"flexible_answer": x} for k, x in enumerate("778")]
+    rows, _, _ = filter_self_training(votes, "flexible", 4, labels="majority", min_agreement=0.5,
+                                      answer_lines=_answer_lines("append"))  # fmt: skip
+    assert [r["completion"][0]["content"] for r in rows] == ["so it is 7\n#### 7"]
+    # Self-correction: the revision gets the line.
+    fixes = [correction("c", 0, False, True, text="fixed: 7"), correction("c", 1, False, True, text="#### 8")]
+    rows, stats, verdicts = filter_self_correction(fixes, "review", True, answer_lines=_answer_lines("append"))
+    assert [r["completion"][-1]["content"] for r in rows] == ["fixed: 7\n#### 7"]
+    assert verdicts == ["kept", "wrong_answer_line"] and stats["answer_line_appended"] == 1

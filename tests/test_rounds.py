@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from itertools import pairwise
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def test_two_rounds_end_to_end(tmp_path, tiny, pipeline, capsys):
     cfg = config(tiny, pipeline=pipeline, **{"training.max_length": 256})  # the review turn is long in characters
     assert main(["run", str(write(tmp_path, cfg)), "--run-dir", str(run_dir)]) == 0
     state = json.loads((run_dir / "state.json").read_text())
-    expected = ["round_0/eval"] + [f"round_{r}/{p}" for r in (1, 2) for p in ("generate", "filter", "train", "eval")]
+    phases = ("generate", "filter", "train", "handoff", "eval", "validate", "select")
+    expected = ["round_0/validate", "round_0/eval"] + [f"round_{r}/{p}" for r in (1, 2) for p in phases]
     assert state["done"] == expected + ["report"]
     for r in (1, 2):
         gens = read(run_dir / f"round_{r}" / "generations.jsonl")
@@ -56,8 +58,9 @@ def test_two_rounds_end_to_end(tmp_path, tiny, pipeline, capsys):
         assert [h["step"] for h in _step_logs(run_dir, r)] == [1, 2, 3, 4]
     # Where the wall time went: engine start once, generation inside the engine, round 1's weights handed over.
     info = state["info"]
-    assert info["round_0/eval"]["engine_start_s"] > 0 and "engine_start_s" not in info["round_1/generate"]
+    assert info["round_0/validate"]["engine_start_s"] > 0 and "engine_start_s" not in info["round_1/generate"]
     assert info["round_1/generate"]["engine_generate_s"] > 0 and info["round_1/eval"]["weights_handoff_s"] > 0
+    assert info["round_1/handoff"]["handoff"] == "exact"  # an fp32 engine serves the trained weights themselves
     sys.path.insert(0, str(TESTS.parent / "benchmarks"))
     from bench_rounds import plot, round_breakdown
 
@@ -235,6 +238,7 @@ def reference(tmp_path_factory, tiny):
 # (fault point, signal) pairs across every phase; see dynsdpb_selfplay/faults.py for what each point means.
 # SIGKILL leaves the process no chance to clean up; SIGINT (Ctrl-C) unwinds through every ``finally``.
 FAULT_POINTS = [
+    ("round_0/validate:point=generated", "KILL"),  # the start model scored on validation, nothing written
     ("round_0/eval:point=generated", "INT"),  # eval scored, nothing written
     ("round_0/eval:write=eval_summary.json", "KILL"),  # eval.jsonl in place, the summary only as a temporary file
     ("round_1/generate:chunk=0", "KILL"),  # chunk 0 saved, chunk 1 not
@@ -255,6 +259,8 @@ FAULT_POINTS = [
     ("round_1/eval:point=generated", "KILL"),
     ("round_1/eval:write=eval.jsonl", "INT"),
     ("round_1/eval:point=done", "KILL"),  # right after the phase is marked done
+    ("round_1/validate:write=validation.jsonl", "INT"),  # validation scored, its file only as a temporary file
+    ("round_1/select:point=done", "KILL"),  # the round kept, the next not started
     ("round_2/generate:chunk=1", "INT"),  # the last chunk saved, the merged file not written
     ("round_2/filter:point=done", "INT"),
     ("round_2/train:step=3", "INT"),  # a later round's checkpoint-2
@@ -264,7 +270,8 @@ FAULT_POINTS = [
     ("report:write=state.json", "KILL"),  # everything written, the run not marked finished
 ]
 assert len(FAULT_POINTS) >= 20 and {sig for _, sig in FAULT_POINTS} == {"KILL", "INT"}
-assert {p.split(":")[0].split("/")[-1] for p, _ in FAULT_POINTS} == {"eval", "generate", "filter", "train", "report"}
+assert {p.split(":")[0].split("/")[-1] for p, _ in FAULT_POINTS} == {"eval", "generate", "filter", "train", "report",
+                                                                     "validate", "select"}  # fmt: skip
 
 # The checkpoint each round's training resumed from, for the points that interrupt training.
 RESUMED_FROM = {
@@ -338,7 +345,8 @@ def assert_same_run(run_dir: Path, reference: Path, rounds=(1, 2)) -> None:
 
 
 # The phases in the order a run reaches them.
-PHASE_ORDER = ["round_0/eval", *(f"round_{r}/{p}" for r in (1, 2) for p in ("generate", "filter", "train", "eval")),
+ROUND_PHASES = ("generate", "filter", "train", "handoff", "eval", "validate", "select")
+PHASE_ORDER = ["round_0/validate", "round_0/eval", *(f"round_{r}/{p}" for r in (1, 2) for p in ROUND_PHASES),
                "report"]  # fmt: skip
 
 
@@ -383,7 +391,7 @@ def assert_crashed_at(proc: subprocess.CompletedProcess, run_dir: Path, fault: s
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny, reference, chain):
     """The run is killed at each point of ``chain`` in turn (the first attempt fresh, each later one a ``--resume``
     of the killed run) and the last ``--resume`` ends with the uninterrupted run's data, logs, weights and report.
-    Two chains cover the 27 points with 29 processes and two full runs' work (one run per point: 54 and 27)."""
+    Two chains cover the 30 points with 32 processes and two full runs' work (one run per point: 60 and 30)."""
     run_dir = tmp_path / "run"
     args = [str(write(tmp_path, config(tiny))), "--run-dir", str(run_dir)]
     for fault, sig in chain:
@@ -509,7 +517,7 @@ def test_sigterm_closes_the_vllm_engine_and_keeps_finished_phases(tmp_path, tiny
     args = [str(write(tmp_path, cfg)), "--run-dir", str(tmp_path / "run")]
     proc = run_cli(args, "round_1/generate:chunk=0", "TERM", output_dir=tmp_path)
     assert proc.returncode == 130 and "interrupted" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert json.loads((tmp_path / "run/state.json").read_text())["done"] == ["round_0/eval"]
+    assert json.loads((tmp_path / "run/state.json").read_text())["done"] == ["round_0/validate", "round_0/eval"]
     deadline = time.monotonic() + 30
     while (left := _vllm_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -551,3 +559,69 @@ def test_two_generation_shards_merge_to_the_unsharded_data(tmp_path, tiny, refer
     assert json.loads((run_dir / "state.json").read_text())["info"]["round_1/generate"]["shards"] == 2
     assert read(run_dir / "round_1/generations.jsonl") == read(reference / "round_1/generations.jsonl")
     assert len(list((run_dir / "round_1/generations").glob("chunk-*.jsonl"))) == 2
+
+
+def test_a_round_that_lowers_validation_accuracy_is_not_continued_from(tmp_path, tiny, monkeypatch, capsys):
+    """Round 1's model is broken on purpose (every weight zero: it answers nothing); selection rejects it on the
+    validation split, round 2 generates with and trains from the start model, and the report says so."""
+    from safetensors.torch import load_file, save_file
+
+    from dynsdpb_selfplay.rounds import orchestrator
+
+    real = orchestrator.train_round
+
+    def train_then_break_round_1(rows, init, out_dir, trainer_dir, cfg):
+        info = real(rows, init, out_dir, trainer_dir, cfg)
+        if out_dir.parent.name == "round_1":
+            weights = out_dir / "model.safetensors"
+            save_file({k: v * 0 for k, v in load_file(str(weights)).items()}, str(weights))
+        return info
+
+    monkeypatch.setattr(orchestrator, "train_round", train_then_break_round_1)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(write(tmp_path, config(tiny))), "--run-dir", str(run_dir)]) == 0
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["done"][:2] == ["round_0/validate", "round_0/eval"]
+    info = state["info"]
+    select = info["round_1/select"]
+    assert not select["kept"] and select["against"] == 0 and select["flexible"]["lost"] > 0
+    assert info["round_1/validate"]["flexible_accuracy"] < info["round_0/validate"]["flexible_accuracy"]
+    assert info["round_2/train"]["init"] == tiny  # trained from the start model, not round 1's
+    assert info["round_2/select"]["against"] == 0 and info["round_2/select"]["kept"]
+    assert info["report"]["final_round"] == 2
+    # Round 2 generated with the start model: its samples come from the same weights as round 1's.
+    assert read(run_dir / "round_2/generations.jsonl")[0]["response"] != ""
+    assert (run_dir / "round_1/validation.jsonl").exists() and (run_dir / "round_0/validation.jsonl").exists()
+    report = (run_dir / "report.md").read_text()
+    (line,) = [line for line in report.splitlines() if "**rejected**" in line]
+    assert line.startswith("| 1 |") and "flexible -" in line and "vs round 0" in line and "Rejected rounds: 1" in report
+    assert "round 1 rejected" in capsys.readouterr().out
+    # Every kept row ends with the answer line (filtering.answer_line: append is the default).
+    for r in (1, 2):
+        rows = read(run_dir / f"round_{r}/train.jsonl")
+        assert rows and all("\n#### " in row["completion"][0]["content"] for row in rows)
+
+
+def test_a_bf16_engine_serves_a_round_update_below_one_bf16_step(tmp_path, tiny):
+    """At lr 1e-5 a round moves each weight far less than a bf16 step of a start model stored in bf16 (as the prepared
+    SmolLM2 is): the engine (bf16) serves the stochastically rounded copy, which keeps the update, and the report says
+    what it served."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.bfloat16).save_pretrained(start)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(start)
+    run_dir = tmp_path / "run"
+    cfg = config(str(start), rounds=1, **{"training.learning_rate": 1e-5, "engine.dtype": "bfloat16",
+                                    "evaluation.select": False})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 on a CPU that emulates it warns: fine for a tiny model
+        assert main(["run", str(write(tmp_path, cfg)), "--run-dir", str(run_dir)]) == 0
+    info = json.loads((run_dir / "state.json").read_text())["info"]
+    handoff = info["round_1/handoff"]
+    assert handoff["handoff"] == "stochastic" and handoff["nearest_share"] < 0.5
+    assert handoff["served_share"] == pytest.approx(1.0, abs=0.1)
+    assert handoff["served"] == str(run_dir / "round_1/served")
+    summary = json.loads((run_dir / "round_1/eval_summary.json").read_text())
+    assert summary["model"] == handoff["served"]  # evaluation scored the copy the engine served
+    assert "bf16 stochastic (" in (run_dir / "report.md").read_text()

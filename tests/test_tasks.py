@@ -23,8 +23,12 @@ def gsm8k(gsm8k_data):
 
 
 def test_gsm8k_loads_official_splits(gsm8k):
-    test, train = gsm8k.load("test"), gsm8k.load("train")
-    assert (len(test), len(train)) == (1319, 7473)
+    test, train, validation = gsm8k.load("test"), gsm8k.load("train"), gsm8k.load("validation")
+    # The official training file's last 500 rows are the validation split that selects rounds; train is the rest.
+    assert (len(test), len(train), len(validation)) == (1319, 6973, 500)
+    assert validation[0].id == "gsm8k-train-6973" and validation[-1].id == "gsm8k-train-7472"
+    assert not {e.id for e in train} & {e.id for e in validation}
+    assert gsm8k.load("validation", limit=3) == validation[:3]
     assert len({e.id for e in test}) == 1319
     assert [e.id for e in test[:2]] == ["gsm8k-test-0", "gsm8k-test-1"] and test[-1].id == "gsm8k-test-1318"
     assert gsm8k.load("test", limit=5) == test[:5]

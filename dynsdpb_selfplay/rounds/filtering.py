@@ -8,14 +8,54 @@ last number says: TRL appends EOS to the completion, so the model would learn to
 counted as ``truncated`` (``truncated_correct``: those that verified anyway, which earlier versions kept).
 
 Every filter also returns one *verdict* per record (``"kept"`` or why not), in record order, for the report.
+
+A kept row states its answer the way the prompt asked (:class:`AnswerLines`): a solution verified by its last number
+(``verify: flexible``) rarely ends with the ``#### N`` line, and training on such rows teaches the model to drop it,
+round after round, until strict accuracy is gone. With ``filtering.answer_line: append`` (default) the canonical line
+for the verified answer is written under a solution that has none; ``require`` keeps only solutions that have it;
+``as_is`` keeps them unchanged. A solution whose answer line states another answer than the verified one is never
+kept (``wrong_answer_line``).
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["filter_self_correction", "filter_self_training", "pass_rates", "solved", "transitions", "truncated"]
+__all__ = ["ANSWER_LINE_RULES", "AnswerLines", "filter_self_correction", "filter_self_training", "pass_rates", "solved",
+           "transitions", "truncated"]  # fmt: skip
+
+ANSWER_LINE_RULES = ("append", "require", "as_is")
+
+
+@dataclass(frozen=True)
+class AnswerLines:
+    """How kept rows state their answer (module docstring). ``line(answer)`` is the canonical answer line,
+    ``stated(response)`` the answer a response's own line states (None: no line), ``same(a, b)`` whether two answers
+    are equal (the task's verifier)."""
+
+    rule: str
+    line: Callable[[str], str]
+    stated: Callable[[str], str | None]
+    same: Callable[[str, str], bool]
+
+    def __post_init__(self):
+        if self.rule not in ANSWER_LINE_RULES:
+            raise ValueError(f"answer_line: {self.rule!r} is not one of {ANSWER_LINE_RULES}")
+
+    def fix(self, response: str, answer: str) -> tuple[str | None, str]:
+        """``(text to train on, how)``: ``how`` is ``present``, ``appended`` or ``as_is``; or ``(None, why not)``
+        with ``wrong_answer_line`` or ``no_answer_line``."""
+        stated = self.stated(response)
+        if stated is not None:
+            return (response, "present") if self.same(stated, answer) else (None, "wrong_answer_line")
+        if self.rule == "require":
+            return None, "no_answer_line"
+        if self.rule == "append":
+            return f"{response.rstrip()}\n{self.line(answer)}", "appended"
+        return response, "as_is"
 
 
 def _normalize(text: str) -> str:
@@ -71,9 +111,11 @@ def filter_self_training(
     min_agreement: float = 0.6,
     min_pass_rate: float = 0.0,
     max_pass_rate: float = 1.0,
+    answer_lines: AnswerLines | None = None,
 ) -> tuple[list[dict], dict, list[str]]:
     """Keep verified (or majority-agreeing) solutions, at most ``max_per_question`` distinct ones per question, of
-    the questions whose pass rate is within ``[min_pass_rate, max_pass_rate]``; never a truncated one.
+    the questions whose pass rate is within ``[min_pass_rate, max_pass_rate]``; never a truncated one; each stating
+    its answer as ``answer_lines`` says (None: as generated).
 
     With ``labels="majority"`` a truncated sample does not vote (it has no final answer) but counts in the agreement's
     denominator. Returns ``(rows, stats, verdicts)``."""
@@ -82,7 +124,7 @@ def filter_self_training(
         by_question[r["id"]].append(i)
     rates = pass_rates(records, verify)
     verdicts = [""] * len(records)
-    rows, stats = [], Counter(questions=len(by_question), samples=len(records))
+    rows, stats, kept_tokens = [], Counter(questions=len(by_question), samples=len(records)), []
     stats.update(above_max_pass_rate=0, below_min_pass_rate=0, truncated=sum(truncated(r) for r in records))
     stats["truncated_correct"] = sum(truncated(r) and bool(r[f"{verify}_correct"]) for r in records)
     for qid, idx in by_question.items():
@@ -105,8 +147,10 @@ def filter_self_training(
                 continue
             good = {i for i in idx if records[i]["flexible_answer"] == top and not truncated(records[i])}
             stats["pseudo_labelled_correct"] += sum(records[i][f"{verify}_correct"] for i in good)
+            answer = top
         else:
             good = {i for i in idx if solved(records[i], verify)}
+            answer = group[0]["gold"]
         stats["correct_samples"] += len(good)
         seen, kept = set(), 0
         for i in idx:
@@ -115,8 +159,11 @@ def filter_self_training(
                 verdicts[i] = "truncated" if truncated(r) else "wrong"
                 continue
             key = _normalize(r["response"])
+            text, how = (r["response"], "as_is") if answer_lines is None else answer_lines.fix(r["response"], answer)
             if not key:
                 verdicts[i] = "empty"
+            elif text is None:
+                verdicts[i] = how
             elif key in seen:
                 verdicts[i] = "duplicate"
             elif kept == max_per_question:
@@ -126,12 +173,15 @@ def filter_self_training(
                 seen.add(key)
                 kept += 1
                 stats[f"kept_{r['source']}"] += 1
+                stats[f"answer_line_{how}"] += 1
+                kept_tokens.append(r.get("tokens", 0))
                 rows.append({"id": f"{qid}-{r['sample']}-{r['source']}", "prompt": r["prompt"],
-                             "completion": _completion(r["prompt"], r["response"])})  # fmt: skip
+                             "completion": _completion(r["prompt"], text)})  # fmt: skip
         stats["questions_kept"] += kept > 0
-    stats["duplicates"] += sum(v == "duplicate" for v in verdicts)
-    stats["over_cap"] += sum(v == "over_cap" for v in verdicts)
+    for name in ("duplicate", "over_cap", "wrong_answer_line", "no_answer_line"):
+        stats[name + ("s" if name == "duplicate" else "")] += sum(v == name for v in verdicts)
     stats["rows"] = len(rows)
+    stats["kept_tokens_mean"] = sum(kept_tokens) / len(kept_tokens) if kept_tokens else None
     return rows, dict(stats), verdicts
 
 
@@ -160,17 +210,20 @@ def filter_self_correction(
     keep_right_to_right: bool,
     min_pass_rate: float = 0.0,
     max_pass_rate: float = 1.0,
+    answer_lines: AnswerLines | None = None,
 ) -> tuple[list[dict], dict, list[str]]:
     """Keep wrong-to-right (and optionally right-to-right) trajectories; never right-to-wrong, never a revision cut
-    at ``max_new_tokens``. The loss falls on the revision: the first answer and the review request are part of the
-    prompt. The pass-rate bounds apply to the first attempts. Returns ``(rows, stats, verdicts)``."""
+    at ``max_new_tokens``; each revision stating its answer as ``answer_lines`` says (None: as generated). The loss
+    falls on the revision: the first answer and the review request are part of the prompt. The pass-rate bounds apply
+    to the first attempts. Returns ``(rows, stats, verdicts)``."""
     from .generation import correction_turns
 
     rates = pass_rates(records, verify="")
-    rows, seen, verdicts = [], set(), []
+    rows, seen, verdicts, hows, kept_tokens = [], set(), [], Counter(), []
     for r in records:
         verdict = _pass_rate_verdict(rates[r["id"]]["pass_rate"], min_pass_rate, max_pass_rate)
         key = (r["id"], _normalize(r["first"]), _normalize(r["revision"]))
+        text, how = (r["revision"], "as_is") if answer_lines is None else answer_lines.fix(r["revision"], r["gold"])
         if verdict:
             pass
         elif truncated(r, "revision_finish_reason"):
@@ -181,19 +234,25 @@ def filter_self_correction(
             verdict = "right_to_right"
         elif not key[2]:
             verdict = "empty"
+        elif text is None:
+            verdict = how
         elif key in seen:
             verdict = "duplicate"
         else:
             verdict = "kept"
             seen.add(key)
+            hows[f"answer_line_{how}"] += 1
+            kept_tokens.append(r.get("revision_tokens", r.get("tokens", 0)))
             prompt = correction_turns(r["prompt"], r["first"], instruction)
             rows.append({"id": f"{r['id']}-{r['sample']}-correction", "prompt": prompt,
-                         "completion": _completion(prompt, r["revision"])})  # fmt: skip
+                         "completion": _completion(prompt, text)})  # fmt: skip
         verdicts.append(verdict)
     stats = transitions(records)
     counts = Counter(verdicts)
     stats.update(questions=len(rates), truncated=sum(truncated(r, "revision_finish_reason") for r in records),
-                 duplicates=counts["duplicate"], rows=len(rows))  # fmt: skip
+                 duplicates=counts["duplicate"], wrong_answer_line=counts["wrong_answer_line"],
+                 no_answer_line=counts["no_answer_line"], rows=len(rows), **hows,
+                 kept_tokens_mean=sum(kept_tokens) / len(kept_tokens) if kept_tokens else None)  # fmt: skip
     for name in ("above_max_pass_rate", "below_min_pass_rate"):
         stats[name] = len({r["id"] for r, v in zip(records, verdicts, strict=True) if v == name})
     stats["questions_kept"] = len({row["id"].rsplit("-", 2)[0] for row in rows})

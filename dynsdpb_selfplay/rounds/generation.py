@@ -207,7 +207,7 @@ def self_correction_records(
                             "revised_correct": b[f"{verify}_correct"], "first_answer": a["flexible_answer"],
                             "revised_answer": b["flexible_answer"], "first_finish_reason": finish,
                             "revision_finish_reason": rev.finish_reason,
-                            "tokens": tokens + len(rev.token_ids)})  # fmt: skip
+                            "tokens": tokens + len(rev.token_ids), "revision_tokens": len(rev.token_ids)})  # fmt: skip
         return records
 
     return program

@@ -1,8 +1,16 @@
-"""The round loop: evaluate the start model, then per round generate -> filter -> train -> evaluate; then report.
+"""The round loop: evaluate the start model, then per round generate -> filter -> train -> hand off -> evaluate ->
+select; then report.
 
 Each phase is skipped when ``state.json`` marks it done, so ``run(run_dir)`` both starts and resumes a run. One
 generation engine lives for the whole run; after a training phase its weights are replaced in place
-(``engine.update_weights``) instead of starting a new engine.
+(``engine.update_weights``) instead of starting a new engine. Two models move through the loop: the fp32 weights
+training continues from, and the copy the engine serves (``handoff.py``: the same weights, or a stochastically
+rounded copy where rounding to the engine's format would drop the round's update).
+
+Selection (``evaluation.select``, on by default): the start model and every round's model are scored on
+``task.validation_split``; a round whose model is worse than the model it started from beyond noise (strict or
+flexible accuracy, :func:`~dynsdpb_selfplay.stats.paired_drop`) is rejected: the next round generates and trains from
+the model that round started from. The report shows the test split for every round, rejected ones included.
 """
 
 from __future__ import annotations
@@ -18,10 +26,14 @@ from ..evaluate import evaluate, wilson_interval
 from ..faults import fault_point, in_phase
 from ..jsonl import read_jsonl, write_json, write_jsonl
 from ..models import resolve_model
+from ..precision import resolve_dtype
+from ..stats import paired_drop
 from ..tasks import get_task
+from ..tasks.scoring import is_correct
 from .config import RunConfig, from_dict
-from .filtering import filter_self_correction, filter_self_training, pass_rates, transitions
+from .filtering import AnswerLines, filter_self_correction, filter_self_training, pass_rates, transitions
 from .generation import generate_round, run_program, self_correction_records
+from .handoff import hand_off
 from .report import round_line, write_report
 from .rundir import REDO_HINT, RunDir
 from .shards import run_shards
@@ -80,8 +92,8 @@ class _EngineHolder:
             while (item := step()) is not None:
                 yield item
 
-        def count(prompts: int, tokens: int) -> None:
-            self.timings["generated_tokens"] += tokens
+        def count(event) -> None:  # an engines.progress.Progress
+            self.timings["generated_tokens"] += event.tokens
 
         engine.generate_ids, engine.completed, engine.progress = timed(generate_ids), timed_completed, count
 
@@ -146,7 +158,9 @@ class Orchestrator:
         records = read_jsonl(out / "generations.jsonl", hint=REDO_HINT)
         fault_point(point="read")
         f = cfg.filtering
-        bounds = {"min_pass_rate": f.min_pass_rate, "max_pass_rate": f.max_pass_rate}
+        lines = AnswerLines(f.answer_line, line=lambda answer: self.task.answer_line(answer, self.fmt),
+                              stated=lambda text: self.task.stated_answer(text, self.fmt), same=is_correct)  # fmt: skip
+        bounds = {"min_pass_rate": f.min_pass_rate, "max_pass_rate": f.max_pass_rate, "answer_lines": lines}
         if cfg.pipeline == "self_training":
             rows, stats, verdicts = filter_self_training(records, f.verify, f.max_per_question, f.labels,
                                                          f.min_agreement, **bounds)  # fmt: skip
@@ -158,14 +172,53 @@ class Orchestrator:
         write_json(out / "filter_summary.json", stats)
         return stats
 
+    def _init(self, weights: str) -> str:
+        return weights if self.cfg.training.init == "continue" else self.base
+
     def _train(self, r: int, weights: str) -> dict:
         cfg, out = self.cfg, self.run_dir.round(r)
         rows = []
         first = 1 if cfg.training.accumulate_data else r
         for k in range(first, r + 1):
             rows += read_jsonl(self.run_dir.round(k) / "train.jsonl", hint=REDO_HINT)
-        init = weights if cfg.training.init == "continue" else self.base
-        return train_round(rows, init, out / "model", out / "trainer", cfg)
+        init = self._init(weights)
+        return {**train_round(rows, init, out / "model", out / "trainer", cfg), "init": init}
+
+    def _hand_off(self, r: int, weights: str, trained: str) -> dict:
+        """The copy of round ``r``'s trained weights the engine serves, and the share of the update it keeps."""
+        e = self.cfg.engine
+        dtype = resolve_dtype(e.dtype)
+        return hand_off(self._init(weights), trained, self.run_dir.round(r) / "served", dtype, e.handoff,
+                        e.min_update_share, seed=self.cfg.seed, round_index=r)  # fmt: skip
+
+    def _validate(self, r: int, weights: str) -> dict:
+        """Score ``weights`` (the copy the engine serves) on the validation split: ``round_r/validation.jsonl``."""
+        cfg, out = self.cfg, self.run_dir.round(r)
+        examples = self.task.load(cfg.task.validation_split, limit=cfg.task.validation_limit)
+        greedy = SamplingConfig(max_new_tokens=cfg.evaluation.max_new_tokens, seed=cfg.seed)
+        result = evaluate(self.engines.get(weights), self.task, examples, self.fmt, greedy, model_name=weights,
+                          split=cfg.task.validation_split)  # fmt: skip
+        fault_point(point="generated")
+        write_jsonl(out / "validation.jsonl", result.records)
+        return _scores(result.summary)
+
+    def _select(self, r: int, start: int) -> dict:
+        """Whether round ``r``'s model is kept: not worse than round ``start``'s (the model it started from) beyond
+        noise on the validation split, in strict or flexible accuracy."""
+        read = lambda k: read_jsonl(self.run_dir.round(k) / "validation.jsonl", hint=REDO_HINT)  # noqa: E731
+        before, after = read(start), read(r)
+        if [x["id"] for x in before] != [x["id"] for x in after]:
+            raise RuntimeError(f"round {r}: its validation questions differ from round {start}'s; delete "
+                               f"{self.run_dir.round(r) / 'validation.jsonl'} and resume")  # fmt: skip
+        alpha, info = self.cfg.evaluation.select_alpha, {"against": start}
+        for kind in ("strict", "flexible"):
+            info[kind] = paired_drop([x[f"{kind}_correct"] for x in before], [x[f"{kind}_correct"] for x in after])
+        worse = [k for k in ("strict", "flexible") if info[k]["lost"] > info[k]["gained"] and info[k]["p"] < alpha]
+        info["kept"] = not worse
+        if worse:
+            info["why"] = ", ".join(f"{k} {info[k]['gained'] - info[k]['lost']:+d} (p={info[k]['p']:.3f})"
+                                    for k in worse)  # fmt: skip
+        return info
 
     def _evaluate(self, r: int, weights: str) -> dict:
         cfg, out = self.cfg, self.run_dir.round(r)
@@ -187,38 +240,68 @@ class Orchestrator:
             write_jsonl(out / "eval_correction.jsonl", corr)
         write_jsonl(out / "eval.jsonl", records)
         write_json(out / "eval_summary.json", summary)
-        keep = ("strict_accuracy", "strict_ci95", "flexible_accuracy", "flexible_ci95", "n_samples", "tokens_per_s",
-                "first_accuracy", "revised_accuracy", "wrong_to_right", "right_to_wrong", "revised_ci95")  # fmt: skip
-        return {k: summary[k] for k in keep if k in summary}
+        keep = ("first_accuracy", "revised_accuracy", "wrong_to_right", "right_to_wrong", "revised_ci95")
+        return {**_scores(summary), **{k: summary[k] for k in keep if k in summary}}
 
     # ---------------------------------------------------------------------------------------------- run
     def run(self) -> Path:
         cfg, rd = self.cfg, self.run_dir
-        rounds: dict[int, dict] = {}
-        weights = self.base
+        rounds: dict[int, dict] = {0: {}}
+        weights = served = self.base  # what training continues from; what the engine serves
+        start = 0  # the round whose model the next round starts from
         try:
+            if cfg.evaluation.select:
+                rounds[0]["validate"] = self._phase("round_0/validate", self._validate, r=0, weights=served)
             if cfg.evaluation.enabled:
-                rounds[0] = {"eval": self._phase("round_0/eval", self._evaluate, r=0, weights=weights)}
+                rounds[0]["eval"] = self._phase("round_0/eval", self._evaluate, r=0, weights=served)
+            if rounds[0]:
                 self.log(round_line(0, rounds[0]))
             for r in range(1, cfg.rounds + 1):
                 info = rounds[r] = {}
-                info["generate"] = self._phase(f"round_{r}/generate", self._generate, r=r, weights=weights)
+                info["generate"] = self._phase(f"round_{r}/generate", self._generate, r=r, weights=served)
                 info["filter"] = self._phase(f"round_{r}/filter", self._filter, r=r)
                 info["train"] = self._phase(f"round_{r}/train", self._train, r=r, weights=weights)
                 if not cfg.training.keep_checkpoints:  # after the phase is marked done: they were for resuming it
                     drop_checkpoints(rd.round(r) / "trainer")
-                weights = info["train"]["model"]
+                trained, round_served = info["train"]["model"], served
+                if "skipped" not in info["train"]:
+                    info["handoff"] = self._phase(f"round_{r}/handoff", self._hand_off, r=r, weights=weights,
+                                                  trained=trained)  # fmt: skip
+                    round_served = info["handoff"]["served"]
                 if cfg.evaluation.enabled:
-                    info["eval"] = self._phase(f"round_{r}/eval", self._evaluate, r=r, weights=weights)
+                    info["eval"] = self._phase(f"round_{r}/eval", self._evaluate, r=r, weights=round_served)
+                kept = True
+                if cfg.evaluation.select and "skipped" not in info["train"]:
+                    info["validate"] = self._phase(f"round_{r}/validate", self._validate, r=r, weights=round_served)
+                    info["select"] = self._phase(f"round_{r}/select", self._select, r=r, start=start)
+                    kept = info["select"]["kept"]
                 self.log(round_line(r, info))
+                if kept:
+                    weights, served, start = trained, round_served, r
+                else:
+                    self.log(f"round {r} rejected: its model is worse than round {start}'s on "
+                             f"{cfg.task.validation_split} ({info['select']['why']}); round {r + 1} starts from "
+                             f"round {start}'s model")  # fmt: skip
         finally:
             self.engines.close()
             lifetime.record_to(None)
         with in_phase("report"):
-            md, png = write_report(rd.path, rd.config(), rounds)
-            rd.mark_done("report", report=str(md), plot=str(png) if png else None)
+            md, png = write_report(rd.path, rd.config(), {r: info for r, info in rounds.items() if info})
+            rd.mark_done("report", report=str(md), plot=str(png) if png else None, final_round=start, model=weights,
+                         served=served)  # fmt: skip
         self.log(f"report: {md}" + (f" (plot: {png})" if png else ""))
+        self.log(f"final model: {weights} (round {start})")
         return md
+
+
+def _scores(summary: dict) -> dict:
+    """What a round's phase info keeps of an evaluation summary (the full summary is in the round's folder)."""
+    keep = ("strict_accuracy", "strict_ci95", "flexible_accuracy", "flexible_ci95", "n_samples", "tokens_per_s",
+            "truncated", "generated_tokens")  # fmt: skip
+    out = {k: summary[k] for k in keep if k in summary}
+    if summary.get("n_samples"):
+        out["mean_output_tokens"] = summary["generated_tokens"] / summary["n_samples"]
+    return out
 
 
 def run(run_dir: RunDir, log=print) -> Path:

@@ -36,19 +36,54 @@ def round_line(r: int, info: dict) -> str:
             f"train skipped ({train['skipped']}) |" if "skipped" in train
             else f"train {train['steps']} steps, loss {train['train_loss']:.3f} |"
         )  # fmt: skip
+    if info.get("handoff"):
+        parts.append(f"served {_served(info['handoff'])} |")
     if ev:
         parts.append(f"eval strict {_acc(ev, 'strict')}, flexible {_acc(ev, 'flexible')}")
         if "revised_accuracy" in ev:
             parts.append(f"| after review {_pct(ev['revised_accuracy'])}")
+    if info.get("validate"):
+        v = info["validate"]
+        parts.append(f"| validation strict {_pct(v['strict_accuracy'])}, flexible {_pct(v['flexible_accuracy'])}")
+    if info.get("select"):
+        parts.append("| kept" if info["select"]["kept"] else f"| REJECTED ({info['select']['why']})")
     parts.append(f"| {sum(v.get('seconds', 0) for v in info.values()):.0f} s")
     return " ".join(parts)
 
 
+def _served(handoff: dict) -> str:
+    """The copy the engine served and the share of the round's update it kept (rounds/handoff.py)."""
+    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(handoff["dtype"], handoff["dtype"])
+    share, nearest = handoff.get("served_share"), handoff.get("nearest_share")
+    kept = "" if share is None else f" ({_pct(share)} of update"
+    if kept and handoff["handoff"] == "stochastic":
+        kept += f"; rounded to nearest: {_pct(nearest)}"
+    return f"{dtype} {handoff['handoff']}{kept})" if kept else f"{dtype} {handoff['handoff']}"
+
+
+def _kept_rows(f: dict) -> str:
+    """Kept rows' mean generated tokens and how many had the answer line appended (filtering.answer_line)."""
+    if not f or f.get("kept_tokens_mean") is None:
+        return "-"
+    return f"{f['kept_tokens_mean']:.0f} tok, {f.get('answer_line_appended', 0)}/{f.get('rows', 0)} line added"
+
+
+def _validation(info: dict) -> str:
+    v, sel = info.get("validate"), info.get("select")
+    if not v:
+        return "-"
+    text = f"{_pct(v['strict_accuracy'])} / {_pct(v['flexible_accuracy'])}"
+    if sel:
+        text += " kept" if sel["kept"] else f" **rejected**: {sel['why']} vs round {sel['against']}"
+    return text
+
+
 def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[Path, Path | None]:
-    """``rounds[r]`` maps phase name (generate, filter, train, eval) to its saved info."""
+    """``rounds[r]`` maps phase name (generate, filter, train, handoff, eval, validate, select) to its saved info."""
     pipeline = config["pipeline"]
-    header = ["round", "generated", "kept rows", "questions kept", "train steps", "train loss", "strict accuracy",
-              "flexible accuracy"]  # fmt: skip
+    header = ["round", "generated", "kept rows", "questions kept", "kept rows: length, answer line", "train steps",
+              "train loss", "served (update kept)", "strict accuracy", "flexible accuracy", "eval output tokens",
+              "validation strict / flexible"]  # fmt: skip
     if pipeline == "self_correction":
         header += ["first → revised", "w→r", "r→w"]
     header += ["generate s", "filter s", "train s", "eval s"]
@@ -69,8 +104,11 @@ def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[
         g, f, t, e = (info.get(k, {}) for k in ("generate", "filter", "train", "eval"))
         steps = "skipped" if "skipped" in t else t.get("steps", "-")
         loss = f"{t['train_loss']:.3f}" if t.get("train_loss") is not None else "-"
+        served = _served(info["handoff"]) if info.get("handoff") else "-"
+        tokens = f"{e['mean_output_tokens']:.0f}" if e.get("mean_output_tokens") is not None else "-"
         row = [str(r), str(g.get("records", "-")), str(f.get("rows", "-")), str(f.get("questions_kept", "-")),
-               str(steps), loss, _acc(e, "strict"), _acc(e, "flexible")]  # fmt: skip
+               _kept_rows(f), str(steps), loss, served, _acc(e, "strict"), _acc(e, "flexible"), tokens,
+               _validation(info)]  # fmt: skip
         if pipeline == "self_correction":
             row += [
                 f"{_pct(e.get('first_accuracy'))} → {_pct(e.get('revised_accuracy'))}" if e else "-",
@@ -83,7 +121,15 @@ def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[
     png = _plot(run_dir, rounds)
     if png is not None:
         lines += ["", f"![held-out accuracy by round]({png.name})"]
-    lines += ["", "Round 0 is the starting model, evaluated before any training.", ""]
+    lines += ["", "Round 0 is the starting model, evaluated before any training. *Served*: the copy of the trained "
+              "weights the engine generated and was scored with, and the share of the round's weight update it kept "
+              "(`engine.handoff`). *Validation*: `task.validation_split`, which decides whether the next round starts "
+              "from a round's model (`evaluation.select`); a rejected round is scored on the test split all the same.",
+              ""]  # fmt: skip
+    rejected = [r for r in sorted(rounds) if rounds[r].get("select") and not rounds[r]["select"]["kept"]]
+    if rejected:
+        lines += [f"Rejected rounds: {', '.join(map(str, rejected))} (the round after each started from the model "
+                  "before it).", ""]  # fmt: skip
     data = [r for r in sorted(rounds) if rounds[r].get("filter")]
     if data:
         lines += ["## The data of each round", "", "Filter counts are samples unless they say questions; a question's "

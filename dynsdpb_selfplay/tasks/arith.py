@@ -70,19 +70,24 @@ def make_problem(seed: int, split: str, steps: int, index: int) -> Example:
 
 
 class Arith(Task):
-    """Options: ``steps`` (difficulty, 1-10), ``seed``, ``train_size``/``test_size`` (rows per split)."""
+    """Options: ``steps`` (difficulty, 1-10), ``seed``, ``train_size``/``validation_size``/``test_size`` (rows per
+    split; each split is its own generator stream)."""
 
     name = "arith"
     formats = FORMATS
 
-    def __init__(self, steps: int = 2, seed: int = 0, train_size: int = 5000, test_size: int = 500):
+    def __init__(self, steps: int = 2, seed: int = 0, train_size: int = 5000, test_size: int = 500,
+                 validation_size: int = 500):  # fmt: skip
         steps, seed, train_size, test_size = int(steps), int(seed), int(train_size), int(test_size)
+        validation_size = int(validation_size)
         if not 1 <= steps <= 10:
             raise UserInputError(f"arith: steps={steps} must be in [1, 10]")
-        if train_size < 8 or test_size < 1:
-            raise UserInputError("arith: train_size must be >= 8 (few-shot exemplars) and test_size >= 1")
+        if train_size < 8 or test_size < 1 or validation_size < 1:
+            raise UserInputError(
+                "arith: train_size must be >= 8 (few-shot exemplars), test_size and validation_size >= 1"
+            )
         self.steps, self.seed = steps, seed
-        self.sizes = {"train": train_size, "test": test_size}
+        self.sizes = {"train": train_size, "validation": validation_size, "test": test_size}
 
     def load(self, split: str, limit: int | None = None) -> list[Example]:
         if split not in self.sizes:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserInputError
-from .scoring import Score, score_response
+from .scoring import ANSWER_LINES, STRICT_PATTERNS, Score, extract, score_response
 
 __all__ = ["Example", "Prompt", "PromptFormat", "Task", "check_examples"]
 
@@ -67,6 +67,15 @@ class Task(ABC):
     def score(self, response: str, example: Example, fmt: PromptFormat) -> Score:
         """Verify one response; the default extracts a number lm-eval style and compares it with math-verify."""
         return score_response(response, example.answer, strict=fmt.strict)
+
+    def answer_line(self, answer: str, fmt: PromptFormat) -> str:
+        """The line that states ``answer`` the way format ``fmt`` asks (``#### 72``, ``The answer is 72.``): what
+        strict extraction reads, and what a kept training row ends with (``filtering.answer_line``)."""
+        return ANSWER_LINES[fmt.strict].format(answer=answer)
+
+    def stated_answer(self, response: str, fmt: PromptFormat) -> str | None:
+        """The answer ``response``'s answer line states (strict extraction), or None when it has none."""
+        return extract(response, STRICT_PATTERNS[fmt.strict])
 
     def get_format(self, shots: int | None = None, name: str | None = None) -> PromptFormat:
         """The format called ``name``, else the one with ``shots`` examples, else the first one."""

@@ -3,6 +3,10 @@
 Data: the official ``train.jsonl``/``test.jsonl`` (fields ``question``, ``answer``) from a local directory given as
 ``data_dir`` or the environment variable ``DYNSDPB_GSM8K_DIR``; otherwise ``openai/gsm8k`` from the hub (online only).
 The gold answer is the text after ``####`` with thousands separators removed, as lm-eval's exact match sees it.
+
+GSM8K has no validation split; ``validation`` is the last ``validation_size`` rows (500) of the official training
+file, and ``train`` the rows before them, so choosing among rounds never looks at the test split and never at a
+question the rounds train on.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from .prompts import FORMATS, chat_prompt, cot_prompt, qa_prompt
 __all__ = ["COT_EXEMPLARS", "GSM8K", "gold_answer"]
 
 ENV_DIR = "DYNSDPB_GSM8K_DIR"
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 
 # lm-evaluation-harness tasks/gsm8k/gsm8k-cot.yaml (Wei et al., 2022), verbatim.
 COT_EXEMPLARS = [
@@ -81,8 +85,11 @@ class GSM8K(Task):
     name = "gsm8k"
     formats = FORMATS
 
-    def __init__(self, data_dir: str | os.PathLike | None = None):
+    def __init__(self, data_dir: str | os.PathLike | None = None, validation_size: int = 500):
         self.data_dir = data_dir if data_dir is not None else os.environ.get(ENV_DIR)
+        self.validation_size = int(validation_size)
+        if self.validation_size < 1:
+            raise UserInputError(f"gsm8k: validation_size={validation_size} must be >= 1")
         self._cache: dict[str, list[Example]] = {}
 
     def _rows(self, split: str) -> list[tuple[str, dict]]:
@@ -111,15 +118,22 @@ class GSM8K(Task):
     def load(self, split: str, limit: int | None = None) -> list[Example]:
         if split not in SPLITS:
             raise UserInputError(f"gsm8k: unknown split {split!r}; splits: {', '.join(SPLITS)}")
-        if split not in self._cache:
+        source = "test" if split == "test" else "train"
+        if source not in self._cache:
             examples = []
-            for i, (where, row) in enumerate(self._rows(split)):
+            for i, (where, row) in enumerate(self._rows(source)):
                 gold = gold_answer(row["answer"])
                 if gold is None:
                     raise UserInputError(f"{where}: the answer has no final '#### <number>'")
-                examples.append(Example(f"gsm8k-{split}-{i}", row["question"], gold, row["answer"]))
-            self._cache[split] = examples
-        examples = self._cache[split]
+                examples.append(Example(f"gsm8k-{source}-{i}", row["question"], gold, row["answer"]))
+            self._cache[source] = examples
+        examples = self._cache[source]
+        if split != "test":
+            if len(examples) <= self.validation_size:
+                raise UserInputError(f"gsm8k: {len(examples)} training rows leave none beside validation_size="
+                                     f"{self.validation_size}")  # fmt: skip
+            cut = len(examples) - self.validation_size
+            examples = examples[:cut] if split == "train" else examples[cut:]
         return examples if limit is None else examples[:limit]
 
     def build_prompt(self, example: Example, fmt: PromptFormat) -> Prompt:

@@ -19,6 +19,7 @@ from decimal import Decimal, InvalidOperation
 
 __all__ = [
     "ANSWER_IS",
+    "ANSWER_LINES",
     "FLEXIBLE",
     "HASHES",
     "Score",
@@ -34,6 +35,8 @@ HASHES = r"#### (\-?[0-9\.\,]+)"
 ANSWER_IS = r"The answer is (\-?[0-9\.\,]+)."
 FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
 STRICT_PATTERNS = {"hashes": HASHES, "answer_is": ANSWER_IS}
+# The answer line each strict pattern reads, as the prompt formats ask for it (what a training row should end with).
+ANSWER_LINES = {"hashes": "#### {answer}", "answer_is": "The answer is {answer}."}
 # lm-eval gsm8k metric_list: exact_match with these regexes_to_ignore and ignore_case.
 _LMEVAL_IGNORE = [",", "\\$", "(?s).*#### ", "\\.$"]
 
