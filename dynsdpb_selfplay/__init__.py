@@ -4,22 +4,32 @@ DynSDPB (dynamic self-distillation from the previous mini-batch) for TRL's SFTTr
 
     from dynsdpb_selfplay import attach_dynsdpb
     attach_dynsdpb(trainer)  # or with DistillationArguments fields: distillation_temperature=2.0, ...
+
+The exported names are imported on first use (PEP 562), so that ``import dynsdpb_selfplay`` and the ``dynsdpb``
+command start without loading torch, transformers or TRL.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from ._compat import check_versions
 
 check_versions()
 
-from .distill import (  # noqa: E402
-    DistillationArguments,
-    DynSDPBClassificationConfig,
-    DynSDPBClassificationTrainer,
-    DynSDPBConfig,
-    DynSDPBTrainer,
-    attach_dynsdpb,
-)
-
 __version__ = "0.1.0"
+
+# public name -> submodule that defines it, imported by ``__getattr__`` on first access.
+_LAZY = {
+    "DistillationArguments": ".distill.config",
+    "DynSDPBClassificationConfig": ".distill.classification",
+    "DynSDPBClassificationTrainer": ".distill.classification",
+    "DynSDPBConfig": ".distill.config",
+    "DynSDPBTrainer": ".distill.trainer",
+    "attach_dynsdpb": ".distill.trainer",
+}
+
 __all__ = [
     "DistillationArguments",
     "DynSDPBClassificationConfig",
@@ -29,3 +39,21 @@ __all__ = [
     "__version__",
     "attach_dynsdpb",
 ]
+
+if TYPE_CHECKING:
+    from .distill.classification import DynSDPBClassificationConfig, DynSDPBClassificationTrainer
+    from .distill.config import DistillationArguments, DynSDPBConfig
+    from .distill.trainer import DynSDPBTrainer, attach_dynsdpb
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,9 +10,11 @@ import argparse
 import importlib
 import sys
 
-from ..signals import Terminated, sigterm_unwinds
+from ..signals import sigterm_unwinds
 
-__all__ = ["Terminated", "build_parser", "main", "sigterm_unwinds"]
+# Only the command's own names: library code (sigterm_unwinds, Terminated) is imported from its module,
+# dynsdpb_selfplay.signals (tests/test_layers.py checks this).
+__all__ = ["build_parser", "main"]
 
 # name -> module under dynsdpb_selfplay.cli; add new subcommands here.
 SUBCOMMANDS = {

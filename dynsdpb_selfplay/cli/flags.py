@@ -33,6 +33,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, exclude=(), title:
             continue
         tp, default = _plain(hints[f.name]), _default(f)
         flag, what = "--" + f.name.replace("_", "-"), f"{f.metadata.get('help', '')} (default: {default})".strip()
+        what = what.replace("%", "%%")  # argparse %-formats help strings: a literal "8%" would break --help
         if tp is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=what)
         elif typing.get_origin(tp) is list:

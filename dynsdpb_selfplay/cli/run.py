@@ -33,12 +33,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.options:
+        return print_options()
     from ..memory import InsufficientMemoryError
     from ..rounds import RunDir, load_config, run
     from ..rounds.config import from_dict, to_dict
 
-    if args.options:
-        return print_options()
     run_dir = None
     try:
         if args.resume:

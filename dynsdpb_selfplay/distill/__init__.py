@@ -1,13 +1,36 @@
 """DynSDPB: dynamic self-distillation from the previous mini-batch (losses, schedules, sampler, store, trainers for
-causal LMs and sequence classifiers)."""
+causal LMs and sequence classifiers).
 
-from .classification import DynSDPBClassificationConfig, DynSDPBClassificationTrainer
-from .config import DistillationArguments, DynSDPBConfig
-from .losses import Targets, TeacherStats, build_targets, distillation_loss, kl_to_targets, teacher_stats
-from .sampler import OverlapSampler
-from .schedules import DynamicSchedule, Schedule, StaticSchedule, make_schedule
-from .store import TargetStore
-from .trainer import DynSDPBTrainer, attach_dynsdpb
+The exported names are imported on first use (PEP 562): every module here needs torch, and most need TRL, which
+take seconds to import; ``import dynsdpb_selfplay.distill`` alone loads none of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# public name -> submodule that defines it, imported by ``__getattr__`` on first access.
+_LAZY = {
+    "DistillationArguments": ".config",
+    "DynSDPBClassificationConfig": ".classification",
+    "DynSDPBClassificationTrainer": ".classification",
+    "DynSDPBConfig": ".config",
+    "DynSDPBTrainer": ".trainer",
+    "DynamicSchedule": ".schedules",
+    "OverlapSampler": ".sampler",
+    "Schedule": ".schedules",
+    "StaticSchedule": ".schedules",
+    "TargetStore": ".store",
+    "Targets": ".losses",
+    "TeacherStats": ".losses",
+    "attach_dynsdpb": ".trainer",
+    "build_targets": ".losses",
+    "distillation_loss": ".losses",
+    "kl_to_targets": ".losses",
+    "make_schedule": ".schedules",
+    "teacher_stats": ".losses",
+}
 
 __all__ = [
     "DistillationArguments",
@@ -29,3 +52,25 @@ __all__ = [
     "make_schedule",
     "teacher_stats",
 ]
+
+if TYPE_CHECKING:
+    from .classification import DynSDPBClassificationConfig, DynSDPBClassificationTrainer
+    from .config import DistillationArguments, DynSDPBConfig
+    from .losses import Targets, TeacherStats, build_targets, distillation_loss, kl_to_targets, teacher_stats
+    from .sampler import OverlapSampler
+    from .schedules import DynamicSchedule, Schedule, StaticSchedule, make_schedule
+    from .store import TargetStore
+    from .trainer import DynSDPBTrainer, attach_dynsdpb
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -24,6 +24,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..tasks.prompts import correction_turns
+
 __all__ = ["ANSWER_LINE_RULES", "AnswerLines", "filter_self_correction", "filter_self_training", "pass_rates", "solved",
            "transitions", "truncated"]  # fmt: skip
 
@@ -216,8 +218,6 @@ def filter_self_correction(
     at ``max_new_tokens``; each revision stating its answer as ``answer_lines`` says (None: as generated). The loss
     falls on the revision: the first answer and the review request are part of the prompt. The pass-rate bounds apply
     to the first attempts. Returns ``(rows, stats, verdicts)``."""
-    from .generation import correction_turns
-
     rates = pass_rates(records, verify="")
     rows, seen, verdicts, hows, kept_tokens = [], set(), [], Counter(), []
     for r in records:

@@ -23,6 +23,8 @@ from ..errors import UserInputError
 from ..faults import fault_point
 from ..jsonl import read_jsonl, write_jsonl
 from ..tasks.base import Example, PromptFormat, Task, check_examples
+from ..tasks.prompts import correction_turns
+from .filtering import solved
 from .rundir import REDO_HINT
 
 __all__ = ["Adaptive", "chunk_seed", "generate_round", "round_questions", "run_chunked", "run_program", "run_programs",
@@ -145,8 +147,6 @@ def self_training_records(
 ) -> Callable[[list[Example], int], ChunkProgram]:  # fmt: skip
     """Sample ``sampling.n`` solutions per question (with ``adaptive``: a first pass, then more for the questions
     not yet reliably solved, within the same budget); optionally rationalize the unsolved ones with a hint."""
-    from .filtering import solved
-
     def program(chunk: list[Example], seed: int) -> ChunkProgram:
         prompts = [task.build_prompt(ex, fmt) for ex in chunk]
         first = sampling.n if adaptive is None else min(adaptive.first, sampling.n)
@@ -176,12 +176,6 @@ def self_training_records(
         return records
 
     return program
-
-
-def correction_turns(prompt, first: str, instruction: str) -> list[dict]:
-    if not isinstance(prompt, list):
-        raise UserInputError("the self_correction pipeline needs a chat prompt format (task.format)")
-    return [*prompt, {"role": "assistant", "content": first}, {"role": "user", "content": instruction}]
 
 
 def self_correction_records(

@@ -12,9 +12,20 @@ from __future__ import annotations
 
 import re
 
+from ..errors import UserInputError
 from .base import Example, PromptFormat
 
-__all__ = ["CHAT_0SHOT", "COT_8SHOT", "FORMATS", "QA_5SHOT", "chat_prompt", "cot_prompt", "qa_prompt", "to_cot"]
+__all__ = [
+    "CHAT_0SHOT",
+    "COT_8SHOT",
+    "FORMATS",
+    "QA_5SHOT",
+    "chat_prompt",
+    "correction_turns",
+    "cot_prompt",
+    "qa_prompt",
+    "to_cot",
+]
 
 CHAT_INSTRUCTION = (
     "Solve the problem step by step. Write the final answer as a number on the last line, in the form '#### <number>'."
@@ -52,6 +63,14 @@ FORMATS = {f.name: f for f in (CHAT_0SHOT, QA_5SHOT, COT_8SHOT)}
 
 def chat_prompt(question: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"{question}\n\n{CHAT_INSTRUCTION}"}]
+
+
+def correction_turns(prompt, first: str, instruction: str) -> list[dict[str, str]]:
+    """The self-correction review turn: ``prompt`` (a chat message list), the model's first answer, and the user's
+    ``instruction`` to review it; the revision is generated after it and trained on with it as the prompt."""
+    if not isinstance(prompt, list):
+        raise UserInputError("the self_correction pipeline needs a chat prompt format (task.format)")
+    return [*prompt, {"role": "assistant", "content": first}, {"role": "user", "content": instruction}]
 
 
 def qa_prompt(question: str, shots: list[Example]) -> str:
