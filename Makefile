@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 GSM8K_DIR ?= ../shared/data/gsm8k
 export DYNSDPB_GSM8K_DIR ?= $(if $(wildcard $(GSM8K_DIR)/test.jsonl),$(abspath $(GSM8K_DIR)))
 RESULTS := benchmarks/results
-STEP := $(PY) benchmarks/bench_step.py --model smollm2-135m-shape --steps 6 --repeats 2  # dtype auto: bf16 only where native
+STEP := $(PY) -m benchmarks.bench_step --model smollm2-135m-shape --steps 6 --repeats 2  # dtype auto: bf16 only where native
 
 .PHONY: setup test lint demo bench bench-step bench-cache bench-generation bench-gsm8k bench-arith-lr bench-rounds \
 	bench-regimes bench-nlu-regimes bench-self-training
@@ -38,31 +38,31 @@ bench-step: setup
 	$(STEP) --prompt-frac 0 --variants plain dynsdpb-full --no-memory --out $(RESULTS)/step_smollm2_all_labelled.json
 
 bench-cache: setup
-	$(PY) benchmarks/bench_cache.py --samples 64 --out $(RESULTS)/cache.json
+	$(PY) -m benchmarks.bench_cache --samples 64 --out $(RESULTS)/cache.json
 
 bench-generation: setup
-	$(PY) benchmarks/bench_generation.py --out $(RESULTS)/generation_smollm2.json
+	$(PY) -m benchmarks.bench_generation --out $(RESULTS)/generation_smollm2.json
 
 bench-gsm8k: setup
-	$(PY) benchmarks/bench_gsm8k.py --config benchmarks/configs/gsm8k_cpu.yaml --out $(RESULTS)/gsm8k_cpu.json
+	$(PY) -m benchmarks.bench_gsm8k --config benchmarks/configs/gsm8k_cpu.yaml --out $(RESULTS)/gsm8k_cpu.json
 
 bench-arith-lr: setup
-	$(PY) benchmarks/bench_gsm8k.py --config benchmarks/configs/arith_lr1e-3_cpu.yaml --out $(RESULTS)/arith_lr1e-3_cpu.json
+	$(PY) -m benchmarks.bench_gsm8k --config benchmarks/configs/arith_lr1e-3_cpu.yaml --out $(RESULTS)/arith_lr1e-3_cpu.json
 
 # The round overhead of bench-gsm8k's DynSDPB pipeline run (the demo config).
 bench-rounds:
-	$(PY) benchmarks/bench_rounds.py runs/bench_gsm8k_cpu/pipeline_dynsdpb --out $(RESULTS)/rounds_demo.json
+	$(PY) -m benchmarks.bench_rounds runs/bench_gsm8k_cpu/pipeline_dynsdpb --out $(RESULTS)/rounds_demo.json
 
 # When does DynSDPB help? (README). Resumable: a rerun skips finished runs; SEEDS/ARMS/REGIMES narrow the grid.
 REGIME_ARGS = $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS)) $(if $(REGIMES),--regimes $(REGIMES))
 bench-regimes: setup
-	$(PY) benchmarks/bench_regimes.py --config benchmarks/configs/regimes_decoder_cpu.yaml $(REGIME_ARGS) \
+	$(PY) -m benchmarks.bench_regimes --config benchmarks/configs/regimes_decoder_cpu.yaml $(REGIME_ARGS) \
 		--out $(RESULTS)/regimes_decoder_cpu.json
 
 bench-nlu-regimes: setup
-	$(PY) benchmarks/bench_nlu_regimes.py --config benchmarks/configs/regimes_nlu_cpu.yaml $(REGIME_ARGS) \
+	$(PY) -m benchmarks.bench_nlu_regimes --config benchmarks/configs/regimes_nlu_cpu.yaml $(REGIME_ARGS) \
 		--out $(RESULTS)/regimes_nlu_cpu.json
 
 bench-self-training: setup
-	$(PY) benchmarks/bench_self_training.py --config benchmarks/configs/self_training_cpu.yaml \
+	$(PY) -m benchmarks.bench_self_training --config benchmarks/configs/self_training_cpu.yaml \
 		--out $(RESULTS)/self_training_cpu.json

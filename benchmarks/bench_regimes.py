@@ -12,7 +12,7 @@ Seed ``s`` fixes the training subset (the first ``N`` of a seeded permutation of
 size is a subset of a larger one), the initialisation (LoRA) and the data order, and is shared by all arms: arms are
 compared by paired differences over seeds.
 
-    .venv/bin/python benchmarks/bench_regimes.py --config benchmarks/configs/regimes_decoder_cpu.yaml \\
+    .venv/bin/python -m benchmarks.bench_regimes --config benchmarks/configs/regimes_decoder_cpu.yaml \\
         --out benchmarks/results/regimes_decoder_cpu.json
 
 Finished runs are appended to ``<work_dir>/runs.jsonl`` and a rerun skips them; a run cut short starts over. The
@@ -36,13 +36,10 @@ from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_gsm8k import gold_rows, read_runs  # noqa: E402
-from common import read_config, restore_runs, save_study  # noqa: E402
-from regime_plots import markdown, plot  # noqa: E402
-from regime_stats import summarize_regime  # noqa: E402
-
+from benchmarks.common import gold_rows, read_config, read_runs, restore_runs, save_study  # noqa: E402
+from benchmarks.regime_plots import markdown, plot  # noqa: E402
+from benchmarks.regime_stats import summarize_regime  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
@@ -304,12 +301,17 @@ def summarize(bench: dict, runs: list[dict]) -> dict:
     return out
 
 
+def summary_and_table(bench: dict, runs: list[dict]) -> tuple[dict, str]:
+    """The summary of ``runs`` and its markdown tables (what ``--summarize-only`` writes)."""
+    summary = summarize(bench, runs)
+    return summary, markdown(summary, bench)
+
+
 def write_results(bench: dict, args, log_path: Path, start: float) -> str:
     """Summarize every run in ``log_path`` into ``--out`` (JSON, with a .md table and a PNG beside it); returns
     the table."""
     runs = read_runs(log_path)
-    summary = summarize(bench, runs)
-    table = markdown(summary, bench)
+    summary, table = summary_and_table(bench, runs)
     save_study({"benchmark": "regimes", "config": {**bench, "seeds": args.seeds}, "summary": summary, "runs": runs,
                 "wall_s_this_invocation": time.perf_counter() - start}, args.out, table,
                lambda path: plot(summary, path))  # fmt: skip

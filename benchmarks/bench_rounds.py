@@ -7,7 +7,7 @@ splits each round into: generation (engine generate calls of the generate and ev
 writing files, loading the model for training, merging and saving the round's weights, the weight hand-off to the
 engine, the report). Target: overhead under 2% of a round's wall time.
 
-    make demo && python benchmarks/bench_rounds.py runs/demo --out benchmarks/results/rounds_demo.json
+    make demo && python -m benchmarks.bench_rounds runs/demo --out benchmarks/results/rounds_demo.json
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import os
 import sys
 from pathlib import Path
-
 
 from benchmarks.common import save  # noqa: E402
 

@@ -6,7 +6,7 @@ Per (arm, seed) one pipeline run (a child ``dynsdpb run``, resumed if cut short)
 each run, its mean and 95% t-interval over seeds, the paired (same seed) difference of each arm to each baseline arm,
 and each round's gain over round 0 (the base model, the same for every run).
 
-    .venv/bin/python benchmarks/bench_self_training.py --config benchmarks/configs/self_training_cpu.yaml \\
+    .venv/bin/python -m benchmarks.bench_self_training --config benchmarks/configs/self_training_cpu.yaml \\
         --out benchmarks/results/self_training_cpu.json
 
 The study config names a pipeline config, what to change in it for every run and for each arm (dotted keys)::
@@ -31,15 +31,14 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import yaml  # noqa: E402
-from bench_rounds import rounds_summary  # noqa: E402
-from common import read_config, run_pipeline, save_study  # noqa: E402
 
+from benchmarks.bench_rounds import rounds_summary  # noqa: E402
+from benchmarks.common import read_config, run_pipeline, save_study  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
-from dynsdpb_selfplay.evaluate import mean_ci95  # noqa: E402
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
+from dynsdpb_selfplay.stats import paired_differences, t_summary  # noqa: E402
 
 KEYS = {"pipeline", "set", "arms", "baselines", "seeds", "work_dir", "metric"}
 DEFAULT_ARMS = {"sft": {"training.trainer": "sft"}, "dynsdpb": {"training.trainer": "dynsdpb"}}
@@ -94,10 +93,6 @@ def summarize(runs: list[dict], metric: str = "flexible_accuracy", baselines: tu
     """Per arm and round: mean and 95% t-interval over seeds, the gain over round 0, and the paired (same seed)
     difference to each baseline arm, as ``minus_<baseline>``."""
 
-    def stat(values):
-        mean, half = mean_ci95(values)
-        return {"mean": mean, "ci95": half, "n": len(values)}
-
     by = {(r["arm"], r["seed"]): {x["round"]: x[metric] for x in r["rounds"]} for r in runs}
     out = {}
     for arm in dict.fromkeys(r["arm"] for r in runs):
@@ -105,16 +100,23 @@ def summarize(runs: list[dict], metric: str = "flexible_accuracy", baselines: tu
         rounds = sorted(set.intersection(*(set(by[(arm, s)]) for s in seeds)))
         cell = {"seeds": seeds, "rounds": {}}
         for k in rounds:
-            entry = {"accuracy": stat([by[(arm, s)][k] for s in seeds])}
+            entry = {"accuracy": t_summary([by[(arm, s)][k] for s in seeds])}
             if k:
-                entry["gain_over_round_0"] = stat([by[(arm, s)][k] - by[(arm, s)][0] for s in seeds])
+                entry["gain_over_round_0"] = t_summary([by[(arm, s)][k] - by[(arm, s)][0] for s in seeds])
             for base in baselines:
-                paired = [s for s in seeds if arm != base and k in by.get((base, s), {})]
-                if paired:
-                    entry[f"minus_{base}"] = stat([by[(arm, s)][k] - by[(base, s)][k] for s in paired])
+                theirs = {s: acc[k] for (a, s), acc in by.items() if a == base and k in acc}
+                if arm != base and (diff := paired_differences({s: by[(arm, s)][k] for s in seeds}, theirs)):
+                    entry[f"minus_{base}"] = diff
             cell["rounds"][k] = entry
         out[arm] = cell
     return out
+
+
+def summary_and_table(study: dict, runs: list[dict]) -> tuple[dict, str]:
+    """The summary of ``runs`` and its markdown table (what a rerun with every run finished writes)."""
+    baselines = tuple(study["baselines"])
+    summary = summarize(runs, study.get("metric", "flexible_accuracy"), baselines)
+    return summary, markdown(summary, baselines)
 
 
 def markdown(summary: dict, baselines: tuple[str, ...] = ("sft",)) -> str:
@@ -180,9 +182,7 @@ def main() -> int:
     except KeyboardInterrupt:
         print("bench_self_training: interrupted; the same command resumes the runs", file=sys.stderr)
         return 130
-    baselines = tuple(study["baselines"])
-    summary = summarize(runs, study.get("metric", "flexible_accuracy"), baselines)
-    table = markdown(summary, baselines)
+    summary, table = summary_and_table(study, runs)
     print(table)
     save_study({"benchmark": "self_training", "config": {**study, "seeds": seeds}, "summary": summary, "runs": runs,
                 "wall_s_this_invocation": time.perf_counter() - start}, args.out, table,

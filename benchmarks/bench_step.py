@@ -1,6 +1,6 @@
 """Step cost of DynSDPB against plain ``SFTTrainer``: same model, data and batch shape, measured side by side.
 
-    python benchmarks/bench_step.py --model smollm2-135m-shape --steps 8 --repeats 2 --out benchmarks/results/step.json
+    python -m benchmarks.bench_step --model smollm2-135m-shape --steps 8 --repeats 2 --out benchmarks/results/step.json
 
 Each configuration trains through the real trainer (``trainer.train()``); a callback times every optimizer step and
 the first ``--warmup`` steps are dropped. Configurations are interleaved (plain, dynsdpb, plain, dynsdpb, ...) so
@@ -21,8 +21,6 @@ import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-sys.path.insert(0, os.path.dirname(__file__))
 
 MODELS = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -41,16 +39,16 @@ VARIANTS = {
 }
 
 
-from common import save  # noqa: E402
+from benchmarks.common import module_command, save  # noqa: E402
 
 
 def build_trainer(args, variant: str, output_dir: str):
     import torch
     from datasets import Dataset
-    from helpers import make_tokenizer
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
+    from benchmarks.tiny import make_tokenizer
     from dynsdpb_selfplay import attach_dynsdpb
 
     tok = make_tokenizer()
@@ -173,7 +171,7 @@ class RssSampler:
 
 def child_peak(args, variant: str) -> dict:
     """Peak memory (MiB) of one configuration, trained alone in a child process."""
-    cmd = [sys.executable, __file__, "--child", variant] + sys.argv[1:]
+    cmd = [*module_command("benchmarks.bench_step"), "--child", variant, *sys.argv[1:]]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     return json.loads(out)
 

@@ -8,7 +8,7 @@ and generates for 1 to 384 sequences at once: distinct one-step ``arith`` chat p
 generated tokens/s and its share of the roofline; also the throughput of the model's own GEMM shapes (hidden size
 576 for SmolLM2-135M), which bounds what a kernel can reach at these sizes.
 
-    .venv/bin/python benchmarks/bench_throughput.py --out benchmarks/results/throughput_smollm2.json
+    .venv/bin/python -m benchmarks.bench_throughput --out benchmarks/results/throughput_smollm2.json
 
 Run it on an otherwise idle machine: the timings are ratios within one run.
 """
@@ -22,10 +22,8 @@ import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import run_child, save  # noqa: E402
-
+from benchmarks.common import module_command, run_child, save  # noqa: E402
 from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
 # The rounds' sampling (temperature 0.8, nucleus 0.95); a configuration may change it.
@@ -178,7 +176,7 @@ def main() -> None:
     results = []
     for name in args.configs:
         batches = args.hf_batches if CONFIGS[name][0] == "hf" else args.batches
-        cmd = [sys.executable, __file__, "--child", name, "--model", args.model, "--dtype", dtype,
+        cmd = [*module_command("benchmarks.bench_throughput"), "--child", name, "--model", args.model, "--dtype", dtype,
                "--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats),
                "--batches", *map(str, batches)]  # fmt: skip
         proc = run_child(cmd, capture=True)

@@ -7,23 +7,20 @@ reloaded ``w_saved``. It reports, for the saved weights and for the same weights
 before), the share of the update kept, ``<w_saved - w0, w1 - w0> / |w1 - w0|^2`` (the projection of the handed-on
 update on the true one; 1 = all of it) and the share of changed entries that are back at their start value.
 
-    .venv/bin/python benchmarks/bench_update_retention.py --out benchmarks/results/update_retention.json
+    .venv/bin/python -m benchmarks.bench_update_retention --out benchmarks/results/update_retention.json
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_gsm8k import gold_rows  # noqa: E402
-from common import save  # noqa: E402
+from benchmarks.common import gold_rows, save  # noqa: E402
 
 
 def retention(w0: dict, w1: dict, handed: dict) -> dict:

@@ -48,6 +48,27 @@ def read_config(path: str, keys: set[str], what: str = "benchmark config") -> di
     return data
 
 
+def read_runs(path) -> list[dict]:
+    """The records of a study's ``runs.jsonl`` (none where it does not exist yet)."""
+    from pathlib import Path
+
+    path = Path(path)
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def gold_rows(task, fmt, examples) -> list[dict]:
+    """Prompt/completion rows from the reference solutions, calculator notes (``<<48/2=24>>``) removed."""
+    import re
+
+    rows = []
+    for ex in examples:
+        prompt = task.build_prompt(ex, fmt)
+        text = re.sub(r"<<[^>]*>>", "", ex.solution).strip()
+        completion = [{"role": "assistant", "content": text}] if isinstance(prompt, list) else " " + text
+        rows.append({"id": ex.id, "prompt": prompt, "completion": completion})
+    return rows
+
+
 def save(result: dict, path: str | None) -> None:
     """Write ``result`` (with the environment added) as JSON to ``path``, if given."""
     if not path:
@@ -89,6 +110,14 @@ def restore_runs(log_path, out: str | None, benchmark: str) -> int:
     log_path.write_text("".join(json.dumps(r) + "\n" for r in result["runs"]))
     print(f"{benchmark}: {log_path} was missing; restored {len(result['runs'])} finished runs from {out}", flush=True)
     return len(result["runs"])
+
+
+def module_command(module: str) -> list[str]:
+    """``python -m module`` with this interpreter, as this process was started: ``-P`` (no current folder first on
+    ``sys.path``, which ``scripts/gpu_check.sh`` uses to test the installed package) is kept."""
+    import sys
+
+    return [sys.executable, *(["-P"] if getattr(sys.flags, "safe_path", False) else []), "-m", module]
 
 
 def run_child(cmd: list[str], capture: bool = False) -> subprocess.CompletedProcess:

@@ -13,12 +13,7 @@ data cancels in the difference.
 
 from __future__ import annotations
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dynsdpb_selfplay.evaluate import mean_ci95  # noqa: E402
+from dynsdpb_selfplay.stats import difference_summary, paired_differences, t_summary
 
 __all__ = ["curve", "paired", "paired_curve", "pick", "select_epoch", "summarize_regime"]
 
@@ -41,25 +36,17 @@ def pick(run: dict, metric: str, how: str) -> float:
     raise ValueError(f"how={how!r}: expected 'final' or 'val'")
 
 
-def _stat(values: list[float]) -> dict:
-    mean, half = mean_ci95(values)
-    return {"mean": mean, "ci95": half, "n": len(values)}
-
-
 def _pairs(runs: list[dict], arm: str, baseline: str) -> list[tuple[dict, dict]]:
     """``(arm's run, baseline's run)`` for each seed both ran, by seed."""
     by = {(r["arm"], r["seed"]): r for r in runs}
     return [(by[(arm, s)], by[(baseline, s)]) for s in sorted(s for a, s in by if a == arm and (baseline, s) in by)]
 
 
-def _diff_stat(diffs: list[float]) -> dict:
-    return {**_stat(diffs), "per_seed": diffs, "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
-
-
 def paired(runs: list[dict], arm: str, baseline: str, metric: str, how: str) -> dict | None:
     """Mean and 95% t-interval of ``pick(arm) - pick(baseline)`` over the seeds both arms ran (``None`` if none)."""
-    pairs = _pairs(runs, arm, baseline)
-    return _diff_stat([pick(a, metric, how) - pick(b, metric, how) for a, b in pairs]) if pairs else None
+    mine = {r["seed"]: pick(r, metric, how) for r in runs if r["arm"] == arm}
+    theirs = {r["seed"]: pick(r, metric, how) for r in runs if r["arm"] == baseline}
+    return paired_differences(mine, theirs)
 
 
 def paired_curve(runs: list[dict], arm: str, baseline: str, metric: str) -> list[dict]:
@@ -68,7 +55,7 @@ def paired_curve(runs: list[dict], arm: str, baseline: str, metric: str) -> list
     it shows where a difference appears and whether it lasts."""
     pairs = _pairs(runs, arm, baseline)
     n = min((min(len(a["epochs"]), len(b["epochs"])) for a, b in pairs), default=0)
-    return [_diff_stat([a["epochs"][e]["test"][metric] - b["epochs"][e]["test"][metric] for a, b in pairs])
+    return [difference_summary([a["epochs"][e]["test"][metric] - b["epochs"][e]["test"][metric] for a, b in pairs])
             for e in range(n)]  # fmt: skip
 
 
@@ -76,7 +63,7 @@ def curve(runs: list[dict], arm: str, metric: str, split: str = "test") -> list[
     """Mean and 95% t-interval over seeds of ``split``'s ``metric`` after each epoch."""
     mine = [r for r in runs if r["arm"] == arm]
     n = min(len(r["epochs"]) for r in mine)
-    return [_stat([r["epochs"][e][split][metric] for r in mine]) for e in range(n)]
+    return [t_summary([r["epochs"][e][split][metric] for r in mine]) for e in range(n)]
 
 
 def summarize_regime(runs: list[dict], metric: str, baselines: tuple[str, ...]) -> dict:
@@ -89,8 +76,8 @@ def summarize_regime(runs: list[dict], metric: str, baselines: tuple[str, ...]) 
             "seeds": sorted(r["seed"] for r in mine),
             "curve": curve(runs, arm, metric),
             "val_curve": curve(runs, arm, metric, "val"),
-            "final": _stat([pick(r, metric, "final") for r in mine]),
-            "val_selected": _stat([pick(r, metric, "val") for r in mine]),
+            "final": t_summary([pick(r, metric, "final") for r in mine]),
+            "val_selected": t_summary([pick(r, metric, "val") for r in mine]),
             "selected_epochs": [select_epoch([e["val"][metric] for e in r["epochs"]]) + 1 for r in mine],
             "per_seed": [
                 {

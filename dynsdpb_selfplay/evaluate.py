@@ -7,43 +7,15 @@ computed over a silently filtered subset.
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
 from .engines.base import Engine, SamplingConfig, progress_bar
+from .stats import mean_ci95, wilson_interval
 from .tasks.base import Example, PromptFormat, Task, check_examples
 
+# mean_ci95 and wilson_interval live in .stats; re-exported here for the callers that import them from evaluate.
 __all__ = ["EvalResult", "evaluate", "mean_ci95", "wilson_interval"]
-
-# Two-sided 97.5% Student t quantiles by degrees of freedom (n - 1 for n seeds); 1.96 beyond the table.
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
-
-
-def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (well-behaved near 0 and 1, unlike the normal one)."""
-    if total == 0:
-        return (0.0, 1.0)
-    p = correct / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of its 95% Student-t interval, ``t(0.975, n-1) * stdev / sqrt(n)`` (NaN for one value);
-    over seeds, where a binomial interval of one run would hide the seed-to-seed spread."""
-    if not values:
-        raise ValueError("mean_ci95 of no values")
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    df = len(values) - 1
-    t = _T975.get(df) or next((_T975[k] for k in sorted(_T975, reverse=True) if k <= df), 1.96)
-    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
 
 
 @dataclass

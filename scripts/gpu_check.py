@@ -12,6 +12,9 @@ trainer on the device, with a JSON report.
    same batches and every logged loss is ``dynsdpb/ce + dynsdpb/kd_loss``; in bf16 the run is finite and distills.
 
 Exit status 1 if a check fails. ``--device cpu`` runs the same code small, to test the script where no GPU is.
+Run from the repository root as ``python -m scripts.gpu_check`` (it takes its tiny tokenizer and JSON writer from
+the ``benchmarks`` package); ``gpu_check.sh`` runs it with ``-P`` so that the installed package, not this checkout's
+``dynsdpb_selfplay``, is the one checked.
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "benchmarks")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -151,11 +152,10 @@ def kernel_checks(device, small: bool) -> list[dict]:
 
 def trainer_checks(device) -> dict:
     import torch
-    from families import equal_completion_rows
-    from helpers import make_tokenizer, plain_overlap, sft_kwargs
     from transformers import AutoModelForCausalLM, Qwen2Config
     from trl import SFTConfig, SFTTrainer
 
+    from benchmarks.tiny import equal_completion_rows, make_tokenizer, plain_overlap, sft_kwargs
     from dynsdpb_selfplay import DynSDPBConfig, DynSDPBTrainer
 
     tok = make_tokenizer()
@@ -218,7 +218,7 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: --device cuda but torch sees no GPU; use --device cpu for a dry run", file=sys.stderr)
         return 2
-    from common import save
+    from benchmarks.common import save
 
     kernel = kernel_checks(device, small=device.type != "cuda")
     trainer = trainer_checks(device)

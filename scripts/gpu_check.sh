@@ -3,9 +3,9 @@
 #   1. installs TRL, the transformers version this project is tested with, datasets and this project from the wheels
 #      in scripts/wheels/ (offline, --no-deps, into $SITE, put first on PYTHONPATH: the machine's packages stay as
 #      they are);
-#   2. scripts/gpu_check.py: the fused kernel in bf16 against the naive logits path on CUDA, the trainer on the GPU
+#   2. python -m scripts.gpu_check: the fused kernel in bf16 against the naive logits path on CUDA, the trainer on the GPU
 #      (JSON: benchmarks/results/gpu_check_cuda.json);
-#   3. benchmarks/bench_step.py on a Qwen2.5-0.5B-shaped model in bf16, DynSDPB against plain SFTTrainer
+#   3. python -m benchmarks.bench_step on a Qwen2.5-0.5B-shaped model in bf16, DynSDPB against plain SFTTrainer
 #      (JSON: benchmarks/results/step_qwen25_05b_cuda.json).
 #
 # Usage:   bash scripts/gpu_check.sh                 (on the GPU machine; ~5 minutes on an H200)
@@ -65,13 +65,15 @@ ls "$WHEELS"/*.whl >/dev/null 2>&1 || {
 }
 rm -rf "$SITE"
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# $SITE first, then this checkout for the benchmarks package; `-P` below keeps the checkout's own dynsdpb_selfplay from
+# coming first (python -m would put the current folder ahead of PYTHONPATH).
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # From $SITE, not from this checkout: drop the current folder that `python -c` puts first on sys.path.
 "$PY" -c 'import sys; sys.path.pop(0); import dynsdpb_selfplay, trl, transformers
 print("dynsdpb_selfplay", dynsdpb_selfplay.__file__, "| trl", trl.__version__, "| transformers", transformers.__version__)'
 mkdir -p "$RESULTS"
 status=0
-"$PY" scripts/gpu_check.py --device "$DEVICE" --out "$RESULTS/gpu_check_$DEVICE.json" || status=$?
-"$PY" benchmarks/bench_step.py "${STEP_ARGS[@]}" --out "$RESULTS/$STEP_OUT" || status=$?
+"$PY" -P -m scripts.gpu_check --device "$DEVICE" --out "$RESULTS/gpu_check_$DEVICE.json" || status=$?
+"$PY" -P -m benchmarks.bench_step "${STEP_ARGS[@]}" --out "$RESULTS/$STEP_OUT" || status=$?
 echo "gpu_check.sh: exit $status; results in $RESULTS"
 exit $status

@@ -18,6 +18,8 @@ from helpers import round_config as run_config
 
 TESTS = Path(__file__).parent
 BENCH = REPO / "benchmarks"
+if str(REPO) not in sys.path:  # the benchmarks package, as `python -m pytest` from the repository root has it
+    sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def tiny(tmp_path_factory):
 
 def bench(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS), **(env or {})}
-    return subprocess.run([sys.executable, str(BENCH / "bench_gsm8k.py"), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "benchmarks.bench_gsm8k", *args], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=900)  # fmt: skip
 
 
@@ -112,8 +114,7 @@ def test_bench_gsm8k_arms_pipelines_and_rerun(tmp_path, tiny):
 )
 def test_bench_gsm8k_config_errors_name_the_file_and_key(tmp_path, change, match, capsys):
     """In this process (the command line's exit code and message: the test below)."""
-    sys.path.insert(0, str(BENCH))
-    import bench_gsm8k
+    from benchmarks import bench_gsm8k
 
     cfg = {"model": "tiny", "arms": ["sft", "static"], "tasks": [{"name": "arith", "train_limit": 8}], **change}
     path = tmp_path / "bench.yaml"
@@ -133,8 +134,7 @@ def test_bench_gsm8k_config_error_exits_2_with_the_message(tmp_path):
 
 
 def test_generation_bench_alternates_layers_and_computes_ratios():
-    sys.path.insert(0, str(BENCH))
-    from bench_generation import measure_pair, summarize
+    from benchmarks.bench_generation import measure_pair, summarize
 
     calls = []
 
@@ -162,8 +162,7 @@ def test_step_bench_counts_the_flops_of_the_model_it_builds():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    sys.path.insert(0, str(BENCH))
-    from bench_step import MODELS, matmul_peak_gflops, model_flops_per_step
+    from benchmarks.bench_step import MODELS, matmul_peak_gflops, model_flops_per_step
 
     shape = MODELS["smollm2-135m-shape"]
     with torch.device("meta"):
@@ -181,8 +180,7 @@ def test_bench_step_qwen_shape_is_qwen25_05b():
     import torch
     from transformers import AutoModelForCausalLM
 
-    sys.path.insert(0, str(BENCH))
-    from bench_step import model_config, model_flops_per_step
+    from benchmarks.bench_step import model_config, model_flops_per_step
 
     config = model_config("qwen2.5-0.5b-shape")
     with torch.device("meta"):
@@ -197,8 +195,7 @@ def test_bench_step_qwen_shape_is_qwen25_05b():
 @pytest.mark.parametrize("name", ["gsm8k_cpu.yaml", "gsm8k_gpu.yaml", "arith_lr1e-3_cpu.yaml"])
 def test_shipped_bench_configs_are_valid(name):
     """Every run the shipped configurations describe passes the run-config validation (no model is loaded)."""
-    sys.path.insert(0, str(BENCH))
-    from bench_gsm8k import ARMS, load_bench_config, run_config
+    from benchmarks.bench_gsm8k import ARMS, load_bench_config, run_config
 
     path = BENCH / "configs" / name
     bench = load_bench_config(str(path))
@@ -214,8 +211,7 @@ def test_summary_pairs_each_arm_with_a_baseline_run_of_the_same_seed():
     """Paired differences are taken seed by seed (hand-computed: diffs 3.0, 8.0, 5.5 points; mean 5.5, sd 2.5,
     t(0.975, 2) = 4.303, so 4.303 * 2.5 / sqrt(3) = 6.211 points); a seed without a baseline run is left out (but
     counts in the arm's own mean: 52.375, sd 25.34, 3.182 * 25.34 / 2 = 40.3 points)."""
-    sys.path.insert(0, str(BENCH))
-    from bench_gsm8k import markdown, summarize
+    from benchmarks.bench_gsm8k import markdown, summarize
 
     flexible = {"repeat": [0.320, 0.355, 0.355], "static": [0.350, 0.435, 0.410, 0.9]}
     runs = [{"task": "t", "arm": arm, "seed": seed, "strict_accuracy": acc, "flexible_accuracy": acc}
@@ -248,8 +244,8 @@ def test_a_killed_benchmark_lets_its_child_close_its_engine(tmp_path, sig):
     parent = tmp_path / "parent.py"
     parent.write_text(
         "import sys\n"
-        f"sys.path.insert(0, {str(BENCH)!r})\n"
-        "from common import run_child\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from benchmarks.common import run_child\n"
         "from dynsdpb_selfplay.signals import sigterm_unwinds\n"
         "with sigterm_unwinds():\n"
         f"    run_child([sys.executable, {str(child)!r}])\n"
@@ -289,9 +285,7 @@ def test_self_training_study_arms_differ_only_where_they_say(tmp_path):
     """The shipped self-training study builds a valid run config for each arm (no model is loaded): the study's
     overrides and the seed reach it; the SFT arms differ from the DynSDPB arm only in the trainer, the distillation
     fields SFTConfig refuses, and (sft_2_epochs) the epochs; a baseline must be an arm."""
-    sys.path.insert(0, str(BENCH))
-    from bench_self_training import load_study, pipeline_config
-
+    from benchmarks.bench_self_training import load_study, pipeline_config
     from dynsdpb_selfplay.errors import UserInputError
     from dynsdpb_selfplay.rounds.config import from_dict
 
@@ -320,9 +314,7 @@ def test_self_training_study_arms_differ_only_where_they_say(tmp_path):
 
 def test_benchmark_configs_and_child_runs_fail_naming_the_file_key_and_run(tmp_path):
     """The shared YAML reader and child runner of the benchmark scripts: what failed, where, and how to go on."""
-    sys.path.insert(0, str(BENCH))
-    from common import read_config, run_or_raise
-
+    from benchmarks.common import read_config, run_or_raise
     from dynsdpb_selfplay.errors import UserInputError
 
     path = tmp_path / "study.yaml"
@@ -344,8 +336,7 @@ def test_benchmark_configs_and_child_runs_fail_naming_the_file_key_and_run(tmp_p
 
 def test_a_study_writes_its_json_table_and_figure_beside_each_other_or_nothing(tmp_path):
     """common.save_study: <out>.json with the machine recorded, <stem>.md, <stem>.png (drawn by the caller)."""
-    sys.path.insert(0, str(BENCH))
-    from common import save_study
+    from benchmarks.common import save_study
 
     drawn = []
     save_study({"benchmark": "x", "runs": [1]}, None, "| table |", drawn.append)
@@ -361,10 +352,8 @@ def test_a_study_writes_its_json_table_and_figure_beside_each_other_or_nothing(t
 def test_a_pipeline_run_is_started_resumed_or_read_back_and_a_failure_names_it(tmp_path, tiny, monkeypatch):
     """The pipeline runs of bench_gsm8k and bench_self_training (common.run_pipeline): a new run writes its config
     beside its folder and runs to its report; a finished one is read back without a child; one cut short resumes."""
-    sys.path.insert(0, str(BENCH))
-    from bench_rounds import rounds_summary
-    from common import run_pipeline
-
+    from benchmarks.bench_rounds import rounds_summary
+    from benchmarks.common import run_pipeline
     from dynsdpb_selfplay.errors import UserInputError
 
     monkeypatch.setenv("PYTHONPATH", str(TESTS))

@@ -10,10 +10,11 @@ import pytest
 import yaml
 from helpers import REPO, save_tiny_model
 
-sys.path.insert(0, str(REPO / "benchmarks"))
+if str(REPO) not in sys.path:  # the benchmarks package, as `python -m pytest` from the repository root has it
+    sys.path.insert(0, str(REPO))
 
-from regime_plots import markdown  # noqa: E402
-from regime_stats import paired, paired_curve, pick, select_epoch, summarize_regime  # noqa: E402
+from benchmarks.regime_plots import markdown  # noqa: E402
+from benchmarks.regime_stats import paired, paired_curve, pick, select_epoch, summarize_regime  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -48,7 +49,8 @@ def test_paired_differences_and_their_t_interval_by_hand():
     m = 0.13 / 3
     sd = (((0.05 - m) ** 2 + (0.02 - m) ** 2 + (0.06 - m) ** 2) / 2) ** 0.5
     assert d["n"] == 3 and d["wins"] == 3 and d["losses"] == 0
-    assert d["mean"] == pytest.approx(m) and d["ci95"] == pytest.approx(4.303 * sd / 3**0.5)
+    # t(0.975, 2) = 4.30265, exact
+    assert d["mean"] == pytest.approx(m) and d["ci95"] == pytest.approx(4.30265 * sd / 3**0.5, rel=1e-5)
     assert d["per_seed"] == pytest.approx([0.05, 0.02, 0.06])
     # Validation picks epoch 1 (ties go to the earliest): differences 0.1 each, zero spread.
     v = paired(runs, "dyn", "sft", "acc", "val")
@@ -109,7 +111,7 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "result.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
-    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_regimes.py"), "--config", str(path), "--out", str(out)]
+    cmd = [sys.executable, "-m", "benchmarks.bench_regimes", "--config", str(path), "--out", str(out)]
     # A study that dies in its third run (peft finds no module to adapt) keeps the two it finished in --out.
     proc = subprocess.run([*cmd, "--regimes", "full-8", "broken"], capture_output=True, text=True, env=env, cwd=REPO,
                           timeout=900)  # fmt: skip
@@ -157,7 +159,7 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
 
 
 def test_self_training_summary_pairs_each_arm_with_each_baseline_by_seed():
-    from bench_self_training import markdown, pipeline_config, summarize
+    from benchmarks.bench_self_training import markdown, pipeline_config, summarize
 
     def runs(arm, seed, accs):
         return {"arm": arm, "seed": seed, "rounds": [{"round": k, "flexible_accuracy": a}
@@ -170,7 +172,7 @@ def test_self_training_summary_pairs_each_arm_with_each_baseline_by_seed():
     assert s["sft"]["rounds"][1]["gain_over_round_0"]["mean"] == pytest.approx(0.15)
     d = s["dynsdpb"]["rounds"][1]["minus_sft"]
     # differences 0.05 and 0.15: mean 0.1, t(1) = 12.706, sd = 0.0707
-    assert d["mean"] == pytest.approx(0.1) and d["ci95"] == pytest.approx(12.706 * 0.1 / 2**0.5 / 2**0.5)
+    assert d["mean"] == pytest.approx(0.1) and d["ci95"] == pytest.approx(12.7062 * 0.1 / 2**0.5 / 2**0.5, rel=1e-5)
     # sft2 has seed 0 only: one pair (0.25 - 0.3), no interval
     d2 = s["dynsdpb"]["rounds"][1]["minus_sft2"]
     assert d2["mean"] == pytest.approx(-0.05) and d2["n"] == 1 and d2["ci95"] != d2["ci95"]
@@ -187,7 +189,7 @@ def test_self_training_summary_pairs_each_arm_with_each_baseline_by_seed():
 
 
 def test_a_study_that_mixes_machines_says_so():
-    from bench_regimes import summarize
+    from benchmarks.bench_regimes import summarize
 
     bench = {"baselines": ["sft"], "metric": "acc"}
     one = [{**run(arm, s, [0.1, 0.2], [0.1, 0.2]), "regime": "r", "cpu": "AVX512", "bf16": True}
@@ -222,8 +224,7 @@ def test_a_study_reuses_only_the_runs_it_would_repeat_exactly(tmp_path):
     settings, steps) and the scoring match; anything else is trained, and a file scoring differently is refused."""
     from types import SimpleNamespace
 
-    from bench_regimes import load_bench_config, reuse_runs
-
+    from benchmarks.bench_regimes import load_bench_config, reuse_runs
     from dynsdpb_selfplay.errors import UserInputError
 
     shipped = REPO / "benchmarks" / "configs" / "regimes_decoder_long_ablation.yaml"
@@ -262,7 +263,7 @@ def test_the_shipped_ablation_reuses_the_replications_sft_and_dynsdpb_runs(tmp_p
     """The committed replication results hold, for the ablation's seeds, runs it would repeat exactly."""
     from types import SimpleNamespace
 
-    from bench_regimes import load_bench_config, reuse_runs
+    from benchmarks.bench_regimes import load_bench_config, reuse_runs
 
     bench = load_bench_config(str(REPO / "benchmarks" / "configs" / "regimes_decoder_long_ablation.yaml"))
     bench["reuse_runs"] = str(REPO / bench["reuse_runs"])
@@ -291,7 +292,7 @@ def test_every_arm_of_the_shipped_regime_studies_is_a_valid_configuration(name, 
 
     path = REPO / "benchmarks" / "configs" / name
     if name.startswith("regimes_nlu"):
-        from bench_nlu_regimes import load_bench_config
+        from benchmarks.bench_nlu_regimes import load_bench_config
 
         bench = load_bench_config(str(path))
         for arm, spec in bench["arms"].items():
@@ -300,7 +301,7 @@ def test_every_arm_of_the_shipped_regime_studies_is_a_valid_configuration(name, 
             settings = DistillationArguments(**distillation)  # the class's own checks
             assert all(getattr(settings, key) == value for key, value in distillation.items()), arm
         return
-    from bench_regimes import load_bench_config, run_config
+    from benchmarks.bench_regimes import load_bench_config, run_config
 
     bench = load_bench_config(str(path))
     for regime in bench["regimes"]:
@@ -316,7 +317,7 @@ def test_bench_nlu_regimes_keeps_finished_runs_when_a_later_one_fails(tmp_path, 
     """The encoder study on the real MiniLM (offline package), 1 seed, 2 epochs of 16 rows: every arm takes the same
     steps and is scored after each epoch; a bad arm stops the study before anything trains; a run that dies leaves
     the finished ones in --out; a rerun trains nothing."""
-    import bench_nlu_regimes
+    from benchmarks import bench_nlu_regimes
 
     cfg = {
         "model": "all-minilm-l6-v2", "task": "gsm8k-steps", "work_dir": str(tmp_path / "work"), "seeds": [0],

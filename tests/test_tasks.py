@@ -188,12 +188,12 @@ def test_wilson_interval():
 
 
 def test_mean_ci95_is_the_student_t_interval():
-    mean, half = mean_ci95([0.1, 0.2, 0.3])  # stdev 0.1, t(0.975, 2) = 4.303
-    assert mean == pytest.approx(0.2) and half == pytest.approx(4.303 * 0.1 / math.sqrt(3))
-    mean, half = mean_ci95([1.0, 3.0])  # stdev sqrt(2), t(0.975, 1) = 12.706
-    assert mean == 2.0 and half == pytest.approx(12.706 * math.sqrt(2) / math.sqrt(2))
-    values = [float(v) for v in range(12)]  # 11 degrees of freedom: the next lower tabled t (10: 2.228), wider
-    assert mean_ci95(values)[1] == pytest.approx(2.228 * statistics.stdev(values) / math.sqrt(12))
+    mean, half = mean_ci95([0.1, 0.2, 0.3])  # stdev 0.1, t(0.975, 2) = 4.30265
+    assert mean == pytest.approx(0.2) and half == pytest.approx(4.30265 * 0.1 / math.sqrt(3), rel=1e-5)
+    mean, half = mean_ci95([1.0, 3.0])  # stdev sqrt(2), t(0.975, 1) = 12.7062
+    assert mean == 2.0 and half == pytest.approx(12.7062 * math.sqrt(2) / math.sqrt(2), rel=1e-5)
+    values = [float(v) for v in range(12)]  # 11 degrees of freedom: t(0.975, 11) = 2.20099, not a table's 10 (2.228)
+    assert mean_ci95(values)[1] == pytest.approx(2.20099 * statistics.stdev(values) / math.sqrt(12), rel=1e-5)
     assert math.isnan(mean_ci95([0.5])[1])
     with pytest.raises(ValueError):
         mean_ci95([])

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserInputError
-from ..evaluate import mean_ci95
 from ..jsonl import read_jsonl
+from ..stats import mean_ci95, paired_differences
 from .data import encoder_path, load_files, load_glue, metrics, split_by_group, steps_rows, verifier_rows
 
-__all__ = ["ClassificationArguments", "compare", "load_splits"]
+__all__ = ["ClassificationArguments", "compare", "encode_rows", "load_splits"]
 
 TRAINERS = ("plain", "dynsdpb")
 
@@ -101,7 +101,8 @@ def load_splits(a: ClassificationArguments) -> tuple[list[dict], list[dict]]:
     return train, test
 
 
-def _encode(rows: list[dict], tokenizer, max_len: int):
+def encode_rows(rows: list[dict], tokenizer, max_len: int):
+    """Tokenized ``rows`` (``text``, ``text_pair``, ``label``) as a ``datasets.Dataset`` a classifier trains on."""
     from datasets import Dataset
 
     pairs = [r["text_pair"] for r in rows]
@@ -128,14 +129,14 @@ def _one_run(a: ClassificationArguments, training_args, trainer_name: str, seed:
     args = replace(training_args, seed=seed, output_dir=str(Path(training_args.output_dir) / f"{trainer_name}-{seed}"))
     set_seed(seed)  # the new classification head is drawn from this seed
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    trainer = Trainer(model=model, args=args, train_dataset=_encode(train, tokenizer, a.max_seq_length),
+    trainer = Trainer(model=model, args=args, train_dataset=encode_rows(train, tokenizer, a.max_seq_length),
                       data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
     if trainer_name == "dynsdpb":
         attach_dynsdpb(trainer, training_args)  # its distillation_* fields
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
-    out = trainer.predict(_encode(test, tokenizer, a.max_seq_length))
+    out = trainer.predict(encode_rows(test, tokenizer, a.max_seq_length))
     predictions = np.asarray(out.predictions).argmax(-1).tolist()
     kl = [h["dynsdpb/kl"] for h in trainer.state.log_history if "dynsdpb/kl" in h]
     ce = [h["dynsdpb/ce"] for h in trainer.state.log_history if "dynsdpb/ce" in h]
@@ -149,7 +150,8 @@ def _one_run(a: ClassificationArguments, training_args, trainer_name: str, seed:
 
 
 def summarize(runs: list[dict]) -> dict:
-    """Mean and 95% t-interval half-width over seeds, per trainer and metric."""
+    """Mean and 95% t-interval half-width over seeds, per trainer and metric; for ``dynsdpb`` also the paired (same
+    seed, so the same new head) difference to ``plain`` per metric, as ``<metric>_minus_plain``."""
     out = {}
     for name in TRAINERS:
         mine = [r for r in runs if r["trainer"] == name]
@@ -161,6 +163,12 @@ def summarize(runs: list[dict]) -> dict:
             if values:
                 mean, half = mean_ci95(values)
                 out[name][m] = {"mean": mean, "ci95": half}
+    if "plain" in out and "dynsdpb" in out:
+        for m in ("accuracy", "mcc", "f1"):
+            dyn, plain = ({r["seed"]: r[m] for r in runs if r["trainer"] == t and r.get(m) is not None}
+                          for t in ("dynsdpb", "plain"))  # fmt: skip
+            if (diff := paired_differences(dyn, plain)) is not None:
+                out["dynsdpb"][f"{m}_minus_plain"] = diff
     return out
 
 
@@ -182,6 +190,16 @@ def _markdown(summary: dict, a: ClassificationArguments) -> str:
             f"| {name} | {s['seeds']} | {_cell(s, 'accuracy')} | {_cell(s, 'mcc')} | {_cell(s, 'f1')} | "
             f"{_cell(s, 'steps', 1)} | {_cell(s, 'train_seconds', 1)} |"
         )
+    paired = summary.get("dynsdpb", {})
+    diffs = []
+    for m in ("accuracy", "mcc", "f1"):
+        if d := paired.get(f"{m}_minus_plain"):
+            diffs.append(f"{m} {_cell(paired, f'{m}_minus_plain')} ({d['wins']}/{d['n']})")
+    if diffs:
+        lines += [
+            "",
+            "dynsdpb − plain, paired by seed (x100, mean ± 95% t-interval; seeds ahead/seeds): " + ", ".join(diffs),
+        ]
     return "\n".join(lines) + "\n"
 
 

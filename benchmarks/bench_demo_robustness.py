@@ -1,0 +1,112 @@
+"""Does the demo learn on this machine whatever the seed and the number format? (issue 30)
+
+Runs ``pipelines/configs/demo.yaml`` once per seed with ``auto`` number formats, and once per seed with the other
+format forced where this CPU computes it natively (fp32 engine and training on a bf16 machine; on an AVX2-only one
+bf16 would be emulated ~20x slower, so that half is skipped and the result says so). Each run is a resumable run
+folder under ``--work-dir``; a rerun reads finished runs back. Writes, per run and round: strict and flexible test
+accuracy with 95% intervals, mean evaluation output tokens, kept rows and their mean length, the share of the round's
+update the engine served, and whether selection kept the round; and the wall time of each run.
+
+    .venv/bin/python -m benchmarks.bench_demo_robustness --seeds 0 1 2 --out benchmarks/results/demo_robustness.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks.common import run_pipeline, save  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FORMATS = {"auto": {}, "fp32": {"engine": {"dtype": "float32"}, "training": {"bf16": False}}}
+
+
+def demo_config(seed: int, fmt: str) -> dict:
+    import yaml
+
+    with open(os.path.join(ROOT, "pipelines/configs/demo.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["seed"] = seed
+    for section, values in FORMATS[fmt].items():
+        cfg[section] = {**cfg[section], **values}
+    cfg.pop("run_dir", None)
+    return cfg
+
+
+def rounds_of(state: dict) -> list[dict]:
+    """One row per round of a finished run's ``state.json``."""
+    info, out = state["info"], []
+    r = 0
+    while f"round_{r}/eval" in info:
+        ev, row = info[f"round_{r}/eval"], {"round": r}
+        for kind in ("strict", "flexible"):
+            row[kind], row[f"{kind}_ci95"] = ev[f"{kind}_accuracy"], ev[f"{kind}_ci95"]
+        row["eval_output_tokens"] = ev.get("mean_output_tokens")
+        f, h, s = (info.get(f"round_{r}/{p}", {}) for p in ("filter", "handoff", "select"))
+        row.update(kept_rows=f.get("rows"), kept_tokens=f.get("kept_tokens_mean"),
+                   answer_line_appended=f.get("answer_line_appended"), served=h.get("handoff"),
+                   served_share=h.get("served_share"), nearest_share=h.get("nearest_share"),
+                   selected=s.get("kept"))  # fmt: skip
+        out.append(row)
+        r += 1
+    return out
+
+
+def table(runs: list[dict]) -> str:
+    pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+    lines = ["| format | seed | flexible by round | strict by round | eval output tokens | update served (nearest) "
+             "| rounds kept | wall |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for run in runs:
+        rs = run["rounds"]
+        share = ", ".join(f"{pct(r['served_share'])} ({pct(r['nearest_share'])})" for r in rs[1:] if r["served"])
+        kept = ", ".join("yes" if r["selected"] else "no" for r in rs[1:] if r["selected"] is not None)
+        lines.append(
+            f"| {run['format']} ({run['dtype']}) | {run['seed']} | {' → '.join(pct(r['flexible']) for r in rs)} "
+            f"| {' → '.join(pct(r['strict']) for r in rs)} "
+            f"| {' → '.join(format(r['eval_output_tokens'], '.0f') for r in rs)} | {share or '-'} | {kept or '-'} "
+            f"| {run['wall_s'] / 60:.1f} min |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    p.add_argument("--work-dir", default="runs/demo_robustness")
+    p.add_argument("--out", help="JSON result path (a .md table beside it)")
+    args = p.parse_args()
+
+    from dynsdpb_selfplay.precision import cpu_features, resolve_dtype
+
+    native = cpu_features()["native_bf16"]
+    formats = [f for f in args.formats if f == "auto" or native]
+    skipped = [f for f in args.formats if f not in formats]
+    if skipped:
+        print(f"skipped {skipped}: auto is already fp32 on this CPU (no native bf16)", flush=True)
+    runs = []
+    for fmt in formats:
+        for seed in args.seeds:
+            run_dir = os.path.join(args.work_dir, f"{fmt}_seed{seed}")
+            start = time.perf_counter()
+            config = lambda s=seed, f=fmt: demo_config(s, f)  # noqa: E731
+            state = run_pipeline(run_dir, config, f"demo {fmt} seed {seed}", "robustness")
+            info = state["info"]
+            wall = sum(v.get("seconds", 0.0) for v in info.values())
+            dtype = "float32" if fmt == "fp32" else resolve_dtype("auto")
+            runs.append({"format": fmt, "dtype": dtype, "seed": seed, "wall_s": wall, "rounds": rounds_of(state),
+                         "this_invocation_s": time.perf_counter() - start})  # fmt: skip
+            result = {"benchmark": "demo_robustness", "config": vars(args), "skipped_formats": skipped, "runs": runs}
+            md = table(runs)
+            print(md, flush=True)
+            save(result, args.out)
+            if args.out:
+                with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+                    f.write(md)
+
+
+if __name__ == "__main__":
+    main()
