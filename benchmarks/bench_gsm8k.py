@@ -22,27 +22,28 @@ regulariser does any work. A ``pipeline`` section also runs a ``dynsdpb run`` co
         --config benchmarks/configs/gsm8k_cpu.yaml --out benchmarks/results/gsm8k_cpu.json
 
 Every finished run is appended to ``<work_dir>/runs.jsonl`` at once and a rerun skips it (a training run cut short
-resumes from its checkpoint), so a crash costs at most the run in progress. Each run's scored generations stay in
+resumes from its checkpoint), so a crash costs at most the run in progress; the ``--out`` JSON is rewritten after
+each. Each run's scored generations stay in
 ``<work_dir>/<task>/<arm>-seed<seed>.eval.jsonl``; its weights are deleted once scored unless ``--keep-models``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import yaml  # noqa: E402
 
-from benchmarks.common import gold_rows, read_config, read_runs, run_pipeline, save_study  # noqa: E402
+from benchmarks import harness  # noqa: E402
+from benchmarks.common import gold_rows, read_runs, run_pipeline  # noqa: E402
+from benchmarks.harness import TrainingStudyConfig, append_run, helped  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
-from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
 ARMS = {  # name -> (trainer, epochs multiplier, distillation overrides)
     "sft": ("sft", 1, None),
@@ -53,26 +54,63 @@ ARMS = {  # name -> (trainer, epochs multiplier, distillation overrides)
 }
 # Paired baselines: sft at equal epochs, sft_2x at equal compute, repeat for distillation alone (same batches, alpha 0).
 BASELINES = ("sft", "sft_2x", "repeat")
-KEYS = {"model", "seeds", "arms", "work_dir", "engine", "training", "distillation", "tasks", "pipeline"}
-CURVE = {"loss": "loss", "ce": "dynsdpb/ce", "kl": "dynsdpb/kl", "kd": "dynsdpb/kd_loss", "alpha": "dynsdpb/alpha",
-         "tau": "dynsdpb/temperature", "distilled": "dynsdpb/distilled_tokens"}  # fmt: skip
+CURVE = {
+    "loss": "loss",
+    "ce": "dynsdpb/ce",
+    "kl": "dynsdpb/kl",
+    "kd": "dynsdpb/kd_loss",
+    "alpha": "dynsdpb/alpha",
+    "tau": "dynsdpb/temperature",
+    "distilled": "dynsdpb/distilled_tokens",
+}
+CONFIGS = "benchmarks/configs/gsm8k_{cpu,gpu}.yaml"
+FLAGS = [
+    (("--tasks",), {"nargs": "+", "help": "only these tasks of the config (by label, else name)"}),
+    (("--no-pipeline",), {"action": "store_true", "help": "skip the sft-vs-dynsdpb pipeline runs"}),
+    (("--keep-models",), {"action": "store_true", "help": "keep each run's weights (default: delete once scored)"}),
+]
+EXTRAS = ("pipelines",)
 
 
-def load_bench_config(path: str) -> dict:
-    """The benchmark YAML; unknown keys name the file. Each run's settings are checked as a run config later."""
-    data = read_config(path, KEYS)
-    for key in data.get("distillation") or {}:  # DynSDPBConfig field names, as in a run config's training:
-        if not key.startswith("distillation_"):
-            raise UserInputError(f"{path}: distillation.{key}: write the DynSDPBConfig field, distillation_{key}")
-    labels = [task_label(t) for t in data.get("tasks") or [] if isinstance(t, dict)]
-    if len(set(labels)) < len(labels):
-        raise UserInputError(f"{path}: tasks: two tasks have the same label; give each a distinct 'label'")
-    for arm in data.get("arms", []):
-        if arm not in ARMS:
-            raise UserInputError(f"{path}: arms: unknown arm {arm!r}; arms: {', '.join(ARMS)}")
-    if not data.get("tasks"):
-        raise UserInputError(f"{path}: tasks: give at least one task (name, train_limit, eval_limit, ...)")
-    return data
+@dataclass
+class PipelinePair:
+    config: str = helped("", "a `dynsdpb run` config, run once per trainer")
+    trainers: list[str] = helped(["sft", "dynsdpb"], "the trainers it is run with")
+
+    def __post_init__(self) -> None:
+        if not self.config:
+            raise ValueError("config: give the `dynsdpb run` config")
+
+
+@dataclass
+class Gsm8kStudy(TrainingStudyConfig):
+    """bench_gsm8k's YAML (``benchmarks/configs/gsm8k_*.yaml``)."""
+
+    BENCHMARK = "gsm8k"
+
+    work_dir: str = helped("runs/bench_gsm8k", "checkpoints, scored generations and runs.jsonl")
+    arms: list[str] = helped(list(ARMS), f"arms, of {', '.join(ARMS)}")
+    engine: dict = helped({}, "the run config's engine section (scoring)")
+    distillation: dict = helped({}, "DynSDPBConfig fields (distillation_*) of the static and dynamic arms")
+    tasks: list[dict] = helped([], "run config task sections, each with label and max_new_tokens (default 256)")
+    pipeline: PipelinePair | None = helped(None, "a pipeline run once per trainer (sft against dynsdpb)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in self.distillation:  # DynSDPBConfig field names, as in a run config's training:
+            if not key.startswith("distillation_"):
+                raise ValueError(f"distillation: {key}: write the DynSDPBConfig field, distillation_{key}")
+        for arm in self.arms:
+            if arm not in ARMS:
+                raise ValueError(f"arms: unknown arm {arm!r}; arms: {', '.join(ARMS)}")
+        if not self.tasks:
+            raise ValueError("tasks: give at least one task (name, train_limit, eval_limit, ...)")
+        labels = [task_label(t) for t in self.tasks]
+        if len(set(labels)) < len(labels):
+            raise ValueError("tasks: two tasks have the same label; give each a distinct 'label'")
+
+
+Config = Gsm8kStudy
 
 
 def task_label(task: dict) -> str:
@@ -80,7 +118,7 @@ def task_label(task: dict) -> str:
     return task.get("label") or task.get("name")
 
 
-def run_config(bench: dict, task: dict, arm: str, seed: int, source: str):
+def run_config(study: Gsm8kStudy, task: dict, arm: str, seed: int, source: str):
     """The validated :class:`RunConfig` of one run: the task's section, the arm's trainer, epochs and distillation."""
     from dynsdpb_selfplay.rounds.config import from_dict
 
@@ -89,15 +127,35 @@ def run_config(bench: dict, task: dict, arm: str, seed: int, source: str):
     label = task_label(task)
     task.pop("label", None)
     max_new = task.pop("max_new_tokens", 256)
-    training = dict(bench.get("training", {}))
+    training = dict(study.training)
     training["trainer"] = trainer
     training["num_train_epochs"] = mult * training.get("num_train_epochs", 1.0)
-    if distill is not None:  # the bench's distillation_* fields (DynSDPBConfig names), then the arm's
-        training.update({**bench.get("distillation", {}), **distill})
-    data = {"model": bench.get("model", "smollm2-135m-instruct"), "seed": seed, "rounds": 1, "task": task,
-            "training": training, "evaluation": {"max_new_tokens": max_new},
-            "engine": bench.get("engine", {})}  # fmt: skip
+    if distill is not None:  # the study's distillation_* fields (DynSDPBConfig names), then the arm's
+        training.update({**study.distillation, **distill})
+    data = {
+        "model": study.model,
+        "seed": seed,
+        "rounds": 1,
+        "task": task,
+        "training": training,
+        "evaluation": {"max_new_tokens": max_new},
+        "engine": study.engine,
+    }
     return from_dict(data, source=f"{source} (task {label}, arm {arm})")
+
+
+def select(study: Gsm8kStudy, args) -> Gsm8kStudy:
+    """The ``--tasks`` chosen; every selected run's config is checked before anything trains."""
+    args.tasks = [t for t in study.tasks if not args.tasks or task_label(t) in args.tasks]
+    for t in args.tasks:
+        for arm in args.arms:
+            run_config(study, t, arm, args.seeds[0], args.config)
+    return study
+
+
+def keep(study: Gsm8kStudy, args, record: dict) -> bool:
+    """The result holds the runs of the selected tasks."""
+    return record["task"] in {task_label(t) for t in args.tasks}
 
 
 def training_curve(trainer_dir: Path) -> dict:
@@ -150,27 +208,28 @@ def eval_record(engine, task, fmt, cfg, weights: str, records_path: Path) -> dic
     return {k: result.summary[k] for k in keep}
 
 
-def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, source: str) -> None:
+def run_task(study: Gsm8kStudy, task_spec: dict, args, log_path: Path, on_record) -> None:
     """Every missing (arm, seed) run of one task, and the base model's score (arm ``base``)."""
     from dynsdpb_selfplay.engines import make_engine
     from dynsdpb_selfplay.models import resolve_model
     from dynsdpb_selfplay.rounds.training import train_round
     from dynsdpb_selfplay.tasks import get_task
 
-    name = task_label(task_spec)
+    name, source = task_label(task_spec), args.config
+    done = {(r["task"], r["arm"], r["seed"]) for r in read_runs(log_path)}
     todo = [(arm, seed) for seed in args.seeds for arm in args.arms if (name, arm, seed) not in done]
     if (name, "base", 0) not in done:
         todo.insert(0, ("base", 0))
     if not todo:
         return
-    first = run_config(bench, task_spec, args.arms[0], args.seeds[0], source)
+    first = run_config(study, task_spec, args.arms[0], args.seeds[0], source)
     task = get_task(first.task.name, **first.task.options)
     fmt = task.get_format(name=first.task.format)
     base = resolve_model(first.model)
     engine, loaded = make_engine(base, first.engine), base
     try:
         for arm, seed in todo:
-            cfg = first if arm == "base" else run_config(bench, task_spec, arm, seed, source)
+            cfg = first if arm == "base" else run_config(study, task_spec, arm, seed, source)
             record = {"task": name, "arm": arm, "seed": seed}
             weights, folder = base, args.work_dir / name / f"{arm}-seed{seed}"
             if arm != "base":
@@ -180,30 +239,39 @@ def run_task(bench: dict, task_spec: dict, args, done: set, log_path: Path, sour
                 if "skipped" in info:
                     raise UserInputError(f"{name} {arm} seed {seed}: training skipped: {info['skipped']}")
                 curve = training_curve(folder / "trainer")
-                record.update(trainer=info["trainer"], rows=info["rows"], steps=info["steps"],
-                              train_loss=info["train_loss"], train_s=info["train_s"], curve=curve,
-                              **curve_means(curve))  # fmt: skip
+                record.update(
+                    trainer=info["trainer"],
+                    rows=info["rows"],
+                    steps=info["steps"],
+                    train_loss=info["train_loss"],
+                    train_s=info["train_s"],
+                    curve=curve,
+                    **curve_means(curve),
+                )
                 weights = info["model"]
             if weights != loaded:
                 engine.update_weights(weights)
                 loaded = weights
             record.update(eval_record(engine, task, fmt, cfg, weights, folder.with_name(folder.name + ".eval.jsonl")))
-            print(f"[bench_gsm8k] {name} {arm} seed {seed}: strict {record['strict_accuracy']:.3f} flexible "
-                  f"{record['flexible_accuracy']:.3f}", flush=True)  # fmt: skip
+            print(
+                f"[bench_gsm8k] {name} {arm} seed {seed}: strict {record['strict_accuracy']:.3f} flexible "
+                f"{record['flexible_accuracy']:.3f}",
+                flush=True,
+            )
             record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_run(log_path, record)
+            on_record()
             if arm != "base" and not args.keep_models:
                 shutil.rmtree(folder)
     finally:
         engine.close()
 
 
-def run_pipelines(spec: dict, args, source: str) -> list[dict]:
+def run_pipelines(spec: PipelinePair, args, source: str) -> list[dict]:
     """``dynsdpb run`` of the pipeline config once per trainer (resumed if cut short); per-round accuracy and steps."""
     from benchmarks.bench_rounds import rounds_summary
 
-    path = Path(spec["config"])
+    path = Path(spec.config)
     base = yaml.safe_load(path.read_text())
 
     def config(trainer: str) -> dict:  # the pipeline's own config with the trainer changed; run_pipeline sets run_dir
@@ -212,13 +280,30 @@ def run_pipelines(spec: dict, args, source: str) -> list[dict]:
         return cfg
 
     out = []
-    for trainer in spec.get("trainers", ["sft", "dynsdpb"]):
+    for trainer in spec.trainers:
         run_dir = args.work_dir / f"pipeline_{trainer}"
-        state = run_pipeline(run_dir, lambda t=trainer: config(t), f"{source}: pipeline {path} with trainer {trainer}",
-                             "bench_gsm8k")  # fmt: skip
-        out.append({"trainer": trainer, "config": str(path), "run_dir": str(run_dir),
-                    "rounds": rounds_summary(state["info"])})  # fmt: skip
+        state = run_pipeline(
+            run_dir, lambda t=trainer: config(t), f"{source}: pipeline {path} with trainer {trainer}", "bench_gsm8k"
+        )
+        out.append(
+            {"trainer": trainer, "config": str(path), "run_dir": str(run_dir), "rounds": rounds_summary(state["info"])}
+        )
     return out
+
+
+def run(study: Gsm8kStudy, args, log_path: Path, on_record) -> dict:
+    """Every missing run of each selected task (and its base model's score), then the pipeline pair."""
+    for t in args.tasks:
+        run_task(study, t, args, log_path, on_record)
+    if not study.pipeline or args.no_pipeline:
+        return {}
+    pipelines = run_pipelines(study.pipeline, args, args.config)
+    for pl in pipelines:
+        print(
+            f"pipeline {pl['trainer']}: "
+            + ", ".join(f"round {r['round']} flexible {100 * r['flexible_accuracy']:.1f}%" for r in pl["rounds"])
+        )
+    return {"pipelines": pipelines}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -235,8 +320,18 @@ def summarize(runs: list[dict]) -> dict:
         for arm in dict.fromkeys(r["arm"] for r in mine):
             rs = [r for r in mine if r["arm"] == arm]
             cell = {"seeds": len(rs)}
-            for key in ("strict_accuracy", "flexible_accuracy", "steps", "train_s", "mean_ce", "mean_kl", "mean_kd",
-                        "mean_alpha", "mean_tau", "kd_over_ce"):  # fmt: skip
+            for key in (
+                "strict_accuracy",
+                "flexible_accuracy",
+                "steps",
+                "train_s",
+                "mean_ce",
+                "mean_kl",
+                "mean_kd",
+                "mean_alpha",
+                "mean_tau",
+                "kd_over_ce",
+            ):
                 values = [r[key] for r in rs if r.get(key) is not None]
                 if values:
                     cell[key] = t_summary(values)
@@ -249,7 +344,7 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def summary_and_table(bench: dict, runs: list[dict]) -> tuple[dict, str]:
+def summary_and_table(study: Gsm8kStudy, runs: list[dict]) -> tuple[dict, str]:
     """The summary of ``runs`` and its markdown tables (what a rerun with every run finished writes)."""
     summary = summarize(runs)
     return summary, markdown(summary)
@@ -264,20 +359,25 @@ def markdown(summary: dict) -> str:
 
     lines = []
     for task, arms in summary.items():
-        lines += [f"**{task}** (mean ± 95% t-interval over seeds; accuracy in %)", "",
-                  "| arm | seeds | strict | flexible | flexible − sft | flexible − sft_2x | flexible − repeat | "
-                  "steps | train s | KD/CE per token |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"**{task}** (mean ± 95% t-interval over seeds; accuracy in %)",
+            "",
+            "| arm | seeds | strict | flexible | flexible − sft | flexible − sft_2x | flexible − repeat | "
+            "steps | train s | KD/CE per token |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for arm, s in arms.items():
-            lines.append(f"| {arm} | {s['seeds']} | {cell(s, 'strict_accuracy')} | {cell(s, 'flexible_accuracy')} | "
-                         f"{cell(s, 'flexible_minus_sft')} | {cell(s, 'flexible_minus_sft_2x')} | "
-                         f"{cell(s, 'flexible_minus_repeat')} | {cell(s, 'steps', 1, 0)} | "
-                         f"{cell(s, 'train_s', 1, 0)} | {cell(s, 'kd_over_ce', 1, 4)} |")  # fmt: skip
+            lines.append(
+                f"| {arm} | {s['seeds']} | {cell(s, 'strict_accuracy')} | {cell(s, 'flexible_accuracy')} | "
+                f"{cell(s, 'flexible_minus_sft')} | {cell(s, 'flexible_minus_sft_2x')} | "
+                f"{cell(s, 'flexible_minus_repeat')} | {cell(s, 'steps', 1, 0)} | "
+                f"{cell(s, 'train_s', 1, 0)} | {cell(s, 'kd_over_ce', 1, 4)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
-def plot(summary: dict, runs: list[dict], path: str) -> None:
+def draw(summary: dict, runs: list[dict], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,57 +411,8 @@ def plot(summary: dict, runs: list[dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="benchmark YAML (benchmarks/configs/gsm8k_{cpu,gpu}.yaml)")
-    g = p.add_argument_group("overrides")
-    g.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
-    g.add_argument("--arms", nargs="+", choices=list(ARMS), help="arms (default: the config's)")
-    g.add_argument("--tasks", nargs="+", help="only these tasks of the config (by label, else name)")
-    g.add_argument("--work-dir", help="checkpoints and runs.jsonl (default: the config's work_dir)")
-    g.add_argument("--no-pipeline", action="store_true", help="skip the sft-vs-dynsdpb pipeline runs")
-    g.add_argument("--keep-models", action="store_true", help="keep each run's weights (default: delete once scored)")
-    o = p.add_argument_group("output")
-    o.add_argument("--out", help="JSON result path (a PNG plot and a .md table are written beside it)")
-    args = p.parse_args(argv)
-    try:
-        bench = load_bench_config(args.config)
-        args.seeds = args.seeds or bench.get("seeds", [0, 1, 2])
-        args.arms = args.arms or bench.get("arms", list(ARMS))
-        args.work_dir = Path(args.work_dir or bench.get("work_dir", "runs/bench_gsm8k"))
-        tasks = [t for t in bench["tasks"] if not args.tasks or task_label(t) in args.tasks]
-        for t in tasks:  # every run's config is checked before hours of training
-            for arm in args.arms:
-                run_config(bench, t, arm, args.seeds[0], args.config)
-        args.work_dir.mkdir(parents=True, exist_ok=True)
-        log_path = args.work_dir / "runs.jsonl"
-        start = time.perf_counter()
-        for t in tasks:
-            run_task(bench, t, args, {(r["task"], r["arm"], r["seed"]) for r in read_runs(log_path)}, log_path,
-                     args.config)  # fmt: skip
-        pipelines = []
-        if bench.get("pipeline") and not args.no_pipeline:
-            pipelines = run_pipelines(bench["pipeline"], args, args.config)
-    except UserInputError as e:
-        print(f"bench_gsm8k: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"bench_gsm8k: interrupted; finished runs are in {args.work_dir / 'runs.jsonl'} and the same command "
-              "resumes", file=sys.stderr)  # fmt: skip
-        return 130
-    runs = [r for r in read_runs(log_path) if r["task"] in {task_label(t) for t in tasks}]
-    summary, table = summary_and_table(bench, runs)
-    print(table)
-    for pl in pipelines:
-        print(f"pipeline {pl['trainer']}: " + ", ".join(
-            f"round {r['round']} flexible {100 * r['flexible_accuracy']:.1f}%" for r in pl["rounds"]))  # fmt: skip
-    config = {**bench, "seeds": args.seeds, "arms": args.arms, "work_dir": str(args.work_dir)}
-    save_study({"benchmark": "gsm8k", "config": config, "summary": summary, "pipelines": pipelines, "runs": runs,
-                "wall_s_this_invocation": time.perf_counter() - start}, args.out, table,
-               lambda path: plot(summary, runs, path))  # fmt: skip
-    return 0
+    return harness.main(sys.modules[__name__], argv)
 
 
-if __name__ == "__main__":
-    with sigterm_unwinds():  # `kill` closes the vLLM engine and the pipeline child's, as Ctrl-C does
-        code = main()
-    sys.exit(code)
+if __name__ == "__main__":  # `kill` closes the vLLM engine and the pipeline child's, as Ctrl-C does
+    harness.run_main(main)

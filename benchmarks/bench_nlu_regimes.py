@@ -15,62 +15,98 @@ so a cut study keeps its finished runs in a tracked file and a fresh clone resum
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import read_config, read_runs, restore_runs, save_study  # noqa: E402
+from benchmarks import harness  # noqa: E402
+from benchmarks.bench_regimes import Arm, Regime  # noqa: E402
+from benchmarks.common import read_runs  # noqa: E402
+from benchmarks.harness import TrainingStudyConfig, append_run, built_values, helped  # noqa: E402
 from benchmarks.regime_plots import markdown, plot  # noqa: E402
 from benchmarks.regime_stats import summarize_regime  # noqa: E402
-from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
-from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
-KEYS = {"model", "task", "work_dir", "seeds", "epochs", "data", "max_seq_length", "training", "regimes", "arms",
-        "baselines"}  # fmt: skip
-TASKS = ("gsm8k-steps",)
+CONFIGS = "benchmarks/configs/regimes_nlu_*.yaml"
+FLAGS = [(("--regimes",), {"nargs": "+", "help": "regime labels (default: all)"})]
 METRICS = ("accuracy", "mcc", "f1")
 
 
-def load_bench_config(path: str) -> dict:
-    data = read_config(path, KEYS)
-    if data.get("task", "gsm8k-steps") not in TASKS:
-        raise UserInputError(f"{path}: task: {data['task']!r} is not one of {TASKS}")
-    if not data.get("regimes") or not data.get("arms"):
-        raise UserInputError(f"{path}: give at least one regime (label, size, learning_rate) and one arm")
-    from dynsdpb_selfplay.distill.config import DistillationArguments
+@dataclass
+class NluArm(Arm):
+    """An encoder arm: plain training, or DynSDPB with DistillationArguments fields."""
 
-    for arm, spec in data["arms"].items():
-        if not isinstance(spec, dict) or set(spec) - {"trainer", "distillation"}:
-            raise UserInputError(f"{path}: arms.{arm}: keys are 'trainer' (plain | dynsdpb) and 'distillation'")
-        trainer, distillation = spec.get("trainer", "dynsdpb"), spec.get("distillation") or {}
-        if trainer not in ("plain", "dynsdpb") or (trainer == "plain" and distillation):
-            raise UserInputError(f"{path}: arms.{arm}: trainer is 'plain' (no distillation settings) or 'dynsdpb'")
+    def __post_init__(self) -> None:
+        from dynsdpb_selfplay.distill.config import DistillationArguments
+
+        if self.trainer not in ("plain", "dynsdpb") or (self.trainer == "plain" and self.distillation):
+            raise ValueError("trainer: 'plain' (no distillation settings) or 'dynsdpb'")
         try:  # every arm is checked before hours of training, by the class's own checks
-            DistillationArguments(**distillation)
+            DistillationArguments(**self.distillation)
         except (TypeError, ValueError) as e:
-            raise UserInputError(f"{path}: arms.{arm}.distillation: {e}") from None
-    return data
+            raise ValueError(f"distillation: {e}") from None
 
 
-def splits(bench: dict, seed: int, size: int) -> tuple[list[dict], list[dict], list[dict]]:
+@dataclass
+class NluData:
+    pool: int = helped(4000, "training rows drawn from: the first `pool` GSM8K train questions")
+    validation: int = helped(400, "validation rows: the next GSM8K train questions")
+    test: int = helped(400, "test rows: the first GSM8K test questions")
+
+
+@dataclass
+class NluRegimesStudy(TrainingStudyConfig):
+    """The encoder regime study's YAML (``benchmarks/configs/regimes_nlu_*.yaml``)."""
+
+    BENCHMARK = "nlu_regimes"
+
+    seeds: list[int] = helped([0, 1, 2, 3, 4], "run seeds: the training subset, the new head and the data order")
+    work_dir: str = helped("runs/bench_nlu_regimes", "runs.jsonl and the trainer's scratch folder")
+    model: str = helped("all-minilm-l6-v2", "encoder name or path")
+    task: str = helped("gsm8k-steps", "the classification task (gsm8k-steps)")
+    epochs: int = helped(10, "epochs of every regime (an epoch: each row once fresh and once repeated)")
+    data: NluData = helped(NluData(), "the training pool and the validation and test splits")
+    max_seq_length: int = helped(128, "tokens per row")
+    regimes: list[Regime] = helped([], "the regimes (label, size, learning_rate, epochs)")
+    arms: dict[str, NluArm] = helped({}, "arm name -> {trainer: plain | dynsdpb, distillation}")
+    baselines: list[str] = helped(["plain", "repeat"], "arms every other arm is paired with")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.arms = built_values(self.arms, NluArm)
+        if self.task != "gsm8k-steps":
+            raise ValueError(f"task: {self.task!r} is not one of ('gsm8k-steps',)")
+        if not self.regimes or not self.arms:
+            raise ValueError("regimes: give at least one regime (label, size, learning_rate) and one arm")
+        labels = [r.label for r in self.regimes]
+        if len(set(labels)) < len(labels):
+            raise ValueError("regimes: each needs a distinct 'label'")
+
+
+Config = NluRegimesStudy
+
+
+def select(study: NluRegimesStudy, args) -> NluRegimesStudy:
+    args.regimes = [r for r in study.regimes if not args.regimes or r.label in args.regimes]
+    return study
+
+
+def splits(study: NluRegimesStudy, seed: int, size: int) -> tuple[list[dict], list[dict], list[dict]]:
     """``(train, validation, test)`` rows: a seeded subset of the first ``pool`` GSM8K train questions, the next
     ``validation`` ones, and the first ``test`` GSM8K test questions."""
     from dynsdpb_selfplay.nlu.data import steps_rows
 
-    d = bench.get("data", {})
-    pool, n_val = d.get("pool", 4000), d.get("validation", 400)
-    everything = steps_rows("train", pool + n_val)
-    order = list(range(pool))
+    d = study.data
+    everything = steps_rows("train", d.pool + d.validation)
+    order = list(range(d.pool))
     random.Random(f"nlu-regimes-{seed}").shuffle(order)
     train = [everything[i] for i in sorted(order[:size])]
-    return train, everything[pool:], steps_rows("test", d.get("test", 400))
+    return train, everything[d.pool :], steps_rows("test", d.test)
 
 
 def _predict(model, encoded, batch: int = 64) -> list[int]:
@@ -89,7 +125,7 @@ def _predict(model, encoded, batch: int = 64) -> list[int]:
     return out
 
 
-def one_run(bench: dict, regime: dict, arm: str, seed: int, val, test, work_dir: Path) -> dict:
+def one_run(study: NluRegimesStudy, regime: Regime, arm: str, seed: int, val, test, work_dir: Path) -> dict:
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -104,26 +140,45 @@ def one_run(bench: dict, regime: dict, arm: str, seed: int, val, test, work_dir:
     from dynsdpb_selfplay.nlu.compare import encode_rows
     from dynsdpb_selfplay.nlu.data import encoder_path, metrics
 
-    spec = bench["arms"][arm]
-    path = encoder_path(bench.get("model", "all-minilm-l6-v2"))
-    max_len = bench.get("max_seq_length", 128)
-    train, _, _ = splits(bench, seed, regime["size"])
+    spec = study.arms[arm]
+    path = encoder_path(study.model)
+    max_len = study.max_seq_length
+    train, _, _ = splits(study, seed, regime.size)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    batch = bench.get("training", {}).get("per_device_train_batch_size", 16)
-    every = math.ceil(2 * regime["size"] / batch)  # an epoch: 2N sample visits, as in bench_regimes
-    epochs = regime.get("epochs", bench.get("epochs", 10))
-    args = TrainingArguments(**{"output_dir": str(work_dir / "scratch"), "use_cpu": True, "report_to": "none",
-                                "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, "seed": seed,
-                                **bench.get("training", {}), "learning_rate": regime["learning_rate"],
-                                "max_steps": epochs * every})  # fmt: skip
+    every = math.ceil(2 * regime.size / study.step_rows)  # an epoch: 2N sample visits, as in bench_regimes
+    epochs = regime.epochs or study.epochs
+    args = TrainingArguments(
+        **{
+            "output_dir": str(work_dir / "scratch"),
+            "use_cpu": True,
+            "report_to": "none",
+            "save_strategy": "no",
+            "logging_steps": 1,
+            "disable_tqdm": True,
+            "seed": seed,
+            **study.training,
+            "learning_rate": regime.learning_rate,
+            "max_steps": epochs * every,
+        }
+    )
     set_seed(seed)  # the new classification head is drawn from this seed
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    trainer = Trainer(model=model, args=args, train_dataset=encode_rows(train, tokenizer, max_len),
-                      data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
-    if spec.get("trainer", "dynsdpb") == "dynsdpb":
-        attach_dynsdpb(trainer, **spec.get("distillation", {}))
-    sets = {name: {"rows": list(encode_rows(rows, tokenizer, max_len)), "tokenizer": tokenizer,
-                   "labels": [r["label"] for r in rows]} for name, rows in (("val", val), ("test", test))}  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encode_rows(train, tokenizer, max_len),
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    if spec.trainer == "dynsdpb":
+        attach_dynsdpb(trainer, **spec.distillation)
+    sets = {
+        name: {
+            "rows": list(encode_rows(rows, tokenizer, max_len)),
+            "tokenizer": tokenizer,
+            "labels": [r["label"] for r in rows],
+        }
+        for name, rows in (("val", val), ("test", test))
+    }
     for s in sets.values():
         s["rows"] = [{k: v for k, v in r.items() if k != "label"} for r in s["rows"]]
     scored: list[dict] = []
@@ -144,20 +199,41 @@ def one_run(bench: dict, regime: dict, arm: str, seed: int, val, test, work_dir:
     seconds = time.perf_counter() - start
     logs = [h for h in trainer.state.log_history if "loss" in h]
     curve = " ".join(f"{100 * e['test']['accuracy']:.0f}" for e in scored)
-    print(f"[bench_nlu_regimes] {regime['label']} {arm} seed {seed}: test accuracy % per epoch {curve} "
-          f"({seconds:.0f} s)", flush=True)  # fmt: skip
-    return {"regime": regime["label"], "arm": arm, "seed": seed, "rows": len(train),
-            "steps": trainer.state.global_step, "seconds": seconds, "epochs": scored,
-            "loss": [h["loss"] for h in logs], "alpha": [h.get("dynsdpb/alpha") for h in logs],
-            "kd": [h.get("dynsdpb/kd_loss") for h in logs],
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    print(
+        f"[bench_nlu_regimes] {regime.label} {arm} seed {seed}: test accuracy % per epoch {curve} ({seconds:.0f} s)",
+        flush=True,
+    )
+    return {
+        "regime": regime.label,
+        "arm": arm,
+        "seed": seed,
+        "rows": len(train),
+        "steps": trainer.state.global_step,
+        "seconds": seconds,
+        "epochs": scored,
+        "loss": [h["loss"] for h in logs],
+        "alpha": [h.get("dynsdpb/alpha") for h in logs],
+        "kd": [h.get("dynsdpb/kd_loss") for h in logs],
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
-def summary_and_table(bench: dict, runs: list[dict]) -> tuple[dict, str]:
+def run(study: NluRegimesStudy, args, log_path: Path, on_record) -> None:
+    """Every missing (regime, arm, seed) run, appended to ``log_path`` and followed by ``on_record()``."""
+    done = {(r["regime"], r["arm"], r["seed"]) for r in read_runs(log_path)}
+    todo = [(g, a, s) for s in args.seeds for g in args.regimes for a in args.arms if (g.label, a, s) not in done]
+    if todo:
+        _, val, test = splits(study, 0, 1)
+    for regime, arm, seed in todo:
+        append_run(log_path, one_run(study, regime, arm, seed, val, test, args.work_dir))
+        on_record()
+
+
+def summary_and_table(study: NluRegimesStudy, runs: list[dict]) -> tuple[dict, str]:
     """The summary per metric of ``runs`` and its markdown tables (what ``--summarize-only`` writes)."""
-    baselines = tuple(bench.get("baselines", ["plain", "repeat"]))
+    baselines = tuple(study.baselines)
     summary, tables = {}, []
-    for metric in METRICS:  # the first one (accuracy unless the config says) is the one plotted
+    for metric in METRICS:  # the first one (accuracy) is the one plotted
         summary[metric] = {"metric": metric, "base": None, "regimes": {}}
         for label in dict.fromkeys(r["regime"] for r in runs):
             mine = [r for r in runs if r["regime"] == label]
@@ -166,56 +242,13 @@ def summary_and_table(bench: dict, runs: list[dict]) -> tuple[dict, str]:
     return summary, "\n".join(tables)
 
 
-def write_results(bench: dict, seeds: list[int], log_path: Path, out: str | None, start: float) -> str:
-    """Summarize every run in ``log_path`` per metric into ``out`` (JSON, with a .md table and a PNG of accuracy
-    beside it); returns the tables."""
-    runs = read_runs(log_path)
-    summary, table = summary_and_table(bench, runs)
-    save_study({"benchmark": "nlu_regimes", "config": {**bench, "seeds": seeds}, "summary": summary, "runs": runs,
-                "wall_s_this_invocation": time.perf_counter() - start}, out, table,
-               lambda path: plot(summary["accuracy"], path))  # fmt: skip
-    return table
+def draw(summary: dict, runs: list[dict], path: str) -> None:
+    plot(summary["accuracy"], path)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="study YAML (benchmarks/configs/regimes_nlu_*.yaml)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
-    p.add_argument("--arms", nargs="+", help="arms (default: all of the config's)")
-    p.add_argument("--regimes", nargs="+", help="regime labels (default: all)")
-    p.add_argument("--summarize-only", action="store_true", help="only rebuild JSON/MD/PNG from runs.jsonl")
-    p.add_argument("--out", help="JSON result path (a PNG plot and a .md table are written beside it)")
-    args = p.parse_args()
-    start = time.perf_counter()
-    try:
-        bench = load_bench_config(args.config)
-        seeds = args.seeds or bench.get("seeds", [0, 1, 2, 3, 4])
-        arms = args.arms or list(bench["arms"])
-        regimes = [r for r in bench["regimes"] if not args.regimes or r["label"] in args.regimes]
-        work_dir = Path(bench.get("work_dir", "runs/bench_nlu_regimes"))
-        work_dir.mkdir(parents=True, exist_ok=True)
-        log_path = work_dir / "runs.jsonl"
-        restore_runs(log_path, args.out, "nlu_regimes")
-        done = {(r["regime"], r["arm"], r["seed"]) for r in read_runs(log_path)}
-        todo = [(g, a, s) for s in seeds for g in regimes for a in arms if (g["label"], a, s) not in done]
-        if todo and not args.summarize_only:
-            _, val, test = splits(bench, 0, 1)
-            for regime, arm, seed in todo:
-                record = one_run(bench, regime, arm, seed, val, test, work_dir)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                write_results(bench, seeds, log_path, args.out, start)  # a crash or a cut loses no finished run
-    except UserInputError as e:
-        print(f"bench_nlu_regimes: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench_nlu_regimes: interrupted; finished runs are kept and the same command resumes", file=sys.stderr)
-        return 130
-    print(write_results(bench, seeds, log_path, args.out, start))
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return harness.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":
-    with sigterm_unwinds():
-        code = main()
-    sys.exit(code)
+    harness.run_main(main)

@@ -23,7 +23,6 @@ the runs of the ``--out`` JSON are restored into it first.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -33,66 +32,144 @@ import shutil
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import gold_rows, read_config, read_runs, restore_runs, save_study  # noqa: E402
+from benchmarks import harness  # noqa: E402
+from benchmarks.common import gold_rows, read_runs  # noqa: E402
+from benchmarks.harness import TrainingStudyConfig, append_run, built_values, from_mapping, helped  # noqa: E402
 from benchmarks.regime_plots import markdown, plot  # noqa: E402
 from benchmarks.regime_stats import summarize_regime  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
-from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
 
-KEYS = {"model", "work_dir", "seeds", "epochs", "task", "data", "max_new_tokens", "engine", "training", "regimes",
-        "arms", "metric", "baselines", "reuse_runs"}  # fmt: skip
-REGIME_KEYS = {"label", "size", "learning_rate", "lora", "epochs"}
-ARM_KEYS = {"trainer", "distillation"}
+CONFIGS = "benchmarks/configs/regimes_*.yaml"
+FLAGS = [(("--regimes",), {"nargs": "+", "help": "regime labels (default: all)"})]
 
 
-def load_bench_config(path: str) -> dict:
-    """The study's YAML; unknown keys name the file and the section. Every run's settings are validated as a run
-    config before anything trains (:func:`run_config`)."""
-    data = read_config(path, KEYS)
-    for section, known, items in (("regimes", REGIME_KEYS, data.get("regimes") or []),
-                                  ("arms", ARM_KEYS, (data.get("arms") or {}).values())):  # fmt: skip
-        for item in items:
-            unknown = set(item) - known if isinstance(item, dict) else {"(not a mapping)"}
-            if unknown:
-                raise UserInputError(f"{path}: {section}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    if not data.get("regimes") or not data.get("arms"):
-        raise UserInputError(f"{path}: give at least one regime (size, learning_rate) and one arm")
-    labels = [r.get("label") for r in data["regimes"]]
-    if None in labels or len(set(labels)) < len(labels):
-        raise UserInputError(f"{path}: regimes: each needs a distinct 'label'")
-    return data
+@dataclass
+class Regime:
+    """One training regime: a training-set size and learning rate (and LoRA, for the decoder study)."""
+
+    label: str = helped("", "the name the regime's runs are recorded under (distinct)")
+    size: int = helped(0, "training rows (the first of a seeded permutation of the pool: nested across sizes)")
+    learning_rate: float | None = helped(None, "the learning rate of every arm")
+    epochs: int | None = helped(None, "epochs of this regime (default: the study's)")
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            raise ValueError("label: give each regime a label")
+        if self.size < 1:
+            raise ValueError(f"size: must be >= 1 (got {self.size})")
+        if self.learning_rate is None or self.learning_rate <= 0:
+            raise ValueError(f"learning_rate: give the regime's learning rate, > 0 (got {self.learning_rate})")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs: must be >= 1 (got {self.epochs})")
 
 
-def steps_per_epoch(bench: dict, regime: dict) -> int:
+@dataclass
+class LoraRegime(Regime):
+    lora: dict | None = helped(None, "the run config's training.lora (none: full fine-tuning)")
+
+
+@dataclass
+class Arm:
+    """What an arm changes: the trainer and its DynSDPBConfig distillation fields."""
+
+    trainer: str = helped("dynsdpb", "the run config's training.trainer")
+    distillation: dict = helped({}, "DynSDPBConfig fields (distillation_*) of the arm")
+
+
+@dataclass
+class RegimeData:
+    pool: int = helped(4000, "training rows drawn from: the first `pool` of the train split")
+    validation_start: int | None = helped(None, "where the validation rows start in the train split (default: pool)")
+    validation: int = helped(100, "validation rows (they alone pick a run's best epoch)")
+    test: int = helped(200, "test rows (the first of the test split)")
+
+    def __post_init__(self) -> None:
+        self.validation_start = self.pool if self.validation_start is None else self.validation_start
+        if self.validation_start < self.pool:
+            raise ValueError(f"validation_start: {self.validation_start} overlaps the training pool ({self.pool} rows)")
+
+
+@dataclass
+class RegimesStudy(TrainingStudyConfig):
+    """The decoder regime study's YAML (``benchmarks/configs/regimes_decoder_*.yaml``)."""
+
+    BENCHMARK = "regimes"
+
+    seeds: list[int] = helped([0, 1, 2, 3, 4], "run seeds: the training subset, initialisation and data order")
+    work_dir: str = helped("runs/bench_regimes", "runs.jsonl and scratch weights")
+    epochs: int = helped(4, "epochs of every regime (an epoch: each row once fresh and once repeated)")
+    task: dict = helped({}, "the run config's task section (name, options, format)")
+    data: RegimeData = helped(RegimeData(), "the training pool and the validation and test splits")
+    max_new_tokens: int = helped(128, "greedy scoring's token limit")
+    engine: dict = helped({}, "the run config's engine section (scoring)")
+    regimes: list[LoraRegime] = helped([], "the regimes (label, size, learning_rate, lora, epochs)")
+    arms: dict[str, Arm] = helped({}, "arm name -> {trainer, distillation}")
+    metric: str = helped("flexible", "the accuracy summarized: flexible or strict")
+    baselines: list[str] = helped(["sft", "repeat"], "arms every other arm is paired with")
+    reuse_runs: str | None = helped(None, "another study's result JSON whose identical runs are reused")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.arms = built_values(self.arms, Arm)
+        if not self.regimes or not self.arms:
+            raise ValueError("regimes: give at least one regime (size, learning_rate) and one arm")
+        labels = [r.label for r in self.regimes]
+        if len(set(labels)) < len(labels):
+            raise ValueError("regimes: each needs a distinct 'label'")
+        if not self.task:
+            raise ValueError("task: give the run config's task section (name, options, format)")
+        if self.metric not in ("flexible", "strict"):
+            raise ValueError(f"metric: flexible or strict, not {self.metric!r}")
+
+    def epochs_of(self, regime: Regime) -> int:
+        return regime.epochs or self.epochs
+
+
+Config = RegimesStudy
+
+
+def steps_per_epoch(study: RegimesStudy, regime: Regime) -> int:
     """Optimizer steps of one epoch: ``2N`` sample visits (module docstring)."""
-    batch = bench.get("training", {}).get("per_device_train_batch_size", 8)
-    return math.ceil(2 * regime["size"] / batch)
+    return math.ceil(2 * regime.size / study.step_rows)
 
 
-def run_config(bench: dict, regime: dict, arm: str, seed: int, source: str):
-    """The validated run config of one (regime, arm, seed): the bench's training section, the regime's size,
+def run_config(study: RegimesStudy, regime: LoraRegime, arm: str, seed: int, source: str):
+    """The validated run config of one (regime, arm, seed): the study's training section, the regime's size,
     learning rate and LoRA, the arm's trainer and distillation, and the same step count for every arm."""
     from dynsdpb_selfplay.rounds.config import from_dict
 
-    spec = bench["arms"][arm]
-    epochs = regime.get("epochs", bench.get("epochs", 4))
-    training = {**bench.get("training", {}), "learning_rate": regime["learning_rate"],
-                "trainer": spec.get("trainer", "dynsdpb"), **spec.get("distillation", {}),
-                "max_steps": epochs * steps_per_epoch(bench, regime), "save_steps": 10**9,
-                "lora": regime.get("lora")}  # fmt: skip
-    data = {"model": bench.get("model", "smollm2-135m-instruct"), "seed": seed, "task": bench["task"],
-            "training": training, "engine": bench.get("engine", {})}  # fmt: skip
-    return from_dict(data, source=f"{source} (regime {regime['label']}, arm {arm})")
+    spec = study.arms[arm]
+    training = {
+        **study.training,
+        "learning_rate": regime.learning_rate,
+        "trainer": spec.trainer,
+        **spec.distillation,
+        "max_steps": study.epochs_of(regime) * steps_per_epoch(study, regime),
+        "save_steps": 10**9,
+        "lora": regime.lora,
+    }
+    data = {"model": study.model, "seed": seed, "task": study.task, "training": training, "engine": study.engine}
+    return from_dict(data, source=f"{source} (regime {regime.label}, arm {arm})")
+
+
+def select(study: RegimesStudy, args) -> RegimesStudy:
+    """The ``--regimes`` chosen; every selected run's config is checked before anything trains."""
+    args.regimes = [r for r in study.regimes if not args.regimes or r.label in args.regimes]
+    for regime in args.regimes:
+        for arm in args.arms:
+            run_config(study, regime, arm, args.seeds[0], args.config)
+    return study
 
 
 SCORING_KEYS = ("model", "task", "data", "max_new_tokens", "engine")
 
 
-def reuse_runs(bench: dict, args, log_path: Path, source: str) -> int:
+def reuse_runs(study: RegimesStudy, args, log_path: Path, source: str) -> int:
     """Copy into ``log_path`` the finished runs of another study's results JSON (the config's ``reuse_runs``) that
     this study would repeat exactly: the same (regime, arm, seed) with the same run config (model, task, data order,
     training settings and steps, engine) and the same scoring (``SCORING_KEYS``). A new arm is then paired with
@@ -100,7 +177,7 @@ def reuse_runs(bench: dict, args, log_path: Path, source: str) -> int:
     the log stay. Returns how many were copied; a results file that scores differently raises."""
     from dynsdpb_selfplay.rounds.config import to_dict
 
-    path = bench.get("reuse_runs")
+    path = study.reuse_runs
     if not path:
         return 0
     try:
@@ -109,14 +186,17 @@ def reuse_runs(bench: dict, args, log_path: Path, source: str) -> int:
         raise UserInputError(f"{source}: reuse_runs: cannot read {path} ({e})") from None
     if other.get("benchmark") != "regimes":
         raise UserInputError(f"{source}: reuse_runs: {path} is not a bench_regimes result")
-    theirs = other["config"]
+    theirs = from_mapping(RegimesStudy, other["config"], f"{source}: reuse_runs: {path}")
     for key in SCORING_KEYS:
-        if theirs.get(key) != bench.get(key):
-            raise UserInputError(f"{source}: reuse_runs: {path} scores with another '{key}' ({theirs.get(key)!r} "
-                                 f"there, {bench.get(key)!r} here); its runs cannot be paired with these")  # fmt: skip
+        if getattr(theirs, key) != getattr(study, key):
+            there, here = getattr(theirs, key), getattr(study, key)
+            raise UserInputError(
+                f"{source}: reuse_runs: {path} scores with another '{key}' ({there!r} there, "
+                f"{here!r} here); its runs cannot be paired with these"
+            )
     done = {(r["regime"], r["arm"], r["seed"]) for r in read_runs(log_path)}
-    mine = {r["label"]: r for r in args.regimes}
-    their_regimes = {r["label"]: r for r in theirs["regimes"]}
+    mine = {r.label: r for r in args.regimes}
+    their_regimes = {r.label: r for r in theirs.regimes}
     copied = []
     for run in other.get("runs", []):
         key = (run["regime"], run["arm"], run["seed"])
@@ -126,32 +206,30 @@ def reuse_runs(bench: dict, args, log_path: Path, source: str) -> int:
             label, arm, seed = key
             if label not in mine or label not in their_regimes or seed not in args.seeds:
                 continue
-            if arm not in bench["arms"] or arm not in theirs["arms"]:
+            if arm not in study.arms or arm not in theirs.arms:
                 continue
-            ours = to_dict(run_config(bench, mine[label], arm, seed, source))
+            ours = to_dict(run_config(study, mine[label], arm, seed, source))
             if ours != to_dict(run_config(theirs, their_regimes[label], arm, seed, path)):
                 continue
         copied.append({**run, "reused_from": path})
+    for record in copied:
+        append_run(log_path, record)
     if copied:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        for record in copied:
-            _append(log_path, record)
-        print(f"bench_regimes: reused {len(copied)} finished runs of {path} (identical run and scoring configs)",
-              flush=True)  # fmt: skip
+        print(
+            f"bench_regimes: reused {len(copied)} finished runs of {path} (identical run and scoring configs)",
+            flush=True,
+        )
     return len(copied)
 
 
-def splits(bench: dict, task, seed: int, size: int):
+def splits(study: RegimesStudy, task, seed: int, size: int):
     """``(train, validation, test)`` examples: a seeded subset of the training pool, then two fixed splits."""
-    d = bench.get("data", {})
-    pool, val_start = d.get("pool", 4000), d.get("validation_start", d.get("pool", 4000))
-    if val_start < pool:
-        raise UserInputError(f"data.validation_start={val_start} overlaps the training pool (data.pool={pool})")
-    order = list(range(pool))
+    d = study.data
+    order = list(range(d.pool))
     random.Random(f"regimes-{seed}").shuffle(order)
-    everything = task.load("train", limit=val_start + d.get("validation", 100))
+    everything = task.load("train", limit=d.validation_start + d.validation)
     train = [everything[i] for i in sorted(order[:size])]
-    return train, everything[val_start:], task.load("test", limit=d.get("test", 200))
+    return train, everything[d.validation_start :], task.load("test", limit=d.test)
 
 
 class Scorer:
@@ -181,27 +259,32 @@ class Scorer:
         greedy = SamplingConfig(max_new_tokens=self.max_new_tokens, seed=0)
         result = evaluate(self.engine, self.task, self.test + self.val, self.fmt, greedy, split="test+validation")
         test_ids = {ex.id for ex in self.test}
-        out = {"eval_s": time.perf_counter() - start, "tokens": result.summary["generated_tokens"],
-               "truncated": result.summary["truncated"]}  # fmt: skip
-        for split, records in (("test", [r for r in result.records if r["id"] in test_ids]),
-                               ("val", [r for r in result.records if r["id"] not in test_ids])):  # fmt: skip
+        out = {
+            "eval_s": time.perf_counter() - start,
+            "tokens": result.summary["generated_tokens"],
+            "truncated": result.summary["truncated"],
+        }
+        for split, records in (
+            ("test", [r for r in result.records if r["id"] in test_ids]),
+            ("val", [r for r in result.records if r["id"] not in test_ids]),
+        ):
             out[split] = {k: sum(r[f"{k}_correct"] for r in records) / len(records) for k in ("flexible", "strict")}
         return out
 
 
-def train_and_score(bench, regime, arm, seed, scorer: Scorer, task, fmt, base: str, folder: Path, source: str) -> dict:
+def train_and_score(study, regime, arm, seed, scorer: Scorer, task, fmt, base: str, folder: Path, source: str) -> dict:
     """One run: train the arm's steps, scoring after every epoch; returns the run's record."""
     from transformers import TrainerCallback
 
     from dynsdpb_selfplay.precision import cpu_features
     from dynsdpb_selfplay.rounds.training import build_trainer
 
-    cfg = run_config(bench, regime, arm, seed, source)
-    train, _, _ = splits(bench, task, seed, regime["size"])
+    cfg = run_config(study, regime, arm, seed, source)
+    train, _, _ = splits(study, task, seed, regime.size)
     trainer, info = build_trainer(gold_rows(task, fmt, train), base, folder / "trainer", cfg)
     if trainer is None:
-        raise UserInputError(f"{regime['label']} {arm} seed {seed}: nothing to train: {info['skipped']}")
-    every = steps_per_epoch(bench, regime)
+        raise UserInputError(f"{regime.label} {arm} seed {seed}: nothing to train: {info['skipped']}")
+    every = steps_per_epoch(study, regime)
     epochs: list[dict] = []
 
     class EpochEval(TrainerCallback):
@@ -212,9 +295,12 @@ def train_and_score(bench, regime, arm, seed, scorer: Scorer, task, fmt, base: s
                 e = {"epoch": state.global_step // every, "step": state.global_step, **scorer.score()}
                 e["eval_s"] = time.perf_counter() - start  # weight hand-off included
                 epochs.append(e)
-                print(f"[bench_regimes] {regime['label']} {arm} seed {seed} epoch {e['epoch']}: test "
-                      f"{100 * e['test']['flexible']:.1f}% val {100 * e['val']['flexible']:.1f}% "
-                      f"({e['eval_s']:.0f} s to score)", flush=True)  # fmt: skip
+                print(
+                    f"[bench_regimes] {regime.label} {arm} seed {seed} epoch {e['epoch']}: test "
+                    f"{100 * e['test']['flexible']:.1f}% val {100 * e['val']['flexible']:.1f}% "
+                    f"({e['eval_s']:.0f} s to score)",
+                    flush=True,
+                )
 
     trainer.add_callback(EpochEval())
     start = time.perf_counter()
@@ -223,14 +309,23 @@ def train_and_score(bench, regime, arm, seed, scorer: Scorer, task, fmt, base: s
     logs = [h for h in trainer.state.log_history if "loss" in h]
     keys = {"loss": "loss", "ce": "dynsdpb/ce", "kd": "dynsdpb/kd_loss", "alpha": "dynsdpb/alpha"}
     curves = {name: [h.get(key) for h in logs] for name, key in keys.items()}
-    return {"regime": regime["label"], "arm": arm, "seed": seed, "rows": info["rows"],
-            "steps": trainer.state.global_step, "seconds": seconds, "bf16": bool(trainer.args.bf16),
-            "cpu": cpu_features()["capability"],
-            "train_s": seconds - sum(e["eval_s"] for e in epochs), "epochs": epochs, **curves,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    return {
+        "regime": regime.label,
+        "arm": arm,
+        "seed": seed,
+        "rows": info["rows"],
+        "steps": trainer.state.global_step,
+        "seconds": seconds,
+        "bf16": bool(trainer.args.bf16),
+        "cpu": cpu_features()["capability"],
+        "train_s": seconds - sum(e["eval_s"] for e in epochs),
+        "epochs": epochs,
+        **curves,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
-def run_all(bench: dict, args, log_path: Path, source: str, on_record=lambda: None) -> None:
+def run(study: RegimesStudy, args, log_path: Path, on_record) -> None:
     """Every missing run, and the base model's scores (arm ``base``, epoch 0), with one engine; ``on_record`` is
     called after each record is appended to ``log_path``."""
     from dynsdpb_selfplay.engines import make_engine
@@ -238,38 +333,39 @@ def run_all(bench: dict, args, log_path: Path, source: str, on_record=lambda: No
     from dynsdpb_selfplay.tasks import get_task
 
     done = {(r["regime"], r["arm"], r["seed"]) for r in read_runs(log_path)}
-    todo = [(reg, arm, seed) for seed in args.seeds for reg in args.regimes for arm in args.arms
-            if (reg["label"], arm, seed) not in done]  # fmt: skip
+    todo = [
+        (reg, arm, seed)
+        for seed in args.seeds
+        for reg in args.regimes
+        for arm in args.arms
+        if (reg.label, arm, seed) not in done
+    ]
     if not todo and ("-", "base", 0) in done:
         return
-    first = run_config(bench, args.regimes[0], args.arms[0], args.seeds[0], source)
+    source = args.config
+    first = run_config(study, args.regimes[0], args.arms[0], args.seeds[0], source)
     task = get_task(first.task.name, **first.task.options)
     fmt = task.get_format(name=first.task.format)
     base = resolve_model(first.model)
-    _, val, test = splits(bench, task, 0, 1)
+    _, val, test = splits(study, task, 0, 1)
     engine = make_engine(base, first.engine)
-    scorer = Scorer(engine, task, fmt, val, test, bench.get("max_new_tokens", 128), args.work_dir / "weights")
+    scorer = Scorer(engine, task, fmt, val, test, study.max_new_tokens, args.work_dir / "weights")
     try:
         if ("-", "base", 0) not in done:
-            record = {"regime": "-", "arm": "base", "seed": 0, "epochs": [{"epoch": 0, "step": 0, **scorer.score()}]}
-            _append(log_path, record)
+            append_run(
+                log_path,
+                {"regime": "-", "arm": "base", "seed": 0, "epochs": [{"epoch": 0, "step": 0, **scorer.score()}]},
+            )
             on_record()
         for regime, arm, seed in todo:
-            folder = args.work_dir / regime["label"] / f"{arm}-seed{seed}"
-            steps = run_config(bench, regime, arm, seed, source).training.args["max_steps"]
-            print(f"[bench_regimes] {regime['label']} {arm} seed {seed}: {regime['size']} rows, {steps} steps",
-                  flush=True)  # fmt: skip
-            record = train_and_score(bench, regime, arm, seed, scorer, task, fmt, base, folder, source)
-            _append(log_path, record)
+            folder = args.work_dir / regime.label / f"{arm}-seed{seed}"
+            steps = run_config(study, regime, arm, seed, source).training.args["max_steps"]
+            print(f"[bench_regimes] {regime.label} {arm} seed {seed}: {regime.size} rows, {steps} steps", flush=True)
+            append_run(log_path, train_and_score(study, regime, arm, seed, scorer, task, fmt, base, folder, source))
             on_record()
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         engine.close()
-
-
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def machines(runs: list[dict]) -> list[dict]:
@@ -290,77 +386,33 @@ def seeds_across_machines(runs: list[dict]) -> list[str]:
     return [f"{regime} seed {seed}" for (regime, seed), k in kinds.items() if len(k) > 1]
 
 
-def summarize(bench: dict, runs: list[dict]) -> dict:
-    metric = bench.get("metric", "flexible")
-    baselines = tuple(bench.get("baselines", ["sft", "repeat"]))
+def summarize(runs: list[dict], metric: str = "flexible", baselines: tuple[str, ...] = ("sft", "repeat")) -> dict:
     base = next((r for r in runs if r["arm"] == "base"), None)
-    out = {"metric": metric, "base": base["epochs"][0] if base else None, "machines": machines(runs),
-           "seeds_across_machines": seeds_across_machines(runs), "regimes": {}}  # fmt: skip
+    out = {
+        "metric": metric,
+        "base": base["epochs"][0] if base else None,
+        "machines": machines(runs),
+        "seeds_across_machines": seeds_across_machines(runs),
+        "regimes": {},
+    }
     for label in dict.fromkeys(r["regime"] for r in runs if r["arm"] != "base"):
         out["regimes"][label] = summarize_regime([r for r in runs if r["regime"] == label], metric, baselines)
     return out
 
 
-def summary_and_table(bench: dict, runs: list[dict]) -> tuple[dict, str]:
+def summary_and_table(study: RegimesStudy, runs: list[dict]) -> tuple[dict, str]:
     """The summary of ``runs`` and its markdown tables (what ``--summarize-only`` writes)."""
-    summary = summarize(bench, runs)
-    return summary, markdown(summary, bench)
+    summary = summarize(runs, study.metric, tuple(study.baselines))
+    return summary, markdown(summary, {"baselines": study.baselines})
 
 
-def write_results(bench: dict, args, log_path: Path, start: float) -> str:
-    """Summarize every run in ``log_path`` into ``--out`` (JSON, with a .md table and a PNG beside it); returns
-    the table."""
-    runs = read_runs(log_path)
-    summary, table = summary_and_table(bench, runs)
-    save_study({"benchmark": "regimes", "config": {**bench, "seeds": args.seeds}, "summary": summary, "runs": runs,
-                "wall_s_this_invocation": time.perf_counter() - start}, args.out, table,
-               lambda path: plot(summary, path))  # fmt: skip
-    return table
+def draw(summary: dict, runs: list[dict], path: str) -> None:
+    plot(summary, path)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="study YAML (benchmarks/configs/regimes_*.yaml)")
-    g = p.add_argument_group("overrides")
-    g.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
-    g.add_argument("--arms", nargs="+", help="arms (default: all of the config's)")
-    g.add_argument("--regimes", nargs="+", help="regime labels (default: all)")
-    g.add_argument("--work-dir", help="runs.jsonl and scratch weights (default: the config's work_dir)")
-    g.add_argument("--summarize-only", action="store_true", help="only rebuild JSON/MD/PNG from runs.jsonl")
-    o = p.add_argument_group("output")
-    o.add_argument("--out", help="JSON result path (a PNG plot and a .md table are written beside it)")
-    args = p.parse_args()
-    start = time.perf_counter()
-    try:
-        bench = load_bench_config(args.config)
-        args.seeds = args.seeds or bench.get("seeds", [0, 1, 2, 3, 4])
-        args.arms = args.arms or list(bench["arms"])
-        unknown = [a for a in args.arms if a not in bench["arms"]]
-        if unknown:
-            raise UserInputError(f"--arms: {unknown} not in {args.config} (arms: {', '.join(bench['arms'])})")
-        args.regimes = [r for r in bench["regimes"] if not args.regimes or r["label"] in args.regimes]
-        args.work_dir = Path(args.work_dir or bench.get("work_dir", "runs/bench_regimes"))
-        for regime in args.regimes:  # every run's config is checked before hours of training
-            for arm in args.arms:
-                run_config(bench, regime, arm, args.seeds[0], args.config)
-        args.work_dir.mkdir(parents=True, exist_ok=True)
-        log_path = args.work_dir / "runs.jsonl"
-        restore_runs(log_path, args.out, "regimes")
-        reuse_runs(bench, args, log_path, args.config)
-        if not args.summarize_only:  # results are rewritten after every run: a crash or a cut loses none of them
-            run_all(bench, args, log_path, args.config, lambda: write_results(bench, args, log_path, start))
-    except UserInputError as e:
-        print(f"bench_regimes: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"bench_regimes: interrupted; finished runs are in {args.work_dir / 'runs.jsonl'} and the same "
-              "command resumes", file=sys.stderr)  # fmt: skip
-        return 130
-    print(write_results(bench, args, log_path, start))
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return harness.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":
-    with sigterm_unwinds():  # `kill` closes the vLLM engine, as Ctrl-C does
-        code = main()
-    sys.exit(code)
+    harness.run_main(main)

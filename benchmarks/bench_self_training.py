@@ -2,7 +2,8 @@
 config run as several arms (each a few changed keys, e.g. ``training.trainer: sft``), over seeds (the run seed:
 sampling, data order, LoRA init).
 
-Per (arm, seed) one pipeline run (a child ``dynsdpb run``, resumed if cut short); per round the held-out accuracy of
+Per (arm, seed) one pipeline run (a child ``dynsdpb run``, resumed if cut short, its record appended to
+``<work_dir>/runs.jsonl`` once finished); per round the held-out accuracy of
 each run, its mean and 95% t-interval over seeds, the paired (same seed) difference of each arm to each baseline arm,
 and each round's gain over round 0 (the base model, the same for every run).
 
@@ -23,65 +24,84 @@ The study config names a pipeline config, what to change in it for every run and
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import yaml  # noqa: E402
 
+from benchmarks import harness  # noqa: E402
 from benchmarks.bench_rounds import rounds_summary  # noqa: E402
-from benchmarks.common import read_config, run_pipeline, save_study  # noqa: E402
-from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
-from dynsdpb_selfplay.signals import sigterm_unwinds  # noqa: E402
+from benchmarks.common import read_runs, run_pipeline  # noqa: E402
+from benchmarks.harness import StudyConfig, append_run, helped  # noqa: E402
 from dynsdpb_selfplay.stats import paired_differences, t_summary  # noqa: E402
 
-KEYS = {"pipeline", "set", "arms", "baselines", "seeds", "work_dir", "metric"}
+CONFIGS = "benchmarks/configs/self_training_*.yaml"
 DEFAULT_ARMS = {"sft": {"training.trainer": "sft"}, "dynsdpb": {"training.trainer": "dynsdpb"}}
 
 
-def load_study(path: str) -> dict:
-    data = read_config(path, KEYS, "study config")
-    if "pipeline" not in data:
-        raise UserInputError(f"{path}: pipeline: give the `dynsdpb run` config to study")
-    arms = data.setdefault("arms", DEFAULT_ARMS)
-    if not isinstance(arms, dict) or not all(isinstance(v, dict) for v in arms.values()):
-        raise UserInputError(f"{path}: arms: a mapping of arm name -> {{dotted.key: value}}")
-    for name in data.setdefault("baselines", ["sft"]):
-        if name not in arms:
-            raise UserInputError(f"{path}: baselines: {name!r} is not an arm ({', '.join(arms)})")
-    return data
+@dataclass
+class SelfTrainingStudy(StudyConfig):
+    """The self-training study's YAML (``benchmarks/configs/self_training_*.yaml``)."""
+
+    BENCHMARK = "self_training"
+
+    work_dir: str = helped("runs/bench_self_training", "runs.jsonl and one pipeline run folder per (arm, seed)")
+    pipeline: str = helped("", "the `dynsdpb run` config to study")
+    set: dict = helped({}, "dotted keys changed in the pipeline config for every run")
+    arms: dict[str, dict] = helped(DEFAULT_ARMS, "arm name -> {dotted.key: value} changed for that arm")
+    baselines: list[str] = helped(["sft"], "arms every other arm is paired with")
+    metric: str = helped("flexible_accuracy", "the per-round accuracy summarized")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.pipeline:
+            raise ValueError("pipeline: give the `dynsdpb run` config to study")
+        if not self.arms or not all(isinstance(v, dict) for v in self.arms.values()):
+            raise ValueError("arms: a mapping of arm name -> {dotted.key: value}")
+        for name in self.baselines:
+            if name not in self.arms:
+                raise ValueError(f"baselines: {name!r} is not an arm ({', '.join(self.arms)})")
 
 
-def pipeline_config(study: dict, arm: str, seed: int) -> dict:
+Config = SelfTrainingStudy
+
+
+def select(study: SelfTrainingStudy, args) -> SelfTrainingStudy:
+    """Only the ``--arms`` chosen are run and reported (baselines among them)."""
+    arms = {a: study.arms[a] for a in args.arms}
+    return dataclasses.replace(study, arms=arms, baselines=[b for b in study.baselines if b in arms])
+
+
+def pipeline_config(study: SelfTrainingStudy, arm: str, seed: int) -> dict:
     """The pipeline config with the study's ``set`` overrides, the arm's and the seed (dotted keys). A run whose
     trainer is not ``dynsdpb`` drops the ``training.distillation_*`` fields the pipeline sets for DynSDPB
     (``SFTConfig`` refuses them): every other field stays as the pipeline and the study set it."""
     from dynsdpb_selfplay.distill.config import DistillationArguments
     from dynsdpb_selfplay.rounds.schema import set_dotted_value
 
-    cfg = yaml.safe_load(Path(study["pipeline"]).read_text())
-    overrides = {**study.get("set", {}), **study.get("arms", DEFAULT_ARMS)[arm], "seed": seed}
+    cfg = yaml.safe_load(Path(study.pipeline).read_text())
+    overrides = {**study.set, **study.arms[arm], "seed": seed}
     if overrides.get("training.trainer", cfg.get("training", {}).get("trainer")) != "dynsdpb":
         for f in dataclasses.fields(DistillationArguments):
             cfg.get("training", {}).pop(f.name, None)
     for key, value in overrides.items():
-        set_dotted_value(cfg, key, value, f"{study['pipeline']} (arm {arm}) {key}")
+        set_dotted_value(cfg, key, value, f"{study.pipeline} (arm {arm}) {key}")
     cfg.pop("run_dir", None)
     return cfg
 
 
-def run_one(study: dict, arm: str, seed: int, work_dir: Path) -> dict:
+def run_one(study: SelfTrainingStudy, arm: str, seed: int, work_dir: Path) -> dict:
     """One pipeline run (started, resumed, or read back when finished); its per-round accuracies."""
     from dynsdpb_selfplay.rounds.config import from_dict
 
     def config() -> dict:
         cfg = pipeline_config(study, arm, seed)
-        from_dict(cfg, source=f"{study['pipeline']} (arm {arm}, seed {seed})")  # fail before hours
+        from_dict(cfg, source=f"{study.pipeline} (arm {arm}, seed {seed})")  # fail before hours
         return cfg
 
     run_dir = work_dir / f"{arm}-seed{seed}"
@@ -112,10 +132,25 @@ def summarize(runs: list[dict], metric: str = "flexible_accuracy", baselines: tu
     return out
 
 
-def summary_and_table(study: dict, runs: list[dict]) -> tuple[dict, str]:
-    """The summary of ``runs`` and its markdown table (what a rerun with every run finished writes)."""
-    baselines = tuple(study["baselines"])
-    summary = summarize(runs, study.get("metric", "flexible_accuracy"), baselines)
+def run(study: SelfTrainingStudy, args, log_path: Path, on_record) -> None:
+    """Every (arm, seed) run not in ``log_path`` (started, resumed, or read back), appended once finished."""
+    done = {(r["arm"], r["seed"]) for r in read_runs(log_path)}
+    for seed in args.seeds:
+        for arm in study.arms:
+            if (arm, seed) not in done:
+                append_run(log_path, run_one(study, arm, seed, args.work_dir))
+                on_record()
+
+
+def keep(study: SelfTrainingStudy, args, record: dict) -> bool:
+    """The result holds the runs of the selected arms and seeds."""
+    return record["arm"] in study.arms and record["seed"] in args.seeds
+
+
+def summary_and_table(study: SelfTrainingStudy, runs: list[dict]) -> tuple[dict, str]:
+    """The summary of ``runs`` and its markdown table (what ``--summarize-only`` writes)."""
+    baselines = tuple(study.baselines)
+    summary = summarize(runs, study.metric, baselines)
     return summary, markdown(summary, baselines)
 
 
@@ -129,13 +164,18 @@ def markdown(summary: dict, baselines: tuple[str, ...] = ("sft",)) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, cell in summary.items():
         for k, e in cell["rounds"].items():
-            cells = [arm, str(k), pct(e["accuracy"]), pct(e.get("gain_over_round_0")),
-                     *(pct(e.get(f"minus_{b}")) for b in baselines)]  # fmt: skip
+            cells = [
+                arm,
+                str(k),
+                pct(e["accuracy"]),
+                pct(e.get("gain_over_round_0")),
+                *(pct(e.get(f"minus_{b}")) for b in baselines),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, path: str) -> None:
+def draw(summary: dict, runs: list[dict], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,41 +196,9 @@ def plot(summary: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="study YAML (benchmarks/configs/self_training_*.yaml)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's)")
-    p.add_argument("--arms", nargs="+", help="arms to run and report, by name (default: the config's)")
-    p.add_argument("--out", help="JSON result path (a PNG plot and a .md table are written beside it)")
-    args = p.parse_args()
-    start = time.perf_counter()
-    try:
-        study = load_study(args.config)
-        seeds = args.seeds or study.get("seeds", [0, 1, 2])
-        if args.arms:
-            unknown = [a for a in args.arms if a not in study["arms"]]
-            if unknown:
-                raise UserInputError(f"--arms: {unknown} not in {args.config} (arms: {', '.join(study['arms'])})")
-            study["arms"] = {a: study["arms"][a] for a in args.arms}
-            study["baselines"] = [b for b in study["baselines"] if b in study["arms"]]
-        work_dir = Path(study.get("work_dir", "runs/bench_self_training"))
-        work_dir.mkdir(parents=True, exist_ok=True)
-        runs = [run_one(study, arm, s, work_dir) for s in seeds for arm in study["arms"]]
-    except UserInputError as e:
-        print(f"bench_self_training: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench_self_training: interrupted; the same command resumes the runs", file=sys.stderr)
-        return 130
-    summary, table = summary_and_table(study, runs)
-    print(table)
-    save_study({"benchmark": "self_training", "config": {**study, "seeds": seeds}, "summary": summary, "runs": runs,
-                "wall_s_this_invocation": time.perf_counter() - start}, args.out, table,
-               lambda path: plot(summary, path))  # fmt: skip
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return harness.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":
-    with sigterm_unwinds():
-        code = main()
-    sys.exit(code)
+    harness.run_main(main)

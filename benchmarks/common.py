@@ -1,5 +1,5 @@
 """What every benchmark records beside its numbers (the machine with its CPU capability and whether it computes bf16
-natively, the versions, where the JSON goes), how it reads its YAML, and how it runs
+natively, the versions, where the JSON goes), the studies' run logs, and how it runs
 a child process without orphaning the child's vLLM engine."""
 
 from __future__ import annotations
@@ -22,30 +22,14 @@ def environment() -> dict:
     from dynsdpb_selfplay.precision import cpu_features
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(), "gpu": gpu,
-               "cpu": cpu_features()}  # fmt: skip
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "gpu": gpu,
+        "cpu": cpu_features(),
+    }
     return {"machine": machine, "versions": versions}
-
-
-def read_config(path: str, keys: set[str], what: str = "benchmark config") -> dict:
-    """The mapping at the top of the YAML file ``path``; an unreadable file, another top level or a key outside
-    ``keys`` raises :class:`UserInputError` naming the file (and the key)."""
-    from pathlib import Path
-
-    import yaml
-
-    from dynsdpb_selfplay.errors import UserInputError
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UserInputError(f"{path}: cannot read the {what} ({e})") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"{path}: expected a mapping at the top level")
-    for key in data:
-        if key not in keys:
-            raise UserInputError(f"{path}: {key}: unknown key; known: {', '.join(sorted(keys))}")
-    return data
 
 
 def read_runs(path) -> list[dict]:

@@ -29,8 +29,14 @@ def tiny(tmp_path_factory):
 
 def bench(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "benchmarks.bench_gsm8k", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=900)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_gsm8k", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=900,
+    )
 
 
 def test_bench_gsm8k_arms_pipelines_and_rerun(tmp_path, tiny):
@@ -43,13 +49,26 @@ def test_bench_gsm8k_arms_pipelines_and_rerun(tmp_path, tiny):
         "arms": ["sft", "sft_2x", "repeat", "static", "dynamic"],
         "work_dir": str(tmp_path / "work"),
         "engine": {"backend": "hf", "dtype": "float32"},
-        "training": {"learning_rate": 1e-3, "per_device_train_batch_size": 4, "max_length": 512, "save_steps": 2,
-                     "bf16": False},
+        "training": {
+            "learning_rate": 1e-3,
+            "per_device_train_batch_size": 4,
+            "max_length": 512,
+            "save_steps": 2,
+            "bf16": False,
+        },
         "distillation": {"distillation_alpha": 1.0, "distillation_temperature": 2.0},
-        "tasks": [{"name": "arith", "options": {"steps": 1}, "format": "chat-0shot", "train_limit": 8,
-                   "eval_limit": 4, "max_new_tokens": 8}],
+        "tasks": [
+            {
+                "name": "arith",
+                "options": {"steps": 1},
+                "format": "chat-0shot",
+                "train_limit": 8,
+                "eval_limit": 4,
+                "max_new_tokens": 8,
+            }
+        ],
         "pipeline": {"config": str(tmp_path / "pipeline.yaml"), "trainers": ["sft", "dynsdpb"]},
-    }  # fmt: skip
+    }
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "result.json"
@@ -107,7 +126,7 @@ def test_bench_gsm8k_arms_pipelines_and_rerun(tmp_path, tiny):
         ({"distillation": {"distillation_alpah": 1}}, r"arm static\): training\.distillation_alpah: not a field"),
         (
             {"distillation": {"alpha": 1}},
-            r"bench\.yaml: distillation\.alpha: write the DynSDPBConfig field, "
+            r"bench\.yaml: distillation: alpha: write the DynSDPBConfig field, "
             r"distillation_alpha",
         ),
     ],
@@ -148,9 +167,14 @@ def test_generation_bench_alternates_layers_and_computes_ratios():
     assert totals["raw"][0] == totals["engine"][0] == 60 and totals["raw"][1] > 0
 
     def rows(backend, raw_tps, engine_tps):
-        return {"backend": backend, "engine_start_s": 20.0 if backend == "vllm" else 0.5, "rows": [
-            {"format": "chat-0shot", "batch": 8, "n": 1, "layer": "raw", "tokens_per_s": raw_tps},
-            {"format": "chat-0shot", "batch": 8, "n": 1, "layer": "engine", "tokens_per_s": engine_tps}]}  # fmt: skip
+        return {
+            "backend": backend,
+            "engine_start_s": 20.0 if backend == "vllm" else 0.5,
+            "rows": [
+                {"format": "chat-0shot", "batch": 8, "n": 1, "layer": "raw", "tokens_per_s": raw_tps},
+                {"format": "chat-0shot", "batch": 8, "n": 1, "layer": "engine", "tokens_per_s": engine_tps},
+            ],
+        }
 
     summary = summarize([{**rows("vllm", 400.0, 380.0), "update_weights_s": 0.25}, rows("hf", 200.0, 190.0)])
     (ratio,) = summary["ratios"]
@@ -195,16 +219,18 @@ def test_bench_step_qwen_shape_is_qwen25_05b():
 @pytest.mark.parametrize("name", ["gsm8k_cpu.yaml", "gsm8k_gpu.yaml", "arith_lr1e-3_cpu.yaml"])
 def test_shipped_bench_configs_are_valid(name):
     """Every run the shipped configurations describe passes the run-config validation (no model is loaded)."""
-    from benchmarks.bench_gsm8k import ARMS, load_bench_config, run_config
+    from benchmarks.bench_gsm8k import ARMS, Gsm8kStudy, run_config
+    from benchmarks.harness import load_study
 
     path = BENCH / "configs" / name
-    bench = load_bench_config(str(path))
-    assert len(bench["seeds"]) >= 3 and set(bench["arms"]) == set(ARMS)
-    for task in bench["tasks"]:
-        for arm in bench["arms"]:
-            cfg = run_config(bench, task, arm, bench["seeds"][0], str(path))
+    bench = load_study(Gsm8kStudy, str(path))
+    assert len(bench.seeds) >= 3 and set(bench.arms) == set(ARMS)
+    for task in bench.tasks:
+        for arm in bench.arms:
+            cfg = run_config(bench, task, arm, bench.seeds[0], str(path))
             assert cfg.training.trainer == ARMS[arm][0]
-    assert "pipeline" not in bench or (REPO / bench["pipeline"]["config"]).is_file()
+            assert cfg.training.args["per_device_train_batch_size"] == bench.training["per_device_train_batch_size"]
+    assert bench.pipeline is None or (REPO / bench.pipeline.config).is_file()
 
 
 def test_summary_pairs_each_arm_with_a_baseline_run_of_the_same_seed():
@@ -214,8 +240,11 @@ def test_summary_pairs_each_arm_with_a_baseline_run_of_the_same_seed():
     from benchmarks.bench_gsm8k import markdown, summarize
 
     flexible = {"repeat": [0.320, 0.355, 0.355], "static": [0.350, 0.435, 0.410, 0.9]}
-    runs = [{"task": "t", "arm": arm, "seed": seed, "strict_accuracy": acc, "flexible_accuracy": acc}
-            for arm, accs in flexible.items() for seed, acc in enumerate(accs)]  # fmt: skip
+    runs = [
+        {"task": "t", "arm": arm, "seed": seed, "strict_accuracy": acc, "flexible_accuracy": acc}
+        for arm, accs in flexible.items()
+        for seed, acc in enumerate(accs)
+    ]
     static = summarize(runs)["t"]["static"]
     assert static["seeds"] == 4 and static["flexible_accuracy"]["mean"] == pytest.approx(0.52375)
     assert static["flexible_minus_repeat"]["mean"] == pytest.approx(0.055)
@@ -285,14 +314,15 @@ def test_self_training_study_arms_differ_only_where_they_say(tmp_path):
     """The shipped self-training study builds a valid run config for each arm (no model is loaded): the study's
     overrides and the seed reach it; the SFT arms differ from the DynSDPB arm only in the trainer, the distillation
     fields SFTConfig refuses, and (sft_2_epochs) the epochs; a baseline must be an arm."""
-    from benchmarks.bench_self_training import load_study, pipeline_config
+    from benchmarks.bench_self_training import SelfTrainingStudy, pipeline_config
+    from benchmarks.harness import load_study
     from dynsdpb_selfplay.errors import UserInputError
     from dynsdpb_selfplay.rounds.config import from_dict
 
     path = BENCH / "configs" / "self_training_cpu.yaml"
-    study = load_study(str(path))
-    assert set(study["arms"]) == {"sft", "sft_2_epochs", "dynsdpb"} and study["baselines"] == ["sft", "sft_2_epochs"]
-    built = {arm: pipeline_config(study, arm, 7) for arm in study["arms"]}
+    study = load_study(SelfTrainingStudy, str(path))
+    assert set(study.arms) == {"sft", "sft_2_epochs", "dynsdpb"} and study.baselines == ["sft", "sft_2_epochs"]
+    built = {arm: pipeline_config(study, arm, 7) for arm in study.arms}
     for arm, cfg in built.items():
         run = from_dict(cfg, source=arm)
         assert run.training.trainer == arm.split("_")[0] and run.seed == 7 and run.rounds == 3
@@ -309,23 +339,14 @@ def test_self_training_study_arms_differ_only_where_they_say(tmp_path):
     bad = tmp_path / "bad_study.yaml"
     bad.write_text(path.read_text().replace("baselines: [sft, sft_2_epochs]", "baselines: [sft, plain]"))
     with pytest.raises(UserInputError, match=r"bad_study.yaml: baselines: 'plain' is not an arm"):
-        load_study(str(bad))
+        load_study(SelfTrainingStudy, str(bad))
 
 
-def test_benchmark_configs_and_child_runs_fail_naming_the_file_key_and_run(tmp_path):
-    """The shared YAML reader and child runner of the benchmark scripts: what failed, where, and how to go on."""
-    from benchmarks.common import read_config, run_or_raise
+def test_child_runs_fail_naming_the_run_and_how_to_go_on():
+    """The child runner of the benchmark scripts: what failed, and how to go on."""
+    from benchmarks.common import run_or_raise
     from dynsdpb_selfplay.errors import UserInputError
 
-    path = tmp_path / "study.yaml"
-    path.write_text("seeds: [1]\n")
-    assert read_config(str(path), {"seeds", "arms"}) == {"seeds": [1]}
-    for text, match in [("seeds: [1]\ncolour: red\n", r"study\.yaml: colour: unknown key; known: arms, seeds"),
-                        ("- 1\n", r"study\.yaml: expected a mapping at the top level"),
-                        ("seeds: [1\n", r"study\.yaml: cannot read the study config")]:  # fmt: skip
-        path.write_text(text)
-        with pytest.raises(UserInputError, match=match):
-            read_config(str(path), {"seeds", "arms"}, "study config")
     run_or_raise([sys.executable, "-c", "pass"], "run a")
     with pytest.raises(UserInputError, match=r"^run b exited with 3 \(output above; the same command resumes it\)"):
         run_or_raise([sys.executable, "-c", "raise SystemExit(3)"], "run b")

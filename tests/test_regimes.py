@@ -20,8 +20,14 @@ TESTS = Path(__file__).parent
 
 
 def run(arm, seed, test, val):
-    return {"arm": arm, "seed": seed, "epochs": [{"epoch": i + 1, "test": {"acc": t}, "val": {"acc": v}}
-                                                  for i, (t, v) in enumerate(zip(test, val, strict=True))]}  # fmt: skip
+    return {
+        "arm": arm,
+        "seed": seed,
+        "epochs": [
+            {"epoch": i + 1, "test": {"acc": t}, "val": {"acc": v}}
+            for i, (t, v) in enumerate(zip(test, val, strict=True))
+        ],
+    }
 
 
 def test_select_epoch_takes_the_best_validation_value_and_the_earliest_on_ties():
@@ -95,34 +101,51 @@ def test_the_per_epoch_difference_stops_at_the_shorter_run_and_needs_a_common_se
 def test_bench_regimes_end_to_end_and_rerun(tmp_path):
     tiny = str(save_tiny_model(tmp_path / "m"))
     cfg = {
-        "model": tiny, "work_dir": str(tmp_path / "work"), "seeds": [0], "epochs": 2,
+        "model": tiny,
+        "work_dir": str(tmp_path / "work"),
+        "seeds": [0],
+        "epochs": 2,
         "task": {"name": "arith", "options": {"steps": 1}, "format": "chat-0shot"},
-        "data": {"pool": 40, "validation_start": 40, "validation": 3, "test": 4}, "max_new_tokens": 6,
+        "data": {"pool": 40, "validation_start": 40, "validation": 3, "test": 4},
+        "max_new_tokens": 6,
         "engine": {"backend": "hf", "dtype": "float32"},
         "training": {"per_device_train_batch_size": 4, "max_length": 512, "bf16": False},
-        "regimes": [{"label": "full-8", "size": 8, "learning_rate": 1e-3},
-                    {"label": "lora-8", "size": 8, "learning_rate": 1e-3, "lora": {"r": 4, "lora_alpha": 8,
-                                                                                   "target_modules": ["q_proj"]}},
-                    {"label": "broken", "size": 8, "learning_rate": 1e-3, "lora": {"target_modules": ["no_proj"]}}],
-        "arms": {"sft": {"trainer": "sft"}, "dynamic": {"distillation": {"distillation_schedule": "dynamic",
-                                                                           "distillation_progress": "linear"}}},
-    }  # fmt: skip
+        "regimes": [
+            {"label": "full-8", "size": 8, "learning_rate": 1e-3},
+            {
+                "label": "lora-8",
+                "size": 8,
+                "learning_rate": 1e-3,
+                "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]},
+            },
+            {"label": "broken", "size": 8, "learning_rate": 1e-3, "lora": {"target_modules": ["no_proj"]}},
+        ],
+        "arms": {
+            "sft": {"trainer": "sft"},
+            "dynamic": {"distillation": {"distillation_schedule": "dynamic", "distillation_progress": "linear"}},
+        },
+    }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "result.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
     cmd = [sys.executable, "-m", "benchmarks.bench_regimes", "--config", str(path), "--out", str(out)]
     # A study that dies in its third run (peft finds no module to adapt) keeps the two it finished in --out.
-    proc = subprocess.run([*cmd, "--regimes", "full-8", "broken"], capture_output=True, text=True, env=env, cwd=REPO,
-                          timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [*cmd, "--regimes", "full-8", "broken"], capture_output=True, text=True, env=env, cwd=REPO, timeout=900
+    )
     assert proc.returncode != 0 and "no_proj" in proc.stderr, proc.stderr[-3000:]
     kept = json.loads(out.read_text())
-    assert sorted((r["regime"], r["arm"]) for r in kept["runs"]) == [("-", "base"), ("full-8", "dynamic"),
-                                                                      ("full-8", "sft")]  # fmt: skip
+    assert sorted((r["regime"], r["arm"]) for r in kept["runs"]) == [
+        ("-", "base"),
+        ("full-8", "dynamic"),
+        ("full-8", "sft"),
+    ]
     assert set(kept["summary"]["regimes"]) == {"full-8"}
     # The same study resumes: only lora-8's runs train.
-    proc = subprocess.run([*cmd, "--regimes", "full-8", "lora-8"], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [*cmd, "--regimes", "full-8", "lora-8"], capture_output=True, text=True, env=env, cwd=REPO, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "full-8 sft seed 0:" not in proc.stdout and "lora-8 sft seed 0:" in proc.stdout
     cmd = [*cmd, "--regimes", "full-8", "lora-8"]
@@ -159,14 +182,18 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
 
 
 def test_self_training_summary_pairs_each_arm_with_each_baseline_by_seed():
-    from benchmarks.bench_self_training import markdown, pipeline_config, summarize
+    from benchmarks.bench_self_training import SelfTrainingStudy, markdown, pipeline_config, summarize
 
     def runs(arm, seed, accs):
-        return {"arm": arm, "seed": seed, "rounds": [{"round": k, "flexible_accuracy": a}
-                                                      for k, a in enumerate(accs)]}  # fmt: skip
+        return {"arm": arm, "seed": seed, "rounds": [{"round": k, "flexible_accuracy": a} for k, a in enumerate(accs)]}
 
-    all_runs = [runs("sft", 0, [0.1, 0.2]), runs("sft", 1, [0.1, 0.3]), runs("sft2", 0, [0.1, 0.3]),
-                runs("dynsdpb", 0, [0.1, 0.25]), runs("dynsdpb", 1, [0.1, 0.45])]  # fmt: skip
+    all_runs = [
+        runs("sft", 0, [0.1, 0.2]),
+        runs("sft", 1, [0.1, 0.3]),
+        runs("sft2", 0, [0.1, 0.3]),
+        runs("dynsdpb", 0, [0.1, 0.25]),
+        runs("dynsdpb", 1, [0.1, 0.45]),
+    ]
     s = summarize(all_runs, baselines=("sft", "sft2"))
     assert s["sft"]["rounds"][1]["accuracy"]["mean"] == pytest.approx(0.25)
     assert s["sft"]["rounds"][1]["gain_over_round_0"]["mean"] == pytest.approx(0.15)
@@ -179,9 +206,12 @@ def test_self_training_summary_pairs_each_arm_with_each_baseline_by_seed():
     assert "minus_sft" not in s["sft"]["rounds"][1] and "minus_sft2" not in s["sft2"]["rounds"][1]
     assert s["sft2"]["rounds"][1]["minus_sft"]["mean"] == pytest.approx(0.1)
     assert "| dynsdpb | 1 | 35.0 ± 127.1 | 25.0 ± 127.1 | 10.0 ± 63.5 | -5.0 |" in markdown(s, ("sft", "sft2"))
-    study = {"pipeline": str(REPO / "pipelines" / "configs" / "demo.yaml"),
-             "set": {"rounds": 3, "training.accumulate_data": True},
-             "arms": {"sft2": {"training.trainer": "sft", "training.num_train_epochs": 2}}}  # fmt: skip
+    study = SelfTrainingStudy(
+        pipeline=str(REPO / "pipelines" / "configs" / "demo.yaml"),
+        set={"rounds": 3, "training.accumulate_data": True},
+        baselines=[],
+        arms={"sft2": {"training.trainer": "sft", "training.num_train_epochs": 2}},
+    )
     cfg = pipeline_config(study, "sft2", 4)
     assert cfg["rounds"] == 3 and cfg["seed"] == 4 and "run_dir" not in cfg
     assert cfg["training"]["accumulate_data"] is True and cfg["training"]["trainer"] == "sft"
@@ -191,27 +221,30 @@ def test_self_training_summary_pairs_each_arm_with_each_baseline_by_seed():
 def test_a_study_that_mixes_machines_says_so():
     from benchmarks.bench_regimes import summarize
 
-    bench = {"baselines": ["sft"], "metric": "acc"}
-    one = [{**run(arm, s, [0.1, 0.2], [0.1, 0.2]), "regime": "r", "cpu": "AVX512", "bf16": True}
-           for arm in ("sft", "dyn") for s in (0, 1)]  # fmt: skip
-    summary = summarize(bench, one)
+    bench = {"baselines": ["sft"]}  # what the table reads
+    one = [
+        {**run(arm, s, [0.1, 0.2], [0.1, 0.2]), "regime": "r", "cpu": "AVX512", "bf16": True}
+        for arm in ("sft", "dyn")
+        for s in (0, 1)
+    ]
+    summary = summarize(one, "acc", ("sft",))
     assert summary["machines"] == [{"cpu": "AVX512", "bf16": True, "runs": 4}]
     assert "Warning" not in markdown(summary, bench)
     # A study continued on another machine, seed by seed: every pair is within one machine.
     later = [
         {**run(arm, 2, [0.1, 0.2], [0.1, 0.2]), "regime": "r", "cpu": "AVX2", "bf16": False} for arm in ("sft", "dyn")
     ]
-    summary = summarize(bench, one + later)
+    summary = summarize(one + later, "acc", ("sft",))
     assert len(summary["machines"]) == 2 and summary["seeds_across_machines"] == []
     table = markdown(summary, bench)
     assert "Warning" not in table
     assert "more than one machine kind or number format (4 runs on AVX512 with bf16=True; 2 runs on AVX2" in table
     # Seed 2's first arm alone on the new machine (its pair not run yet) splits nothing.
-    summary = summarize(bench, one + later[:1])
+    summary = summarize(one + later[:1], "acc", ("sft",))
     assert summary["seeds_across_machines"] == [] and "Warning" not in markdown(summary, bench)
     # A machine change between the two arms of seed 1: that seed's difference compares machines too.
     split = one[:3] + [{**one[3], "cpu": "AVX2", "bf16": False}]
-    summary = summarize(bench, split)
+    summary = summarize(split, "acc", ("sft",))
     assert summary["seeds_across_machines"] == ["r seed 1"]
     assert (
         "**Warning: this study mixes machines or number formats (3 runs on AVX512 with bf16=True; 1 runs on AVX2 "
@@ -222,23 +255,35 @@ def test_a_study_that_mixes_machines_says_so():
 def test_a_study_reuses_only_the_runs_it_would_repeat_exactly(tmp_path):
     """reuse_runs: a new arm is paired with another study's finished runs where the run config (seed, arm
     settings, steps) and the scoring match; anything else is trained, and a file scoring differently is refused."""
+    from dataclasses import asdict, replace
     from types import SimpleNamespace
 
-    from benchmarks.bench_regimes import load_bench_config, reuse_runs
+    from benchmarks.bench_regimes import RegimesStudy, reuse_runs
+    from benchmarks.harness import load_study
     from dynsdpb_selfplay.errors import UserInputError
 
     shipped = REPO / "benchmarks" / "configs" / "regimes_decoder_long_ablation.yaml"
-    bench = load_bench_config(str(shipped))
-    theirs = {**bench, "seeds": [5, 6, 20], "arms": {**bench["arms"], "repeat": {"trainer": "dynsdpb",
-              "distillation": {"distillation_alpha": 0.5, "distillation_schedule": "static"}}}}  # fmt: skip
+    bench = load_study(RegimesStudy, str(shipped))
+    mine = asdict(bench)
+    theirs = {
+        **mine,
+        "seeds": [5, 6, 20],
+        "arms": {
+            **mine["arms"],
+            "repeat": {
+                "trainer": "dynsdpb",
+                "distillation": {"distillation_alpha": 0.5, "distillation_schedule": "static"},
+            },
+        },
+    }
     runs = [{**run("base", 0, [0.1], [0.1]), "regime": "-"}] + [
         {**run(arm, seed, [0.3], [0.3]), "regime": "lora-32"}
         for arm, seed in [("sft", 5), ("dynamic", 5), ("sft", 6), ("sft", 20), ("repeat", 5)]
     ]
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"benchmark": "regimes", "config": theirs, "runs": runs}))
-    bench["reuse_runs"] = str(other)
-    args = SimpleNamespace(regimes=bench["regimes"], seeds=bench["seeds"])
+    bench = replace(bench, reuse_runs=str(other))
+    args = SimpleNamespace(regimes=bench.regimes, seeds=bench.seeds)
     log = tmp_path / "work" / "runs.jsonl"
     assert reuse_runs(bench, args, log, "study.yaml") == 4
     copied = [json.loads(line) for line in log.read_text().splitlines()]
@@ -251,8 +296,11 @@ def test_a_study_reuses_only_the_runs_it_would_repeat_exactly(tmp_path):
     log.unlink()
     assert reuse_runs(bench, args, log, "study.yaml") == 1  # the base model's scores only
     other.write_text(json.dumps({"benchmark": "regimes", "config": {**theirs, "max_new_tokens": 128}, "runs": runs}))
-    with pytest.raises(UserInputError, match=r"study\.yaml: reuse_runs: .*other\.json scores with another "
-                       r"'max_new_tokens' \(128 there, 64 here\)"):  # fmt: skip
+    with pytest.raises(
+        UserInputError,
+        match=r"study\.yaml: reuse_runs: .*other\.json scores with another "
+        r"'max_new_tokens' \(128 there, 64 here\)",
+    ):
         reuse_runs(bench, args, log, "study.yaml")
     other.write_text(json.dumps({"benchmark": "gsm8k", "runs": []}))
     with pytest.raises(UserInputError, match=r"other\.json is not a bench_regimes result"):
@@ -261,16 +309,18 @@ def test_a_study_reuses_only_the_runs_it_would_repeat_exactly(tmp_path):
 
 def test_the_shipped_ablation_reuses_the_replications_sft_and_dynsdpb_runs(tmp_path):
     """The committed replication results hold, for the ablation's seeds, runs it would repeat exactly."""
+    from dataclasses import replace
     from types import SimpleNamespace
 
-    from benchmarks.bench_regimes import load_bench_config, reuse_runs
+    from benchmarks.bench_regimes import RegimesStudy, reuse_runs
+    from benchmarks.harness import load_study
 
-    bench = load_bench_config(str(REPO / "benchmarks" / "configs" / "regimes_decoder_long_ablation.yaml"))
-    bench["reuse_runs"] = str(REPO / bench["reuse_runs"])
+    bench = load_study(RegimesStudy, str(REPO / "benchmarks" / "configs" / "regimes_decoder_long_ablation.yaml"))
+    bench = replace(bench, reuse_runs=str(REPO / bench.reuse_runs))
     log = tmp_path / "runs.jsonl"
-    reuse_runs(bench, SimpleNamespace(regimes=bench["regimes"], seeds=bench["seeds"]), log, "ablation")
+    reuse_runs(bench, SimpleNamespace(regimes=bench.regimes, seeds=bench.seeds), log, "ablation")
     copied = {(r["arm"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())}
-    assert copied == {("base", 0)} | {(arm, seed) for arm in ("sft", "dynamic") for seed in bench["seeds"]}
+    assert copied == {("base", 0)} | {(arm, seed) for arm in ("sft", "dynamic") for seed in bench.seeds}
 
 
 def test_the_table_lists_every_seeds_curve_with_its_selected_epoch():
@@ -288,29 +338,32 @@ def test_the_table_lists_every_seeds_curve_with_its_selected_epoch():
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "benchmarks" / "configs").glob("regimes_*.yaml")))
 def test_every_arm_of_the_shipped_regime_studies_is_a_valid_configuration(name, tmp_path):
     """A misspelt or out-of-range distillation option in a study would otherwise surface hours into the run."""
+    from benchmarks.harness import load_study
     from dynsdpb_selfplay.distill.config import DistillationArguments
 
     path = REPO / "benchmarks" / "configs" / name
     if name.startswith("regimes_nlu"):
-        from benchmarks.bench_nlu_regimes import load_bench_config
+        from benchmarks.bench_nlu_regimes import NluRegimesStudy
 
-        bench = load_bench_config(str(path))
-        for arm, spec in bench["arms"].items():
-            distillation = spec.get("distillation", {})
-            assert spec.get("trainer") != "plain" or not distillation, arm  # plain training has nothing to distill
-            settings = DistillationArguments(**distillation)  # the class's own checks
-            assert all(getattr(settings, key) == value for key, value in distillation.items()), arm
+        bench = load_study(NluRegimesStudy, str(path))
+        for arm, spec in bench.arms.items():
+            assert spec.trainer != "plain" or not spec.distillation, arm  # plain training has nothing to distill
+            settings = DistillationArguments(**spec.distillation)  # the class's own checks
+            assert all(getattr(settings, key) == value for key, value in spec.distillation.items()), arm
         return
-    from benchmarks.bench_regimes import load_bench_config, run_config
+    from benchmarks.bench_regimes import RegimesStudy, run_config, steps_per_epoch
 
-    bench = load_bench_config(str(path))
-    for regime in bench["regimes"]:
-        for arm, spec in bench["arms"].items():
-            cfg = run_config(bench, regime, arm, bench["seeds"][0], str(path))
+    bench = load_study(RegimesStudy, str(path))
+    for regime in bench.regimes:
+        for arm, spec in bench.arms.items():
+            cfg = run_config(bench, regime, arm, bench.seeds[0], str(path))
             trainer_config = cfg.training.trainer_config(str(tmp_path), seed=0)  # the class's own checks
-            assert cfg.training.trainer == spec.get("trainer", "dynsdpb")
-            for key, value in spec.get("distillation", {}).items():
+            assert cfg.training.trainer == spec.trainer
+            for key, value in spec.distillation.items():
                 assert getattr(trainer_config, key) == value, (arm, key)
+            # the steps of an epoch are counted with the batch the run trains with
+            assert trainer_config.per_device_train_batch_size == bench.training["per_device_train_batch_size"]
+            assert cfg.training.args["max_steps"] == bench.epochs_of(regime) * steps_per_epoch(bench, regime)
 
 
 def test_bench_nlu_regimes_keeps_finished_runs_when_a_later_one_fails(tmp_path, gsm8k_data, monkeypatch, capsys):
@@ -320,13 +373,22 @@ def test_bench_nlu_regimes_keeps_finished_runs_when_a_later_one_fails(tmp_path, 
     from benchmarks import bench_nlu_regimes
 
     cfg = {
-        "model": "all-minilm-l6-v2", "task": "gsm8k-steps", "work_dir": str(tmp_path / "work"), "seeds": [0],
-        "epochs": 2, "data": {"pool": 40, "validation": 8, "test": 8}, "max_seq_length": 32,
-        "training": {"per_device_train_batch_size": 8}, "baselines": ["plain"],
+        "model": "all-minilm-l6-v2",
+        "task": "gsm8k-steps",
+        "work_dir": str(tmp_path / "work"),
+        "seeds": [0],
+        "epochs": 2,
+        "data": {"pool": 40, "validation": 8, "test": 8},
+        "max_seq_length": 32,
+        "training": {"per_device_train_batch_size": 8},
+        "baselines": ["plain"],
         "regimes": [{"label": "n16", "size": 16, "learning_rate": 1e-4}],
-        "arms": {"plain": {"trainer": "plain"}, "dynamic": {"distillation": {"distillation_schedule": "dynamic"}},
-                 "static": {"distillation": {"distillation_schedule": "static"}}},
-    }  # fmt: skip
+        "arms": {
+            "plain": {"trainer": "plain"},
+            "dynamic": {"distillation": {"distillation_schedule": "dynamic"}},
+            "static": {"distillation": {"distillation_schedule": "static"}},
+        },
+    }
     path, out = tmp_path / "study.yaml", tmp_path / "nlu.json"
     monkeypatch.setenv("DYNSDPB_GSM8K_DIR", str(gsm8k_data))
 
