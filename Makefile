@@ -21,6 +21,7 @@ setup:
 
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q --durations=25 tests
 
 lint: setup

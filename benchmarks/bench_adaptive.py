@@ -25,8 +25,13 @@ def generate(engine, task, fmt, questions, args, adaptive) -> tuple[list[dict], 
     from dynsdpb_selfplay.engines.base import SamplingConfig, progress_bar
     from dynsdpb_selfplay.rounds.generation import chunk_seed, run_programs, self_training_records
 
-    sampling = SamplingConfig(n=args.samples, temperature=args.temperature, top_p=0.95,
-                              max_new_tokens=args.max_new_tokens, stop=list(fmt.stop))  # fmt: skip
+    sampling = SamplingConfig(
+        n=args.samples,
+        temperature=args.temperature,
+        top_p=0.95,
+        max_new_tokens=args.max_new_tokens,
+        stop=list(fmt.stop),
+    )
     make = self_training_records(task, fmt, sampling, False, args.verify, adaptive)
     chunks = [questions[i : i + args.chunk_size] for i in range(0, len(questions), args.chunk_size)]
     out: dict[int, list[dict]] = {}
@@ -46,14 +51,21 @@ def summarize(records: list[dict], seconds: float, args) -> dict:
     tokens = sum(r["tokens"] for r in records)
     per_question = Counter(r["id"] for r in records)
     rates = pass_rates(records, args.verify)
-    return {"rows": len(rows), "generated_tokens": tokens, "samples": len(records),
-            "rows_per_1k_tokens": 1000 * len(rows) / max(tokens, 1), "questions_kept": stats["questions_kept"],
-            "truncated": stats["truncated"], "correct_samples": stats["correct_samples"],
-            "duplicates": stats.get("duplicates", 0), "over_cap": stats.get("over_cap", 0),
-            "samples_per_question": dict(sorted(Counter(per_question.values()).items())),
-            "questions_solved_every_time": sum(e["pass_rate"] == 1 for e in rates.values()),
-            "questions_never_solved": sum(e["verified"] == 0 for e in rates.values()),
-            "generation_s": seconds}  # fmt: skip
+    return {
+        "rows": len(rows),
+        "generated_tokens": tokens,
+        "samples": len(records),
+        "rows_per_1k_tokens": 1000 * len(rows) / max(tokens, 1),
+        "questions_kept": stats["questions_kept"],
+        "truncated": stats["truncated"],
+        "correct_samples": stats["correct_samples"],
+        "duplicates": stats.get("duplicates", 0),
+        "over_cap": stats.get("over_cap", 0),
+        "samples_per_question": dict(sorted(Counter(per_question.values()).items())),
+        "questions_solved_every_time": sum(e["pass_rate"] == 1 for e in rates.values()),
+        "questions_never_solved": sum(e["verified"] == 0 for e in rates.values()),
+        "generation_s": seconds,
+    }
 
 
 def main() -> None:
@@ -101,10 +113,12 @@ def report(results: list[dict], config: dict) -> None:
     per_token = {
         name: sum(r["rows"] for r in rs) / sum(r["generated_tokens"] for r in rs) for name, rs in total.items()
     }
-    headline = {"rows_per_token_ratio": per_token["adaptive"] / per_token["uniform"],
-                "rows_per_1k_tokens": {k: 1000 * v for k, v in per_token.items()},
-                "rows": {k: sum(r["rows"] for r in rs) for k, rs in total.items()},
-                "generated_tokens": {k: sum(r["generated_tokens"] for r in rs) for k, rs in total.items()}}  # fmt: skip
+    headline = {
+        "rows_per_token_ratio": per_token["adaptive"] / per_token["uniform"],
+        "rows_per_1k_tokens": {k: 1000 * v for k, v in per_token.items()},
+        "rows": {k: sum(r["rows"] for r in rs) for k, rs in total.items()},
+        "generated_tokens": {k: sum(r["generated_tokens"] for r in rs) for k, rs in total.items()},
+    }
     print("headline:", headline, flush=True)
     save({"config": config, "runs": results, "headline": headline}, config["out"])
 

@@ -140,8 +140,10 @@ def main() -> None:
         "dynamic_schedule_mean_tau": tau_sum / n_tok,
         "wall_s": time.time() - t0,
     }
-    print(f"{n_tok} distilled tokens, vocab {vocab}; mean exact KL: "
-          + ", ".join(f"T={t}: {v:.3g}" for t, v in result["mean_exact_kl"].items()))  # fmt: skip
+    print(
+        f"{n_tok} distilled tokens, vocab {vocab}; mean exact KL: "
+        + ", ".join(f"T={t}: {v:.3g}" for t, v in result["mean_exact_kl"].items())
+    )
     print(f"{'mode':>10} {'bytes/tok':>10} " + " ".join(f"{'T=' + t:>10}" for t in temps))
     for m in modes:
         errs = " ".join(f"{100 * result['relative_error_of_mean_kl'][t][m]:>+9.1f}%" for t in temps)

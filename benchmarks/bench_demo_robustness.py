@@ -46,10 +46,15 @@ def rounds_of(state: dict) -> list[dict]:
             row[kind], row[f"{kind}_ci95"] = ev[f"{kind}_accuracy"], ev[f"{kind}_ci95"]
         row["eval_output_tokens"] = ev.get("mean_output_tokens")
         f, h, s = (info.get(f"round_{r}/{p}", {}) for p in ("filter", "handoff", "select"))
-        row.update(kept_rows=f.get("rows"), kept_tokens=f.get("kept_tokens_mean"),
-                   answer_line_appended=f.get("answer_line_appended"), served=h.get("handoff"),
-                   served_share=h.get("served_share"), nearest_share=h.get("nearest_share"),
-                   selected=s.get("kept"))  # fmt: skip
+        row.update(
+            kept_rows=f.get("rows"),
+            kept_tokens=f.get("kept_tokens_mean"),
+            answer_line_appended=f.get("answer_line_appended"),
+            served=h.get("handoff"),
+            served_share=h.get("served_share"),
+            nearest_share=h.get("nearest_share"),
+            selected=s.get("kept"),
+        )
         out.append(row)
         r += 1
     return out
@@ -57,8 +62,11 @@ def rounds_of(state: dict) -> list[dict]:
 
 def table(runs: list[dict]) -> str:
     pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
-    lines = ["| format | seed | flexible by round | strict by round | eval output tokens | update served (nearest) "
-             "| rounds kept | wall |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| format | seed | flexible by round | strict by round | eval output tokens | update served (nearest) "
+        "| rounds kept | wall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         rs = run["rounds"]
         share = ", ".join(f"{pct(r['served_share'])} ({pct(r['nearest_share'])})" for r in rs[1:] if r["served"])
@@ -97,8 +105,16 @@ def main() -> None:
             info = state["info"]
             wall = sum(v.get("seconds", 0.0) for v in info.values())
             dtype = "float32" if fmt == "fp32" else resolve_dtype("auto")
-            runs.append({"format": fmt, "dtype": dtype, "seed": seed, "wall_s": wall, "rounds": rounds_of(state),
-                         "this_invocation_s": time.perf_counter() - start})  # fmt: skip
+            runs.append(
+                {
+                    "format": fmt,
+                    "dtype": dtype,
+                    "seed": seed,
+                    "wall_s": wall,
+                    "rounds": rounds_of(state),
+                    "this_invocation_s": time.perf_counter() - start,
+                }
+            )
             result = {"benchmark": "demo_robustness", "config": vars(args), "skipped_formats": skipped, "runs": runs}
             md = table(runs)
             print(md, flush=True)

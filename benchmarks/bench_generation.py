@@ -53,8 +53,9 @@ def raw_hf(engine, group: list[list[int]], sampling) -> int:
 
 
 def raw_vllm(engine, group: list[list[int]], sampling) -> int:
-    outs = engine.llm.generate([{"prompt_token_ids": p} for p in group], engine._sampling_params(sampling),
-                               use_tqdm=False)  # fmt: skip
+    outs = engine.llm.generate(
+        [{"prompt_token_ids": p} for p in group], engine._sampling_params(sampling), use_tqdm=False
+    )
     return sum(len(c.token_ids) for o in outs for c in o.outputs)
 
 
@@ -100,8 +101,16 @@ def child(args) -> dict:
             prompts = prompts_for(engine, fmt, n_prompts)
             ours(engine, prompts[:1], greedy)  # warm-up (and vLLM prefix cache of the shared shots)
             for layer, (tokens, seconds) in measure_pair(raw, ours, engine, prompts, batch, sampling).items():
-                row = {"format": fmt, "batch": batch, "n": sampling.n, "layer": layer, "prompts": len(prompts),
-                       "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}  # fmt: skip
+                row = {
+                    "format": fmt,
+                    "batch": batch,
+                    "n": sampling.n,
+                    "layer": layer,
+                    "prompts": len(prompts),
+                    "tokens": tokens,
+                    "seconds": seconds,
+                    "tokens_per_s": tokens / seconds,
+                }
                 result["rows"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
         if args.backend == "vllm":
@@ -123,16 +132,24 @@ def summarize(results: list[dict]) -> dict:
         if backend != "vllm" or layer != "engine":
             continue
         hf = by.get(("hf", fmt, batch, n, "engine"))
-        ratios.append({
-            "format": fmt, "batch": batch, "n": n,
-            "vllm_over_hf": row["tokens_per_s"] / hf["tokens_per_s"] if hf else None,
-            "vllm_layer_share": row["tokens_per_s"] / by[("vllm", fmt, batch, n, "raw")]["tokens_per_s"],
-            "hf_layer_share": hf["tokens_per_s"] / by[("hf", fmt, batch, n, "raw")]["tokens_per_s"] if hf else None,
-        })  # fmt: skip
+        ratios.append(
+            {
+                "format": fmt,
+                "batch": batch,
+                "n": n,
+                "vllm_over_hf": row["tokens_per_s"] / hf["tokens_per_s"] if hf else None,
+                "vllm_layer_share": row["tokens_per_s"] / by[("vllm", fmt, batch, n, "raw")]["tokens_per_s"],
+                "hf_layer_share": hf["tokens_per_s"] / by[("hf", fmt, batch, n, "raw")]["tokens_per_s"] if hf else None,
+            }
+        )
     starts = {r["backend"]: r["engine_start_s"] for r in results}
     update = next((r["update_weights_s"] for r in results if "update_weights_s" in r), None)
-    return {"ratios": ratios, "engine_start_s": starts, "vllm_update_weights_s": update,
-            "vllm_new_engine_over_update": starts.get("vllm", 0) / update if update else None}  # fmt: skip
+    return {
+        "ratios": ratios,
+        "engine_start_s": starts,
+        "vllm_update_weights_s": update,
+        "vllm_new_engine_over_update": starts.get("vllm", 0) / update if update else None,
+    }
 
 
 def plot(summary: dict, path: str) -> None:

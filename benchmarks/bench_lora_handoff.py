@@ -36,8 +36,9 @@ def write_round_models(base: str, out: Path, rank: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                      init_lora_weights=False)  # fmt: skip
+    lora = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
     model = get_peft_model(model, lora)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -53,8 +54,10 @@ def write_round_models(base: str, out: Path, rank: int) -> dict:
     model.merge_and_unload().save_pretrained(out / "merged", safe_serialization=True)
     tokenizer.save_pretrained(out / "merged")
     merged_s = time.perf_counter() - t
-    return {"merged": {"save_s": merged_s, "disk_bytes": disk_bytes(out / "merged")},
-            "adapter": {"save_s": adapter_s, "disk_bytes": disk_bytes(out / "adapter")}}  # fmt: skip
+    return {
+        "merged": {"save_s": merged_s, "disk_bytes": disk_bytes(out / "merged")},
+        "adapter": {"save_s": adapter_s, "disk_bytes": disk_bytes(out / "adapter")},
+    }
 
 
 def hand_off(base: str, weights: Path, config, prompts, sampling) -> tuple[dict, list]:
@@ -78,9 +81,14 @@ def hand_off(base: str, weights: Path, config, prompts, sampling) -> tuple[dict,
         seconds = time.perf_counter() - t
         tokens = sum(len(c.token_ids) for g in gens for c in g.completions)
         texts = [g.completions[0].text for g in gens]
-    return {"update_weights_s": update_s, "first_request_s": first_request_s, "warm_request_s": warm_request_s,
-            "handoff_s": update_s + first_request_s - warm_request_s, "generated_tokens": tokens,
-            "tokens_per_s": tokens / seconds}, texts  # fmt: skip
+    return {
+        "update_weights_s": update_s,
+        "first_request_s": first_request_s,
+        "warm_request_s": warm_request_s,
+        "handoff_s": update_s + first_request_s - warm_request_s,
+        "generated_tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+    }, texts
 
 
 def main() -> None:

@@ -34,11 +34,16 @@ def rounds_summary(info: dict) -> list[dict]:
     out = []
     for r in rounds_in(info):
         ev, tr = info.get(f"round_{r}/eval", {}), info.get(f"round_{r}/train", {})
-        out.append({"round": r, **{k: ev.get(k) for k in ("strict_accuracy", "flexible_accuracy", "n_samples",
-                                                           "flexible_ci95")},
-                    "train_rows": tr.get("rows"), "steps": tr.get("steps"),
-                    "kept_rows": info.get(f"round_{r}/filter", {}).get("rows"),
-                    **({"time": round_breakdown(info, r)} if r else {})})  # fmt: skip
+        out.append(
+            {
+                "round": r,
+                **{k: ev.get(k) for k in ("strict_accuracy", "flexible_accuracy", "n_samples", "flexible_ci95")},
+                "train_rows": tr.get("rows"),
+                "steps": tr.get("steps"),
+                "kept_rows": info.get(f"round_{r}/filter", {}).get("rows"),
+                **({"time": round_breakdown(info, r)} if r else {}),
+            }
+        )
     return out
 
 
@@ -53,12 +58,18 @@ def round_breakdown(info: dict, r: int) -> dict:
     tokens = sum(p.get("generated_tokens", 0) for p in phases.values())
     overhead = wall - generation - training - start
     return {
-        "round": r, "wall_s": wall, "generation_s": generation, "training_s": training, "engine_start_s": start,
-        "weights_handoff_s": handoff, "generated_tokens": tokens,
-        "generation_tokens_per_s": tokens / generation if generation else None, "overhead_s": overhead,
+        "round": r,
+        "wall_s": wall,
+        "generation_s": generation,
+        "training_s": training,
+        "engine_start_s": start,
+        "weights_handoff_s": handoff,
+        "generated_tokens": tokens,
+        "generation_tokens_per_s": tokens / generation if generation else None,
+        "overhead_s": overhead,
         "overhead_share": overhead / wall if wall else None,
         "per_phase_s": {p: v.get("seconds", 0.0) for p, v in phases.items()},
-    }  # fmt: skip
+    }
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -68,8 +79,12 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = (("generation_s", "generation"), ("training_s", "training"), ("engine_start_s", "engine start"),
-             ("overhead_s", "overhead"))  # fmt: skip
+    parts = (
+        ("generation_s", "generation"),
+        ("training_s", "training"),
+        ("engine_start_s", "engine start"),
+        ("overhead_s", "overhead"),
+    )
     fig, ax = plt.subplots(figsize=(5, 3.5))
     bottom = [0.0] * len(rows)
     for key, label in parts:
@@ -97,9 +112,11 @@ def main() -> None:
         sys.exit(f"{args.run_dir}: no engine timings in state.json (run made before they were recorded?)")
     rows = [round_breakdown(info, r) for r in rounds]
     for row in rows:
-        print(f"round {row['round']}: wall {row['wall_s']:.1f} s = generation {row['generation_s']:.1f} + training "
-              f"{row['training_s']:.1f} + engine start {row['engine_start_s']:.1f} + overhead {row['overhead_s']:.2f} "
-              f"({100 * row['overhead_share']:.2f}%; weight hand-off {row['weights_handoff_s']:.2f} s)")  # fmt: skip
+        print(
+            f"round {row['round']}: wall {row['wall_s']:.1f} s = generation {row['generation_s']:.1f} + training "
+            f"{row['training_s']:.1f} + engine start {row['engine_start_s']:.1f} + overhead {row['overhead_s']:.2f} "
+            f"({100 * row['overhead_share']:.2f}%; weight hand-off {row['weights_handoff_s']:.2f} s)"
+        )
     config = (Path(args.run_dir) / "config.yaml").read_text()
     save({"benchmark": "rounds", "run_dir": args.run_dir, "config": config, "rounds": rows}, args.out)
     if args.out:

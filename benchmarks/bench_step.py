@@ -23,15 +23,35 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MODELS = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=49152),
-    "smollm2-135m-shape": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                               num_key_value_heads=3, vocab_size=49152, head_dim=64),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+    ),
+    "smollm2-135m-shape": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        head_dim=64,
+    ),
     # Qwen2.5-0.5B(-Instruct): Qwen2 (q/k/v biases), 494 M parameters of which 136 M in the tied 151,936-row head.
-    "qwen2.5-0.5b-shape": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                               num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                               rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}),
-}  # fmt: skip
+    "qwen2.5-0.5b-shape": dict(
+        model_type="qwen2",
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+    ),
+}
 VARIANTS = {
     "plain": None,
     "dynsdpb-full": dict(distillation_temperature=3.0, distillation_schedule="dynamic", distillation_topk=None),
@@ -66,13 +86,24 @@ def build_trainer(args, variant: str, output_dir: str):
 
         peft = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"])
     sft = SFTConfig(
-        output_dir=output_dir, use_cpu=not torch.cuda.is_available(), bf16=args.dtype == "bfloat16",
-        report_to="none", per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=1e-5,
-        logging_steps=1000, save_strategy="no", max_length=args.seq_len, disable_tqdm=True,
-        gradient_checkpointing=args.grad_ckpt, dataloader_num_workers=0, seed=0,
-    )  # fmt: skip
-    trainer = SFTTrainer(model=model, args=sft, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=peft)  # fmt: skip
+        output_dir=output_dir,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=args.dtype == "bfloat16",
+        report_to="none",
+        per_device_train_batch_size=args.batch,
+        max_steps=args.steps,
+        learning_rate=1e-5,
+        logging_steps=1000,
+        save_strategy="no",
+        max_length=args.seq_len,
+        disable_tqdm=True,
+        gradient_checkpointing=args.grad_ckpt,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    trainer = SFTTrainer(
+        model=model, args=sft, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft
+    )
     if VARIANTS[variant] is not None:
         attach_dynsdpb(trainer, **VARIANTS[variant])
     return trainer
@@ -83,8 +114,15 @@ def model_config(name: str):
     from transformers import AutoConfig
 
     shape = dict(MODELS[name])
-    return AutoConfig.for_model(shape.pop("model_type", "llama"), **shape, max_position_embeddings=1024,
-                                tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    return AutoConfig.for_model(
+        shape.pop("model_type", "llama"),
+        **shape,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 def matmul_peak_gflops(dtype_name: str, size: int = 2048, seconds: float = 3.0) -> float:
@@ -246,11 +284,19 @@ def main() -> None:
         "achieved_gflops": {v: flops / statistics.median(t) / 1e9 for v, t in times.items()},
         "share_of_matmul_peak": {v: flops / statistics.median(t) / 1e9 / peak for v, t in times.items()},
         # Every example is seen twice per epoch under DynSDPB: twice the steps at equal batch shape.
-        "epoch_cost_ratio_vs_plain": {v: (1 if v == "plain" else 2) * statistics.median(t) / base
-                                      for v, t in times.items()} if base else None,
-    }  # fmt: skip
-    keys = ("median_step_s", "time_ratio_vs_plain", "memory_ratio_vs_plain", "matmul_peak_gflops",
-            "share_of_matmul_peak")  # fmt: skip
+        "epoch_cost_ratio_vs_plain": {
+            v: (1 if v == "plain" else 2) * statistics.median(t) / base for v, t in times.items()
+        }
+        if base
+        else None,
+    }
+    keys = (
+        "median_step_s",
+        "time_ratio_vs_plain",
+        "memory_ratio_vs_plain",
+        "matmul_peak_gflops",
+        "share_of_matmul_peak",
+    )
     print(json.dumps({k: result[k] for k in keys}))
     save(result, args.out)
 

@@ -78,9 +78,12 @@ def sampler_seconds(batch: int, vocab: int, dtype: str, repeats: int = 3) -> dic
         probs = x.softmax(dim=-1)
         return x.masked_fill_(probs < probs.amax(dim=-1, keepdim=True) * m, -float("inf"))
 
-    cases = {"top_p": lambda x: apply_top_k_top_p_pytorch(x, None, p, allow_cpu_sync=True),
-             "top_k": lambda x: apply_top_k_top_p_pytorch(x, k, None, allow_cpu_sync=True),
-             "min_p": min_p, "softmax": lambda x: x.softmax(dim=-1)}  # fmt: skip
+    cases = {
+        "top_p": lambda x: apply_top_k_top_p_pytorch(x, None, p, allow_cpu_sync=True),
+        "top_k": lambda x: apply_top_k_top_p_pytorch(x, k, None, allow_cpu_sync=True),
+        "min_p": min_p,
+        "softmax": lambda x: x.softmax(dim=-1),
+    }
     out = {}
     for name, fn in cases.items():
         fn(logits.clone())
@@ -106,8 +109,12 @@ def child(args) -> dict:
     engine = make_engine(resolve_model(args.model), config)
     try:
         variants = {"": sampling_overrides} if sampling_overrides is not None else SAMPLING_VARIANTS
-        out = {"config": args.child, "sampling": {name or "-": {**SAMPLING, **v} for name, v in variants.items()},
-               "engine_start_s": time.perf_counter() - start, "batches": []}  # fmt: skip
+        out = {
+            "config": args.child,
+            "sampling": {name or "-": {**SAMPLING, **v} for name, v in variants.items()},
+            "engine_start_s": time.perf_counter() - start,
+            "batches": [],
+        }
         task = get_task("arith", steps=1)
         fmt = task.get_format(name="chat-0shot")
         examples = task.load("train", limit=max(args.batches))
@@ -123,13 +130,24 @@ def child(args) -> dict:
             lengths = [len(c.token_ids) for g in gens for c in g.completions]
             tokens, steps = sum(lengths), max(lengths)
             # what the rounds keep depends on the sampling too: verified (flexible) and uncut completions
-            correct = sum(task.score(c.text, ex, fmt).flexible_correct and c.finish_reason != "length"
-                          for ex, g in zip(examples, gens, strict=False) for c in g.completions)  # fmt: skip
+            correct = sum(
+                task.score(c.text, ex, fmt).flexible_correct and c.finish_reason != "length"
+                for ex, g in zip(examples, gens, strict=False)
+                for c in g.completions
+            )
             cut = sum(c.finish_reason == "length" for g in gens for c in g.completions)
             # decode steps run the whole batch at once (batch <= max_num_seqs), as many as the longest completion
-            row = {"batch": batch, **({"sampling": name, "repeat": rep} if name else {}), "tokens": tokens,
-                   "seconds": seconds, "tokens_per_s": tokens / seconds, "steps": steps,
-                   "seconds_per_step": seconds / steps, "correct_uncut": correct, "cut": cut}  # fmt: skip
+            row = {
+                "batch": batch,
+                **({"sampling": name, "repeat": rep} if name else {}),
+                "tokens": tokens,
+                "seconds": seconds,
+                "tokens_per_s": tokens / seconds,
+                "steps": steps,
+                "seconds_per_step": seconds / steps,
+                "correct_uncut": correct,
+                "cut": cut,
+            }
             out["batches"].append(row)
             print(json.dumps({"config": args.child, **row}), file=sys.stderr, flush=True)
     finally:
@@ -176,9 +194,21 @@ def main() -> None:
     results = []
     for name in args.configs:
         batches = args.hf_batches if CONFIGS[name][0] == "hf" else args.batches
-        cmd = [*module_command("benchmarks.bench_throughput"), "--child", name, "--model", args.model, "--dtype", dtype,
-               "--max-new-tokens", str(args.max_new_tokens), "--repeats", str(args.repeats),
-               "--batches", *map(str, batches)]  # fmt: skip
+        cmd = [
+            *module_command("benchmarks.bench_throughput"),
+            "--child",
+            name,
+            "--model",
+            args.model,
+            "--dtype",
+            dtype,
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--repeats",
+            str(args.repeats),
+            "--batches",
+            *map(str, batches),
+        ]
         proc = run_child(cmd, capture=True)
         if proc.returncode != 0:
             sys.exit(f"bench_throughput: configuration {name} exited with {proc.returncode} (output above)")
@@ -186,13 +216,29 @@ def main() -> None:
         for row in r["batches"]:
             row["share_of_roofline"] = row["tokens_per_s"] / roofline
         results.append(r)
-    summary = {"dtype": dtype, "parameters": params, "matmul_peak_gflops": peak, "model_gemm_gflops": shapes,
-               "roofline_tokens_per_s": roofline, "sampler_seconds_per_step": sampler,
-               "seconds_per_step": {_label(r, b) + f"@{b['batch']}": b["seconds_per_step"] for r in results
-                                    for b in r["batches"] if b["batch"] in sampler},
-               "sampling_tokens_per_s": _by_variant(results),
-               "best": max(((r["config"], b["batch"], b["tokens_per_s"], b["share_of_roofline"]) for r in results
-                            for b in r["batches"]), key=lambda x: x[2])}  # fmt: skip
+    summary = {
+        "dtype": dtype,
+        "parameters": params,
+        "matmul_peak_gflops": peak,
+        "model_gemm_gflops": shapes,
+        "roofline_tokens_per_s": roofline,
+        "sampler_seconds_per_step": sampler,
+        "seconds_per_step": {
+            _label(r, b) + f"@{b['batch']}": b["seconds_per_step"]
+            for r in results
+            for b in r["batches"]
+            if b["batch"] in sampler
+        },
+        "sampling_tokens_per_s": _by_variant(results),
+        "best": max(
+            (
+                (r["config"], b["batch"], b["tokens_per_s"], b["share_of_roofline"])
+                for r in results
+                for b in r["batches"]
+            ),
+            key=lambda x: x[2],
+        ),
+    }
     print(json.dumps(summary, indent=1))
     save({"benchmark": "throughput", "config": vars(args), "summary": summary, "results": results}, args.out)
     if args.out:
@@ -234,14 +280,19 @@ def plot(results: list[dict], summary: dict, path: str) -> None:
         for label in dict.fromkeys(_label(r, b) for b in r["batches"]):
             rows = [b for b in r["batches"] if _label(r, b) == label]
             xs = sorted({b["batch"] for b in rows})
-            ys = [100 * sum(b["share_of_roofline"] for b in rows if b["batch"] == x) /
-                  sum(b["batch"] == x for b in rows) for x in xs]  # fmt: skip
+            ys = [
+                100 * sum(b["share_of_roofline"] for b in rows if b["batch"] == x) / sum(b["batch"] == x for b in rows)
+                for x in xs
+            ]
             ax.plot(xs, ys, marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequences generated at once")
     ax.set_ylabel("share of the matmul roofline, %")
-    ax.set_title(f"{summary['dtype']}: roofline {summary['roofline_tokens_per_s']:.0f} tokens/s "
-                 f"({summary['matmul_peak_gflops']:.0f} GFLOP/s)", fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"{summary['dtype']}: roofline {summary['roofline_tokens_per_s']:.0f} tokens/s "
+        f"({summary['matmul_peak_gflops']:.0f} GFLOP/s)",
+        fontsize=9,
+    )
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     fig.tight_layout()

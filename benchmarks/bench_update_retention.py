@@ -35,8 +35,11 @@ def retention(w0: dict, w1: dict, handed: dict) -> dict:
         moved = true != 0
         changed += int(moved.sum())
         reverted += int((moved & (got == 0)).sum())
-    return {"update_share": dot / norm if norm else float("nan"), "changed_entries": changed,
-            "reverted_share": reverted / changed if changed else float("nan")}  # fmt: skip
+    return {
+        "update_share": dot / norm if norm else float("nan"),
+        "changed_entries": changed,
+        "reverted_share": reverted / changed if changed else float("nan"),
+    }
 
 
 def main() -> None:
@@ -59,9 +62,19 @@ def main() -> None:
     base = resolve_model(args.model)
     task = get_task("arith", steps=1)
     rows = gold_rows(task, task.get_format(name="chat-0shot"), task.load("train", limit=args.rows))
-    cfg = from_dict({"model": base, "task": {"name": "arith", "options": {"steps": 1}}, "training": {
-        "learning_rate": args.learning_rate, "max_steps": args.steps, "per_device_train_batch_size": 4,
-        "max_length": 384, "save_steps": 1000}})  # fmt: skip
+    cfg = from_dict(
+        {
+            "model": base,
+            "task": {"name": "arith", "options": {"steps": 1}},
+            "training": {
+                "learning_rate": args.learning_rate,
+                "max_steps": args.steps,
+                "per_device_train_batch_size": 4,
+                "max_length": 384,
+                "save_steps": 1000,
+            },
+        }
+    )
     trained = {}
     save_model = training.save_round_model
 

@@ -46,19 +46,29 @@ def markdown(summary: dict, bench: dict) -> str:
                 "",
             ]
     if base:
-        lines += [f"Base model before training: test {100 * base['test'][metric]:.1f}%, validation "
-                  f"{100 * base['val'][metric]:.1f}% ({metric}).", ""]  # fmt: skip
+        lines += [
+            f"Base model before training: test {100 * base['test'][metric]:.1f}%, validation "
+            f"{100 * base['val'][metric]:.1f}% ({metric}).",
+            "",
+        ]
     head = "| arm | seeds | final | val-selected | epochs chosen |"
     rule = "|---|---|---|---|---|"
     for b in baselines:
         head += f" final − {b} | val-sel − {b} |"
         rule += "---|---|"
     for label, arms in summary["regimes"].items():
-        lines += [f"**{label}** (test {metric} x100, mean ± 95% t-interval over seeds; differences are "
-                  "paired by seed, (wins/seeds))", "", head, rule]  # fmt: skip
+        lines += [
+            f"**{label}** (test {metric} x100, mean ± 95% t-interval over seeds; differences are "
+            "paired by seed, (wins/seeds))",
+            "",
+            head,
+            rule,
+        ]
         for arm, c in arms.items():
-            row = (f"| {arm} | {len(c['seeds'])} | {_pct(c['final'])} | {_pct(c['val_selected'])} | "
-                   f"{','.join(map(str, c['selected_epochs']))} |")  # fmt: skip
+            row = (
+                f"| {arm} | {len(c['seeds'])} | {_pct(c['final'])} | {_pct(c['val_selected'])} | "
+                f"{','.join(map(str, c['selected_epochs']))} |"
+            )
             for b in baselines:
                 row += f" {_diff(c.get(f'minus_{b}_final'))} | {_diff(c.get(f'minus_{b}_val'))} |"
             lines.append(row)
@@ -68,8 +78,12 @@ def markdown(summary: dict, bench: dict) -> str:
 
 def _per_epoch_differences(arms: dict, baselines: list[str]) -> list[str]:
     """One line per (arm, baseline): the paired test difference after each epoch (bold where it excludes 0)."""
-    lines = [f"- {arm} − {b}, paired, after each epoch: " + ", ".join(_diff(d) for d in c[f"minus_{b}_curve"])
-             for arm, c in arms.items() for b in baselines if c.get(f"minus_{b}_curve")]  # fmt: skip
+    lines = [
+        f"- {arm} − {b}, paired, after each epoch: " + ", ".join(_diff(d) for d in c[f"minus_{b}_curve"])
+        for arm, c in arms.items()
+        for b in baselines
+        if c.get(f"minus_{b}_curve")
+    ]
     return [*lines, ""] if lines else []
 
 

@@ -55,8 +55,10 @@ def paired_curve(runs: list[dict], arm: str, baseline: str, metric: str) -> list
     it shows where a difference appears and whether it lasts."""
     pairs = _pairs(runs, arm, baseline)
     n = min((min(len(a["epochs"]), len(b["epochs"])) for a, b in pairs), default=0)
-    return [difference_summary([a["epochs"][e]["test"][metric] - b["epochs"][e]["test"][metric] for a, b in pairs])
-            for e in range(n)]  # fmt: skip
+    return [
+        difference_summary([a["epochs"][e]["test"][metric] - b["epochs"][e]["test"][metric] for a, b in pairs])
+        for e in range(n)
+    ]
 
 
 def curve(runs: list[dict], arm: str, metric: str, split: str = "test") -> list[dict]:
@@ -86,7 +88,7 @@ def summarize_regime(runs: list[dict], metric: str, baselines: tuple[str, ...]) 
                     "selected_epoch": select_epoch([e["val"][metric] for e in r["epochs"]]) + 1,
                 }
                 for r in sorted(mine, key=lambda r: r["seed"])
-            ],  # fmt: skip
+            ],
         }
         for baseline in baselines:
             if baseline != arm:

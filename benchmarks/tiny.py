@@ -38,10 +38,24 @@ def make_tokenizer():
 
 def sft_kwargs(output_dir, **overrides) -> dict:
     """SFTConfig keyword arguments for fast, deterministic CPU runs."""
-    kw = dict(output_dir=str(output_dir), use_cpu=True, bf16=False, report_to="none", logging_steps=1,
-              save_strategy="no", per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=5e-3,
-              lr_scheduler_type="constant", max_steps=4, seed=0, max_length=64, dataloader_num_workers=0,
-              disable_tqdm=True, gradient_checkpointing=False)  # fmt: skip
+    kw = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=5e-3,
+        lr_scheduler_type="constant",
+        max_steps=4,
+        seed=0,
+        max_length=64,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+    )
     kw.update(overrides)
     return kw
 
@@ -69,6 +83,10 @@ def equal_completion_rows(n: int = 16, seed: int = 0):
     rows = []
     for _ in range(n):
         a, b = rng.randint(0, 99), rng.randint(0, 999)
-        rows.append({"prompt": f"What is {a}+{b}" + " please" * rng.randint(0, 3) + "?",
-                     "completion": f" {a:02d}+{b:03d}={a + b:04d}"})  # fmt: skip
+        rows.append(
+            {
+                "prompt": f"What is {a}+{b}" + " please" * rng.randint(0, 3) + "?",
+                "completion": f" {a:02d}+{b:03d}={a + b:04d}",
+            }
+        )
     return Dataset.from_list(rows)

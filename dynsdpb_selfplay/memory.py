@@ -37,8 +37,16 @@ from pathlib import Path
 
 from .errors import UserInputError
 
-__all__ = ["InsufficientMemoryError", "Need", "check_memory", "hf_need", "mem_available", "parameter_count",
-           "training_need", "vllm_cpu_need"]  # fmt: skip
+__all__ = [
+    "InsufficientMemoryError",
+    "Need",
+    "check_memory",
+    "hf_need",
+    "mem_available",
+    "parameter_count",
+    "training_need",
+    "vllm_cpu_need",
+]
 
 SKIP_ENV = "DYNSDPB_SKIP_MEMORY_CHECK"
 GIB = 2**30
@@ -135,9 +143,11 @@ def vllm_cpu_need(model_dir: str, dtype: str, kv_cache_gib: float, max_model_len
         f"start-up batch of {max(length, 2048)} tokens": max(length, 2048) * vocab * 4,
         "engine processes": VLLM_PROCESSES + VLLM_WORKER * (workers - 1),
     }
-    settings = ("lower the KV cache (engine.cpu_kvcache_space_gb, or $VLLM_CPU_KVCACHE_SPACE in GiB), the context "
-                "length and with it the start-up batch (engine.max_model_len; dynsdpb eval: --max-model-len) or "
-                "engine.dtype")  # fmt: skip
+    settings = (
+        "lower the KV cache (engine.cpu_kvcache_space_gb, or $VLLM_CPU_KVCACHE_SPACE in GiB), the context "
+        "length and with it the start-up batch (engine.max_model_len; dynsdpb eval: --max-model-len) or "
+        "engine.dtype"
+    )
     return Need("the vLLM engine", parts, settings)
 
 
@@ -159,7 +169,9 @@ def training_need(model_dir: str, batch_size: int, max_length: int, lora: bool):
     vocab = int(cfg.get("text_config", cfg).get("vocab_size") or 0)
     state = "fp32 weights (LoRA)" if lora else "fp32 weights, gradients and AdamW state"
     parts = {state: params * (4 if lora else 16), "logits of a batch": 3 * batch_size * max_length * vocab * 4}
-    settings = ("lower training.per_device_train_batch_size (raise gradient_accumulation_steps to keep the step) "
-                "or training.max_length, train LoRA adapters (training.lora), or lower the engine's KV cache, which "
-                "stays in memory during training (engine.cpu_kvcache_space_gb)")  # fmt: skip
+    settings = (
+        "lower training.per_device_train_batch_size (raise gradient_accumulation_steps to keep the step) "
+        "or training.max_length, train LoRA adapters (training.lora), or lower the engine's KV cache, which "
+        "stays in memory during training (engine.cpu_kvcache_space_gb)"
+    )
     return Need("training", parts, settings, lower_bound=True)

@@ -73,8 +73,12 @@ def t_summary(values: Sequence[float]) -> dict:
 def difference_summary(diffs: Sequence[float]) -> dict:
     """:func:`t_summary` of paired differences, the differences themselves (``per_seed``) and how many are above
     (``wins``) and below (``losses``) zero."""
-    return {**t_summary(diffs), "per_seed": list(diffs), "wins": sum(d > 0 for d in diffs),
-            "losses": sum(d < 0 for d in diffs)}  # fmt: skip
+    return {
+        **t_summary(diffs),
+        "per_seed": list(diffs),
+        "wins": sum(d > 0 for d in diffs),
+        "losses": sum(d < 0 for d in diffs),
+    }
 
 
 def paired_differences(a: Mapping, b: Mapping) -> dict | None:

@@ -94,8 +94,9 @@ def _run(path, device, hidden, weight, labels, kd_rows, targets, softcap, autoca
     dtype = torch.bfloat16 if autocast else torch.float32
     with torch.autocast(device.type, dtype=dtype, enabled=autocast):
         if path == "fused":
-            loss, _ = fused_ce_distill(h, w, None, labels, num_items=n, kd_rows=kd_rows, kd_targets=targets,
-                                       num_distilled=d, softcap=softcap)  # fmt: skip
+            loss, _ = fused_ce_distill(
+                h, w, None, labels, num_items=n, kd_rows=kd_rows, kd_targets=targets, num_distilled=d, softcap=softcap
+            )
         else:
             z = torch.nn.functional.linear(h, w).float()
             if softcap is not None:
@@ -127,9 +128,14 @@ def kernel_checks(device, small: bool) -> list[dict]:
                 exact = _run("naive", device, *exact_case, softcap, autocast=False)
                 fused = _run("fused", device, *case, softcap, autocast=mode == "autocast")
                 naive = _run("naive", device, *case, softcap, autocast=mode == "autocast")
-                err = {p: {"loss": abs(r[0].item() - exact[0].item()) / abs(exact[0].item()),
-                           "grad_hidden": _rel(r[1], exact[1]), "grad_weight": _rel(r[2], exact[2])}
-                       for p, r in (("fused", fused), ("naive", naive))}  # fmt: skip
+                err = {
+                    p: {
+                        "loss": abs(r[0].item() - exact[0].item()) / abs(exact[0].item()),
+                        "grad_hidden": _rel(r[1], exact[1]),
+                        "grad_weight": _rel(r[2], exact[2]),
+                    }
+                    for p, r in (("fused", fused), ("naive", naive))
+                }
                 fused_vs_naive = {
                     "loss": abs(fused[0].item() - naive[0].item()) / abs(naive[0].item()),
                     "grad_hidden": _rel(fused[1], naive[1]),
@@ -141,12 +147,26 @@ def kernel_checks(device, small: bool) -> list[dict]:
                     err["fused"][k] <= err["naive"][k] + 1e-2 for k in err["fused"]
                 )
                 finite = all(bool(torch.isfinite(t).all()) for t in fused[:3])
-                rows.append({"topk": topk, "softcap": softcap, "mode": mode, "tokens": n, "hidden": h, "vocab": v,
-                             "fused_vs_naive": fused_vs_naive, "error_vs_fp32": err, "ok": ok and finite,
-                             "peak_mib": {"fused": fused[3], "naive": naive[3]},
-                             "seconds": {"fused": fused[4], "naive": naive[4]}})  # fmt: skip
-                print(f"kernel topk={topk} softcap={softcap} {mode}: fused vs naive {fused_vs_naive} "
-                      f"ok={rows[-1]['ok']} peak MiB {rows[-1]['peak_mib']}", flush=True)  # fmt: skip
+                rows.append(
+                    {
+                        "topk": topk,
+                        "softcap": softcap,
+                        "mode": mode,
+                        "tokens": n,
+                        "hidden": h,
+                        "vocab": v,
+                        "fused_vs_naive": fused_vs_naive,
+                        "error_vs_fp32": err,
+                        "ok": ok and finite,
+                        "peak_mib": {"fused": fused[3], "naive": naive[3]},
+                        "seconds": {"fused": fused[4], "naive": naive[4]},
+                    }
+                )
+                print(
+                    f"kernel topk={topk} softcap={softcap} {mode}: fused vs naive {fused_vs_naive} "
+                    f"ok={rows[-1]['ok']} peak MiB {rows[-1]['peak_mib']}",
+                    flush=True,
+                )
     return rows
 
 
@@ -163,15 +183,34 @@ def trainer_checks(device) -> dict:
 
     def model():
         torch.manual_seed(0)
-        config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                             pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+        config = Qwen2Config(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
         return AutoModelForCausalLM.from_config(config)
 
     def train(cls, config_cls, bf16=False, **kw):
-        args = config_cls(**sft_kwargs(f"/tmp/dynsdpb-gpu-check/{cls.__name__}-{bf16}", use_cpu=not cuda, bf16=bf16,
-                                       per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3,
-                                       optim="sgd", learning_rate=0.2, **kw))  # fmt: skip
+        args = config_cls(
+            **sft_kwargs(
+                f"/tmp/dynsdpb-gpu-check/{cls.__name__}-{bf16}",
+                use_cpu=not cuda,
+                bf16=bf16,
+                per_device_train_batch_size=2,
+                gradient_accumulation_steps=2,
+                max_steps=3,
+                optim="sgd",
+                learning_rate=0.2,
+                **kw,
+            )
+        )
         t = cls(model=model(), args=args, train_dataset=equal_completion_rows(), processing_class=tok)
         t.train()
         return [h for h in t.state.log_history if "loss" in h], t
@@ -226,9 +265,19 @@ def main() -> int:
     ok = all(r["ok"] for r in kernel) and trainer["ok"]
     import dynsdpb_selfplay
 
-    save({"benchmark": "gpu_check", "device": str(device), "dry_run": device.type != "cuda", "ok": ok,
-          "package": dynsdpb_selfplay.__file__, "unmet_requirements": unmet, "kernel": kernel, "trainer": trainer},
-         args.out)  # fmt: skip
+    save(
+        {
+            "benchmark": "gpu_check",
+            "device": str(device),
+            "dry_run": device.type != "cuda",
+            "ok": ok,
+            "package": dynsdpb_selfplay.__file__,
+            "unmet_requirements": unmet,
+            "kernel": kernel,
+            "trainer": trainer,
+        },
+        args.out,
+    )
     print(f"gpu_check: {'OK' if ok else 'FAILED'} -> {args.out}", flush=True)
     return 0 if ok else 1
 

@@ -16,8 +16,18 @@ from helpers import arithmetic_rows, make_tokenizer, round_config, write_config
 from dynsdpb_selfplay.cli import main
 from dynsdpb_selfplay.tasks import GSM8K, Arith, Example, Task
 
-__all__ = ["DupTask", "eval_cli", "gsm8k", "model_variant", "round_config", "run_cli", "sft_cli", "sft_recipe",
-           "unwritable", "write_config"]  # fmt: skip
+__all__ = [
+    "DupTask",
+    "eval_cli",
+    "gsm8k",
+    "model_variant",
+    "round_config",
+    "run_cli",
+    "sft_cli",
+    "sft_recipe",
+    "unwritable",
+    "write_config",
+]
 
 GOOD = json.dumps({"question": "q", "answer": "a\n#### 1"})
 
@@ -80,10 +90,21 @@ def sft_recipe(c, rows: list[dict] | str, model: str | None = None, **overrides)
     """A `trl sft` recipe over ``rows`` (or raw JSONL text), the tiny model, two-row batches, CPU."""
     data = c.tmp / "train.jsonl"
     data.write_text(rows if isinstance(rows, str) else "".join(json.dumps(r) + "\n" for r in rows))
-    cfg = {"model_name_or_path": model or c.model, "output_dir": str(c.tmp / "out"),
-           "datasets": [{"path": "json", "data_files": str(data), "split": "train"}], "max_steps": 1,
-           "per_device_train_batch_size": 2, "max_length": 64, "use_cpu": True, "bf16": False, "report_to": "none",
-           "save_strategy": "no", "disable_tqdm": True, "gradient_checkpointing": False, **overrides}  # fmt: skip
+    cfg = {
+        "model_name_or_path": model or c.model,
+        "output_dir": str(c.tmp / "out"),
+        "datasets": [{"path": "json", "data_files": str(data), "split": "train"}],
+        "max_steps": 1,
+        "per_device_train_batch_size": 2,
+        "max_length": 64,
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "gradient_checkpointing": False,
+        **overrides,
+    }
     path = c.tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

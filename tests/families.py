@@ -20,9 +20,18 @@ import transformers
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-_DENSE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-              attention_dropout=0.0)  # fmt: skip
+_DENSE = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    attention_dropout=0.0,
+)
 
 
 def _config(name: str, vocab_size: int):
@@ -38,15 +47,27 @@ def _config(name: str, vocab_size: int):
     if name == "gemma2":
         return transformers.Gemma2Config(**c, head_dim=8, final_logit_softcapping=30.0)
     if name == "gemma4":
-        text = transformers.Gemma4TextConfig(**c, head_dim=8, global_head_dim=8, vocab_size_per_layer_input=vocab_size,
-                                             hidden_size_per_layer_input=8, final_logit_softcapping=30.0,
-                                             layer_types=["sliding_attention", "full_attention"])  # fmt: skip
+        text = transformers.Gemma4TextConfig(
+            **c,
+            head_dim=8,
+            global_head_dim=8,
+            vocab_size_per_layer_input=vocab_size,
+            hidden_size_per_layer_input=8,
+            final_logit_softcapping=30.0,
+            layer_types=["sliding_attention", "full_attention"],
+        )
         return transformers.Gemma4Config(text_config=text, vision_config=None, audio_config=None)
     if name == "mixtral":
         return transformers.MixtralConfig(**c, num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.5)
     if name == "qwen2_moe":
-        return transformers.Qwen2MoeConfig(**c, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                                           shared_expert_intermediate_size=32, router_aux_loss_coef=0.5)  # fmt: skip
+        return transformers.Qwen2MoeConfig(
+            **c,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+            router_aux_loss_coef=0.5,
+        )
     raise KeyError(name)
 
 
@@ -71,6 +92,10 @@ def equal_completion_rows(n: int = 16, seed: int = 0) -> Dataset:
     rows = []
     for _ in range(n):
         a, b = rng.randint(0, 99), rng.randint(0, 999)
-        rows.append({"prompt": f"What is {a}+{b}" + " please" * rng.randint(0, 3) + "?",
-                     "completion": f" {a:02d}+{b:03d}={a + b:04d}"})  # fmt: skip
+        rows.append(
+            {
+                "prompt": f"What is {a}+{b}" + " please" * rng.randint(0, 3) + "?",
+                "completion": f" {a:02d}+{b:03d}={a + b:04d}",
+            }
+        )
     return Dataset.from_list(rows)

@@ -207,10 +207,16 @@ def round_config(model: str, **overrides) -> dict:
         "task": {"name": "round_fixtures:EchoTask", "train_limit": 8, "eval_limit": 6},
         "generation": {"n": 2, "temperature": 1.0, "max_new_tokens": 12, "chunk_size": 4},
         "filtering": {"max_per_question": 2},
-        "training": {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_steps": 4, "save_steps": 2,
-                     "max_length": 64, "bf16": False},
+        "training": {
+            "per_device_train_batch_size": 2,
+            "learning_rate": 1e-3,
+            "max_steps": 4,
+            "save_steps": 2,
+            "max_length": 64,
+            "bf16": False,
+        },
         "engine": {"backend": "hf", "dtype": "float32"},
-    }  # fmt: skip
+    }
     for key, value in overrides.items():
         section, _, field = key.partition(".")
         if field:
@@ -229,10 +235,20 @@ def write_config(tmp_path, cfg, name="run.yaml") -> Path:
 # ---------------------------------------------------------------------------------------- classification
 def classifier_kwargs(output_dir, **overrides) -> dict:
     kw = dict(
-        output_dir=str(output_dir), use_cpu=True, report_to="none", logging_steps=1, save_strategy="no",
-        per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=5e-3,
-        lr_scheduler_type="constant", max_steps=4, seed=0, dataloader_num_workers=0, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=5e-3,
+        lr_scheduler_type="constant",
+        max_steps=4,
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     kw.update(overrides)
     return kw
 

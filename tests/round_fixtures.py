@@ -25,5 +25,4 @@ class EchoTask(Task):
     def score(self, response, example, fmt):
         text = response.strip()
         ok = len(text) % 3 != 0  # about two in three responses "verify"
-        return Score(strict=text[:4] or None, flexible=text[:2] or None, strict_correct=ok,
-                     flexible_correct=bool(text))  # fmt: skip
+        return Score(strict=text[:4] or None, flexible=text[:2] or None, strict_correct=ok, flexible_correct=bool(text))

@@ -85,8 +85,14 @@ def load_cfg(**overrides):
 
 
 def chat_rows(n: int, prompt: str = "What is 2+2?") -> list[dict]:
-    return [{"id": f"q{i}", "prompt": [{"role": "user", "content": prompt}],
-             "completion": [{"role": "assistant", "content": "4"}]} for i in range(n)]  # fmt: skip
+    return [
+        {
+            "id": f"q{i}",
+            "prompt": [{"role": "user", "content": prompt}],
+            "completion": [{"role": "assistant", "content": "4"}],
+        }
+        for i in range(n)
+    ]
 
 
 def train_rows(rows: list[dict], **overrides):
@@ -168,8 +174,12 @@ def padless_engine(c):
 
 def dynsdpb_trainer(c, tokenizer=None):
     tok = tokenizer or make_tokenizer()
-    return DynSDPBTrainer(model=make_model(len(tok)), args=DynSDPBConfig(**sft_kwargs(c.tmp / "out")),
-                          train_dataset=arithmetic_dataset(8), processing_class=tok)  # fmt: skip
+    return DynSDPBTrainer(
+        model=make_model(len(tok)),
+        args=DynSDPBConfig(**sft_kwargs(c.tmp / "out")),
+        train_dataset=arithmetic_dataset(8),
+        processing_class=tok,
+    )
 
 
 def padless_trainer(c):

@@ -68,8 +68,16 @@ def test_each_step_repeats_the_previous_steps_fresh_half(tmp_path, tokenizer, mi
 def test_first_step_is_plain_ce_and_later_steps_match_a_hand_computed_loss(tmp_path, tokenizer, w):
     record = WeightsAtStepBegin()
     tau, alpha = 2.0, 0.7
-    t = build(tmp_path, tokenizer, max_steps=3, callbacks=[record], distillation_schedule="static",
-              distillation_temperature=tau, distillation_alpha=alpha, distillation_repeated_ce_weight=w)  # fmt: skip
+    t = build(
+        tmp_path,
+        tokenizer,
+        max_steps=3,
+        callbacks=[record],
+        distillation_schedule="static",
+        distillation_temperature=tau,
+        distillation_alpha=alpha,
+        distillation_repeated_ce_weight=w,
+    )
     t.train()
     t.seen = []
     logs = [h for h in t.state.log_history if "loss" in h]
@@ -114,8 +122,10 @@ def test_alpha_zero_equals_plain_training_on_the_same_batches(tmp_path, tokenize
 
 def test_gradient_accumulation_gives_the_same_losses_and_weights(tmp_path, tokenizer):
     base = dict(max_steps=5, learning_rate=0.5, optim="sgd")
-    runs = [run(tmp_path / f"{m}x{a}", tokenizer, per_device_train_batch_size=m, gradient_accumulation_steps=a,
-                **base) for m, a in [(4, 1), (2, 2), (1, 4)]]  # fmt: skip
+    runs = [
+        run(tmp_path / f"{m}x{a}", tokenizer, per_device_train_batch_size=m, gradient_accumulation_steps=a, **base)
+        for m, a in [(4, 1), (2, 2), (1, 4)]
+    ]
     assert max(logged(runs[0], "dynsdpb/kd_loss")) > 0
     for other in runs[1:]:
         assert logged(other) == pytest.approx(logged(runs[0]), rel=1e-5)
@@ -166,13 +176,20 @@ def test_attach_on_an_unmodified_trainer_and_resume_restores_the_targets(tmp_pat
 )
 def test_models_without_a_class_distribution_are_refused(tmp_path, tokenizer, make, match, error):
     data = classification_dataset(tokenizer, 8)
-    t = Trainer(model=make(len(tokenizer)), args=TrainingArguments(**kwargs(tmp_path)), train_dataset=data,
-                data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
+    t = Trainer(
+        model=make(len(tokenizer)),
+        args=TrainingArguments(**kwargs(tmp_path)),
+        train_dataset=data,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
     with pytest.raises(error, match=match):
         attach_dynsdpb(t)
 
 
 def test_classification_trainer_refuses_plain_training_arguments(tmp_path, tokenizer):
     with pytest.raises(TypeError, match="DynSDPBClassificationConfig"):
-        DynSDPBClassificationTrainer(model=make_classifier(len(tokenizer)), args=TrainingArguments(**kwargs(tmp_path)),
-                                     train_dataset=classification_dataset(tokenizer, 8))  # fmt: skip
+        DynSDPBClassificationTrainer(
+            model=make_classifier(len(tokenizer)),
+            args=TrainingArguments(**kwargs(tmp_path)),
+            train_dataset=classification_dataset(tokenizer, 8),
+        )

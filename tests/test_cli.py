@@ -73,8 +73,22 @@ def test_eval_flags_are_the_engine_and_sampling_config_fields(monkeypatch, tmp_p
     for cls, skip in ((EngineConfig, ()), (SamplingConfig, ("seed", "stop"))):
         for f in dataclasses.fields(cls):
             assert f.name in skip or "--" + f.name.replace("_", "-") in flags, f.name
-    argv = ["eval", "--model", "m", "--max-num-seqs", "64", "--no-enable-prefix-caching", "--seed", "7", "--n", "3",
-            "--temperature", "0.5", "--cpu-reserved-cores", "1"]  # fmt: skip
+    argv = [
+        "eval",
+        "--model",
+        "m",
+        "--max-num-seqs",
+        "64",
+        "--no-enable-prefix-caching",
+        "--seed",
+        "7",
+        "--n",
+        "3",
+        "--temperature",
+        "0.5",
+        "--cpu-reserved-cores",
+        "1",
+    ]
     args = parser.parse_args(argv)
     engine = from_flags(EngineConfig, args)
     assert (engine.max_num_seqs, engine.enable_prefix_caching, engine.seed, engine.cpu_reserved_cores) == (
@@ -99,8 +113,16 @@ def test_run_set_changes_config_keys_and_options_lists_them(tmp_path, monkeypatc
 
     demo = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "demo.yaml"
     base = load_config(demo)
-    cfg = load_config(demo, ["generation.n=8", "training.learning_rate=1e-5", "task.options.steps=2",
-                             "training.lora={r: 4, lora_alpha: 8}", "engine.max_num_seqs=null"])  # fmt: skip
+    cfg = load_config(
+        demo,
+        [
+            "generation.n=8",
+            "training.learning_rate=1e-5",
+            "task.options.steps=2",
+            "training.lora={r: 4, lora_alpha: 8}",
+            "engine.max_num_seqs=null",
+        ],
+    )
     assert (cfg.generation.n, cfg.training.args["learning_rate"], cfg.task.options["steps"]) == (8, 1e-5, 2)
     assert (cfg.training.lora.r, cfg.training.lora.lora_alpha, cfg.engine.max_num_seqs) == (4, 8, None)
     assert (base.generation.n, base.task.options["steps"], base.training.lora) == (4, 1, None)
@@ -108,10 +130,12 @@ def test_run_set_changes_config_keys_and_options_lists_them(tmp_path, monkeypatc
     recipe.write_text(demo.read_text().replace("learning_rate: 3.0e-5", "learning_rate: 3e-5"))
     assert load_config(recipe).training.args["learning_rate"] == 3e-5
     monkeypatch.chdir(tmp_path)
-    for assignment, message in (("generation.samples=8", "generation.samples: renamed to generation.n"),
-                                ("generation.nn=8", "generation.nn: unknown key"),
-                                ("generation.n", "--set 'generation.n': expected KEY=VALUE"),
-                                ("training.learning_rate=fast", "training.learning_rate: expected float")):  # fmt: skip
+    for assignment, message in (
+        ("generation.samples=8", "generation.samples: renamed to generation.n"),
+        ("generation.nn=8", "generation.nn: unknown key"),
+        ("generation.n", "--set 'generation.n': expected KEY=VALUE"),
+        ("training.learning_rate=fast", "training.learning_rate: expected float"),
+    ):
         assert main(["run", str(demo), "--set", assignment]) == 2
         err = capsys.readouterr().err
         assert message in err and (str(demo) in err or "KEY=VALUE" in message), err

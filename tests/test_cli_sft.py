@@ -64,14 +64,14 @@ def test_distillation_fields_in_yaml_are_validated(recipe, tmp_path, capsys):
     assert "dynsdpb sft: error: distillation_temperature=0: must be > 0" in capsys.readouterr().err
 
 
-def test_readme_lists_every_distillation_field_with_its_default():
-    """The README's options table is where users look first; a new or changed field must show there as it is."""
+def test_the_docs_list_every_distillation_field_with_its_default():
+    """The options table of docs/dynsdpb.md is where users look; a new or changed field must show there as it is."""
     from dataclasses import fields
     from pathlib import Path
 
     from dynsdpb_selfplay.distill.config import DistillationArguments
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "dynsdpb.md").read_text()
     rows = {}
     for line in readme.splitlines():
         if line.startswith("| `distillation_"):

@@ -32,8 +32,9 @@ sys.exit(rc)
 def _python(code: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path)
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _heavy_after(code: str) -> list[str]:

@@ -20,9 +20,20 @@ def free_port() -> int:
 
 def launch(out, *args):
     # torchrun, as TRL recipes are launched with it too; the Trainer initializes gloo from its environment.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()),
-           SCRIPT, str(out), *map(str, args)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        SCRIPT,
+        str(out),
+        *map(str, args),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -91,9 +102,12 @@ def test_two_processes_train_like_one_on_a_model_without_loss_kwargs(tmp_path, t
     launch(tmp_path, "parity", "gemma4")
     two = json.loads((tmp_path / "parity-gemma4.json").read_text())
     assert two["world"] == 2 and two["accepts_loss_kwargs"] is False
-    one = DynSDPBTrainer(model=build("gemma4", len(tokenizer)), processing_class=tokenizer,
-                         args=DynSDPBConfig(**sft_kwargs(tmp_path / "one", per_device_train_batch_size=8, **PARITY)),
-                         train_dataset=equal_completion_rows())  # fmt: skip
+    one = DynSDPBTrainer(
+        model=build("gemma4", len(tokenizer)),
+        processing_class=tokenizer,
+        args=DynSDPBConfig(**sft_kwargs(tmp_path / "one", per_device_train_batch_size=8, **PARITY)),
+        train_dataset=equal_completion_rows(),
+    )
     one.train()
     logs = [h for h in one.state.log_history if "loss" in h]
     assert logs[-1]["dynsdpb/kd_loss"] > 0

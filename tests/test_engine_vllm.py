@@ -117,10 +117,15 @@ def test_tokens_are_reported_as_they_are_generated_and_the_generations_stay_the_
         ours = engine.generate_ids(ids, sampling)
     finally:
         engine.progress = None
-    final_only = engine.llm.generate([{"prompt_token_ids": p} for p in ids], engine._sampling_params(sampling),
-                                     use_tqdm=False)  # fmt: skip
-    before = [Generation(list(o.prompt_token_ids), [Completion(c.text, list(c.token_ids), c.finish_reason)
-                                                    for c in o.outputs]) for o in final_only]  # fmt: skip
+    final_only = engine.llm.generate(
+        [{"prompt_token_ids": p} for p in ids], engine._sampling_params(sampling), use_tqdm=False
+    )
+    before = [
+        Generation(
+            list(o.prompt_token_ids), [Completion(c.text, list(c.token_ids), c.finish_reason) for c in o.outputs]
+        )
+        for o in final_only
+    ]
     assert ours == before and engine.generate_ids(ids, sampling) == before
     completions = [c for g in ours for c in g.completions]
     assert {c.finish_reason for c in completions} == {"stop", "length"}
@@ -232,8 +237,10 @@ def test_the_c_norms_match_vllms_own_and_leave_what_they_cannot_take_to_it(dtype
         return
     assert register(dtype)
     native = {op: getattr(ir.ops, op).impls["native"].impl_fn for op in IR_OP_PRIORITY}
-    with ir.ops.rms_norm.set_priority(IR_OP_PRIORITY["rms_norm"]), \
-            ir.ops.fused_add_rms_norm.set_priority(IR_OP_PRIORITY["fused_add_rms_norm"]):  # fmt: skip
+    with (
+        ir.ops.rms_norm.set_priority(IR_OP_PRIORITY["rms_norm"]),
+        ir.ops.fused_add_rms_norm.set_priority(IR_OP_PRIORITY["fused_add_rms_norm"]),
+    ):
         assert ir.ops.rms_norm.dispatch(x, w, 1e-6, None).provider == PROVIDER
         assert ir.ops.rms_norm.dispatch(x, w, 1e-6, 32).provider == "native"
         norm = ir.ops.rms_norm(x, w, 1e-6)

@@ -43,14 +43,25 @@ def recording(trainer_cls):
 
 
 def train(family, tmp, tokenizer, trainer_cls, micro=2, accum=2, **overrides):
-    kw = sft_kwargs(tmp, per_device_train_batch_size=micro, gradient_accumulation_steps=accum, max_steps=STEPS,
-                    optim="sgd", learning_rate=LR, **overrides)  # fmt: skip
+    kw = sft_kwargs(
+        tmp,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        max_steps=STEPS,
+        optim="sgd",
+        learning_rate=LR,
+        **overrides,
+    )
     config_cls = DynSDPBConfig if issubclass(trainer_cls, DynSDPBTrainer) else SFTConfig
     if config_cls is DynSDPBConfig:
         kw.setdefault("distillation_schedule", "static")
         kw.setdefault("distillation_temperature", TAU)
-    trainer = trainer_cls(model=build(family, len(tokenizer)), args=config_cls(**kw),
-                          train_dataset=equal_completion_rows(), processing_class=tokenizer)  # fmt: skip
+    trainer = trainer_cls(
+        model=build(family, len(tokenizer)),
+        args=config_cls(**kw),
+        train_dataset=equal_completion_rows(),
+        processing_class=tokenizer,
+    )
     trainer.train()
     return trainer
 
@@ -84,8 +95,9 @@ def runs(request, tmp_path_factory, tokenizer):
     tmp = tmp_path_factory.mktemp(family)
     no_aux = {"router_aux_loss_coef": 0.0} if family in MOE else {}
     out = {"family": family}
-    out["shapes"] = {(m, a): train(family, tmp / f"{m}x{a}", tokenizer, DynSDPBTrainer, m, a, **no_aux)
-                     for m, a in SHAPES}  # fmt: skip
+    out["shapes"] = {
+        (m, a): train(family, tmp / f"{m}x{a}", tokenizer, DynSDPBTrainer, m, a, **no_aux) for m, a in SHAPES
+    }
     out["naive"] = train(family, tmp / "naive", tokenizer, recording(DynSDPBTrainer))
     out["alpha0"] = train(family, tmp / "alpha0", tokenizer, DynSDPBTrainer, distillation_alpha=0.0)
     out["sft"] = train(family, tmp / "sft", tokenizer, plain_overlap(SFTTrainer))
@@ -106,8 +118,12 @@ def naive_step_losses(family: str, vocab: int, trainer) -> tuple[list[float], di
         step = batches[s : s + accum]
         current, ce, n_tokens, kd, n_kd, aux = {}, [], [], [], 0, []
         for mb in step:
-            out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False,
-                        **({"output_router_logits": True} if aux_coef else {}))  # fmt: skip
+            out = model(
+                input_ids=mb["input_ids"],
+                attention_mask=mb["attention_mask"],
+                use_cache=False,
+                **({"output_router_logits": True} if aux_coef else {}),
+            )
             mb_ce, mb_n = 0.0, 0
             for b, row in enumerate(mb[INDEX_COLUMN].tolist()):
                 mask = mb["labels"][b, 1:] != -100
@@ -181,14 +197,30 @@ def test_a_family_whose_logits_are_not_the_heads_projection_is_refused_naming_it
     from dynsdpb_selfplay import attach_dynsdpb
 
     def bert():
-        return BertLMHeadModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
-                                          num_attention_heads=4, intermediate_size=64, is_decoder=True))  # fmt: skip
+        return BertLMHeadModel(
+            BertConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                intermediate_size=64,
+                is_decoder=True,
+            )
+        )
 
     match = r"cannot serve BertLMHeadModel exactly: its logits are not the LM head"
-    sft = SFTTrainer(model=bert(), args=SFTConfig(**sft_kwargs(tmp_path / "a")), train_dataset=equal_completion_rows(),
-                     processing_class=tokenizer)  # fmt: skip
+    sft = SFTTrainer(
+        model=bert(),
+        args=SFTConfig(**sft_kwargs(tmp_path / "a")),
+        train_dataset=equal_completion_rows(),
+        processing_class=tokenizer,
+    )
     with pytest.raises(ValueError, match=match):
         attach_dynsdpb(sft)
     with pytest.raises(ValueError, match=match):
-        DynSDPBTrainer(model=bert(), args=DynSDPBConfig(**sft_kwargs(tmp_path / "b")),
-                       train_dataset=equal_completion_rows(), processing_class=tokenizer)  # fmt: skip
+        DynSDPBTrainer(
+            model=bert(),
+            args=DynSDPBConfig(**sft_kwargs(tmp_path / "b")),
+            train_dataset=equal_completion_rows(),
+            processing_class=tokenizer,
+        )

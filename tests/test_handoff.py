@@ -109,8 +109,13 @@ def test_an_fp32_engine_serves_the_trained_weights_and_big_updates_round_to_near
             p.mul_(1.2)  # tens of bf16 steps: rounding to nearest keeps nearly all of it
     trained = _save(model, tok, tmp_path / "trained", torch.float32)
     exact = hand_off(start, trained, tmp_path / "served", "float32")
-    assert exact == {"served": str(trained), "dtype": "float32", "handoff": "exact", "served_share": 1.0,
-                     "nearest_share": 1.0}  # fmt: skip
+    assert exact == {
+        "served": str(trained),
+        "dtype": "float32",
+        "handoff": "exact",
+        "served_share": 1.0,
+        "nearest_share": 1.0,
+    }
     big = hand_off(start, trained, tmp_path / "served", "bfloat16")
     assert big["handoff"] == "nearest" and big["nearest_share"] > 0.95 and big["served"] == str(trained)
     assert not (tmp_path / "served").exists()

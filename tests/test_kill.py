@@ -67,9 +67,26 @@ def test_sigkill_of_a_run_leaves_no_process_of_it(tmp_path, tiny):
 
 @pytest.mark.vllm
 def test_sigkill_of_an_eval_leaves_no_process_of_it(tmp_path, tiny):
-    args = ["eval", "--model", tiny, "--task", "arith", "--limit", "4", "--max-new-tokens", "8", "--backend", "vllm",
-            "--dtype", "float32", "--max-model-len", "256", "--multiprocessing",  # the processes to guard
-            "--output", str(tmp_path / "eval.jsonl")]  # fmt: skip
+    args = [
+        "eval",
+        "--model",
+        tiny,
+        "--task",
+        "arith",
+        "--limit",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--backend",
+        "vllm",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "256",
+        "--multiprocessing",  # the processes to guard
+        "--output",
+        str(tmp_path / "eval.jsonl"),
+    ]
     assert_nothing_left(start(args, tmp_path, fault="eval:point=loaded"), tmp_path)
 
 

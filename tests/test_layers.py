@@ -198,10 +198,19 @@ def test_cycle_finder():
     def edge(a, b):
         return Edge(f"dynsdpb_selfplay.{a}", f"dynsdpb_selfplay.{b}", 1, (), "module", False)
 
-    found = _cycles([edge("jsonl", "errors"), edge("errors", "memory"), edge("memory", "jsonl"),
-                     edge("stats", "stats"), edge("models", "errors")])  # fmt: skip
-    assert sorted(map(sorted, found)) == [["dynsdpb_selfplay.errors", "dynsdpb_selfplay.jsonl",
-                                           "dynsdpb_selfplay.memory"], ["dynsdpb_selfplay.stats"]]  # fmt: skip
+    found = _cycles(
+        [
+            edge("jsonl", "errors"),
+            edge("errors", "memory"),
+            edge("memory", "jsonl"),
+            edge("stats", "stats"),
+            edge("models", "errors"),
+        ]
+    )
+    assert sorted(map(sorted, found)) == [
+        ["dynsdpb_selfplay.errors", "dynsdpb_selfplay.jsonl", "dynsdpb_selfplay.memory"],
+        ["dynsdpb_selfplay.stats"],
+    ]
 
 
 def test_no_import_cycles():
@@ -245,8 +254,9 @@ def _all_and_own(module: str, tree: ast.Module) -> tuple[list[tuple[str, int]], 
             names = {t.id for target in targets for t in ast.walk(target) if isinstance(t, ast.Name)}
             defined |= names
             if "__all__" in names and node.value is not None:
-                exported += [(elt.value, elt.lineno) for elt in getattr(node.value, "elts", [])
-                             if isinstance(elt, ast.Constant)]  # fmt: skip
+                exported += [
+                    (elt.value, elt.lineno) for elt in getattr(node.value, "elts", []) if isinstance(elt, ast.Constant)
+                ]
     return exported, defined
 
 
@@ -256,6 +266,9 @@ def test_cli_reexports_nothing_the_library_owns():
     bad = []
     for module, tree in trees.items():
         exported, own = _all_and_own(module, tree)
-        bad += [f"  {_path(module)}:{line}: __all__ lists {name!r}, which cli does not define" for name, line in
-                exported if name not in own]  # fmt: skip
+        bad += [
+            f"  {_path(module)}:{line}: __all__ lists {name!r}, which cli does not define"
+            for name, line in exported
+            if name not in own
+        ]
     assert not bad, "cli re-exports library names (import them from the library module instead):\n" + "\n".join(bad)

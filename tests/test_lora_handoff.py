@@ -20,8 +20,13 @@ from dynsdpb_selfplay.cli import main
 from dynsdpb_selfplay.engines import EngineConfig, SamplingConfig, make_engine
 from dynsdpb_selfplay.jsonl import read_jsonl as read
 
-PROMPTS = ["What is 2+3?", [{"role": "user", "content": "hello 12"}], "abc", "The answer is",
-           [{"role": "user", "content": "Sam has 4 cards. He gets 9 more."}]]  # fmt: skip
+PROMPTS = [
+    "What is 2+3?",
+    [{"role": "user", "content": "hello 12"}],
+    "abc",
+    "The answer is",
+    [{"role": "user", "content": "Sam has 4 cards. He gets 9 more."}],
+]
 GREEDY = SamplingConfig(max_new_tokens=20)
 
 
@@ -33,8 +38,9 @@ def adapter_and_merged(tiny_model_dirs, tmp_path_factory) -> tuple[Path, Path]:
 
     out = tmp_path_factory.mktemp("lora")
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dirs[0]), dtype=torch.float32)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                      init_lora_weights=False)  # fmt: skip
+    lora = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
     model = get_peft_model(base, lora)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -96,8 +102,11 @@ def test_adapter_rounds_continue_the_same_adapter_and_log_to_tensorboard(tmp_pat
 
     run_dir = tmp_path / "run"
     lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
-    cfg = config(tiny, evaluation={"enabled": False}, **{"training.lora": lora, "training.lora_handoff": "adapter",
-                                                         "training.report_to": "tensorboard"})  # fmt: skip
+    cfg = config(
+        tiny,
+        evaluation={"enabled": False},
+        **{"training.lora": lora, "training.lora_handoff": "adapter", "training.report_to": "tensorboard"},
+    )
     assert main(["run", str(write(tmp_path, cfg)), "--run-dir", str(run_dir)]) == 0
     for r in (1, 2):
         model = run_dir / f"round_{r}" / "model"

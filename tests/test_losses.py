@@ -73,8 +73,11 @@ def test_weighted_cross_entropy_hand_computed():
     t = build_targets(torch.tensor([[2 * LN2, 0.0, 0.0]]), torch.tensor([1.0]), torch.tensor([0.5]))
     kd = 0.5 * kl_to_targets(logits[1:], t).item()  # p = [4/6, 1/6, 1/6], q uniform
     assert kd == pytest.approx(0.5 * (4 / 6 * math.log(2) + 2 / 6 * math.log(0.5)), rel=1e-6)
-    for w, ce in [(1.0, (math.log(6) + math.log(3)) / 2), (0.25, (math.log(6) + 0.25 * math.log(3)) / 1.25),
-                  (0.0, math.log(6))]:  # fmt: skip
+    for w, ce in [
+        (1.0, (math.log(6) + math.log(3)) / 2),
+        (0.25, (math.log(6) + 0.25 * math.log(3)) / 1.25),
+        (0.0, math.log(6)),
+    ]:
         loss, sums = distillation_loss(logits, labels, kd_rows, t, ce_weight=torch.tensor([1.0, w]))
         assert loss.item() == pytest.approx(ce + kd, rel=1e-6), w
         assert sums["ce_sum"].item() == pytest.approx(math.log(6) + math.log(3), rel=1e-6)  # unweighted metric
@@ -143,9 +146,19 @@ def test_fused_matches_reference_values_and_gradients(topk, softcap, chunk_size,
     ref, _ = distillation_loss(z, labels, kd_rows, targets, num_items=20, num_distilled=6, ce_weight=ce_weight)
     ref_grads = _grads(ref, hidden, weight, bias)
     loss, out = fused_ce_distill(
-        hidden, weight, bias, labels, num_items=20, kd_rows=kd_rows, kd_targets=targets, num_distilled=6,
-        logit_scale=0.5, softcap=softcap, chunk_size=chunk_size, ce_weight=ce_weight,
-    )  # fmt: skip
+        hidden,
+        weight,
+        bias,
+        labels,
+        num_items=20,
+        kd_rows=kd_rows,
+        kd_targets=targets,
+        num_distilled=6,
+        logit_scale=0.5,
+        softcap=softcap,
+        chunk_size=chunk_size,
+        ce_weight=ce_weight,
+    )
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     for got, want in zip(_grads(loss, hidden, weight, bias), ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
@@ -162,9 +175,18 @@ def test_fused_chunked_equals_unchunked_including_stored_targets():
     results = []
     for chunk in (2, 5, 64):
         loss, out = fused_ce_distill(
-            hidden, weight, None, labels, num_items=13, kd_rows=kd_rows, kd_targets=targets, num_distilled=4,
-            store_rows=store_rows, make_targets=make, chunk_size=chunk,
-        )  # fmt: skip
+            hidden,
+            weight,
+            None,
+            labels,
+            num_items=13,
+            kd_rows=kd_rows,
+            kd_targets=targets,
+            num_distilled=4,
+            store_rows=store_rows,
+            make_targets=make,
+            chunk_size=chunk,
+        )
         stored = type(out.stored[0]).cat(out.stored)
         results.append((loss.detach(), stored.logp, stored.indices, stored.tail_logp))
     for other in results[1:]:
@@ -257,8 +279,18 @@ def test_a_masked_vocabulary_entry_keeps_loss_gradients_and_statistics_finite(to
         alpha, tau = schedule(teacher_stats_from_softmax(z, p, lse, y))
         return build_targets(z, tau, alpha, topk)
 
-    loss, out = fused_ce_distill(hidden, weight, bias, labels, num_items=n, kd_rows=kd_rows, kd_targets=targets,
-                                 num_distilled=4, store_rows=torch.tensor([0, 2]), make_targets=make)  # fmt: skip
+    loss, out = fused_ce_distill(
+        hidden,
+        weight,
+        bias,
+        labels,
+        num_items=n,
+        kd_rows=kd_rows,
+        kd_targets=targets,
+        num_distilled=4,
+        store_rows=torch.tensor([0, 2]),
+        make_targets=make,
+    )
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     for got, want in zip(_grads(loss, hidden, weight, bias), ref_grads, strict=True):
         assert torch.isfinite(got).all()

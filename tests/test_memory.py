@@ -24,9 +24,12 @@ def test_the_estimate_counts_weights_kv_cache_start_up_batch_and_processes(tiny_
     assert parameter_count(path) == params
     need = vllm_cpu_need(str(path), "float32", 2, 256)
     vocab = json.loads((path / "config.json").read_text())["vocab_size"]
-    assert need.parts == {"weights (float32)": 4 * params, "KV cache": 2 * GIB,
-                          "start-up batch of 2048 tokens": 2048 * vocab * 4,
-                          "engine processes": memory.VLLM_PROCESSES}  # fmt: skip
+    assert need.parts == {
+        "weights (float32)": 4 * params,
+        "KV cache": 2 * GIB,
+        "start-up batch of 2048 tokens": 2048 * vocab * 4,
+        "engine processes": memory.VLLM_PROCESSES,
+    }
     assert vllm_cpu_need(str(path), "bfloat16", 2, 4096).parts["start-up batch of 4096 tokens"] == 4096 * vocab * 4
     assert parameter_count("HuggingFaceTB/SmolLM2-135M-Instruct") is None  # a hub id: unknown, not checked
 
@@ -38,8 +41,13 @@ def test_a_need_over_memavailable_stops_with_the_settings_named(tiny_model_dirs,
     fake_available(monkeypatch, need.total - 1)
     with pytest.raises(InsufficientMemoryError) as e:
         check_memory(need)
-    for setting in ("engine.cpu_kvcache_space_gb", "VLLM_CPU_KVCACHE_SPACE", "engine.max_model_len", "KV cache 2.00",
-                    "DYNSDPB_SKIP_MEMORY_CHECK=1"):  # fmt: skip
+    for setting in (
+        "engine.cpu_kvcache_space_gb",
+        "VLLM_CPU_KVCACHE_SPACE",
+        "engine.max_model_len",
+        "KV cache 2.00",
+        "DYNSDPB_SKIP_MEMORY_CHECK=1",
+    ):
         assert setting in str(e.value)
     monkeypatch.setenv("DYNSDPB_SKIP_MEMORY_CHECK", "1")
     check_memory(need)
@@ -48,8 +56,21 @@ def test_a_need_over_memavailable_stops_with_the_settings_named(tiny_model_dirs,
 def test_eval_with_vllm_stops_before_starting_the_engine(tiny_model_dirs, tmp_path, monkeypatch, capsys):
     """No engine process is started (the check runs before vLLM is imported): exit 2 and one line."""
     fake_available(monkeypatch, GIB)
-    argv = ["eval", "--model", str(tiny_model_dirs[0]), "--task", "arith", "--limit", "2", "--backend", "vllm",
-            "--max-model-len", "256", "--output", str(tmp_path / "e.jsonl")]  # fmt: skip
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_model_dirs[0]),
+        "--task",
+        "arith",
+        "--limit",
+        "2",
+        "--backend",
+        "vllm",
+        "--max-model-len",
+        "256",
+        "--output",
+        str(tmp_path / "e.jsonl"),
+    ]
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -57,8 +78,9 @@ def test_eval_with_vllm_stops_before_starting_the_engine(tiny_model_dirs, tmp_pa
     assert "--max-model-len" in err and "KV cache 4.00" in err
 
 
-def test_a_run_stops_before_training_that_cannot_fit_and_keeps_what_is_done(tiny_model_dirs, tmp_path, monkeypatch,
-                                                                              capsys):  # fmt: skip
+def test_a_run_stops_before_training_that_cannot_fit_and_keeps_what_is_done(
+    tiny_model_dirs, tmp_path, monkeypatch, capsys
+):
     """The transformers engine fits, the training phase does not: the run stops there, naming training settings."""
     from helpers import round_config as config
     from helpers import write_config as write

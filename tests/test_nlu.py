@@ -54,8 +54,15 @@ def test_verifier_rows_come_from_run_generations_and_splits_keep_questions_toget
     for q in range(20):
         for s in range(3):
             prompt = [{"role": "system", "content": "sys"}, {"role": "user", "content": f"Question {q}?"}]
-            gens.append({"id": f"q{q}", "sample": s, "prompt": prompt, "response": f"answer {q}-{s % 2}",
-                         "flexible_correct": s == 0})  # fmt: skip
+            gens.append(
+                {
+                    "id": f"q{q}",
+                    "sample": s,
+                    "prompt": prompt,
+                    "response": f"answer {q}-{s % 2}",
+                    "flexible_correct": s == 0,
+                }
+            )
     (tmp_path / "round_1").mkdir()
     (tmp_path / "round_1" / "generations.jsonl").write_text("\n".join(json.dumps(g) for g in gens))
     rows = verifier_rows([str(tmp_path)])
@@ -84,11 +91,36 @@ def test_classify_compares_plain_and_dynsdpb_on_minilm_and_keeps_finished_runs(t
     rows = [{"text": f"{'good' if i % 2 else 'bad'} movie number {i}", "label": i % 2} for i in range(24)]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "out"
-    argv = ["classify", "--model", "all-minilm-l6-v2", "--train_file", str(tmp_path / "train.jsonl"),
-            "--eval_fraction", "0.25", "--seeds", "0", "--output_dir", str(out), "--use_cpu", "--report_to", "none",
-            "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--logging_steps", "1",
-            "--save_strategy", "no", "--max_seq_length", "32", "--distillation_schedule", "static",
-            "--distillation_temperature", "2"]  # fmt: skip
+    argv = [
+        "classify",
+        "--model",
+        "all-minilm-l6-v2",
+        "--train_file",
+        str(tmp_path / "train.jsonl"),
+        "--eval_fraction",
+        "0.25",
+        "--seeds",
+        "0",
+        "--output_dir",
+        str(out),
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--per_device_train_batch_size",
+        "8",
+        "--num_train_epochs",
+        "1",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--max_seq_length",
+        "32",
+        "--distillation_schedule",
+        "static",
+        "--distillation_temperature",
+        "2",
+    ]
     assert main(argv) == 0
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert [r["trainer"] for r in runs] == ["plain", "dynsdpb"]

@@ -23,11 +23,23 @@ def poison(trainer, at_step: int) -> None:
 
 
 def lm_trainer(tmp_path, tokenizer, **overrides):
-    kw = sft_kwargs(tmp_path / "out", max_steps=5, optim="sgd", learning_rate=0.1, save_strategy="steps",
-                    save_steps=10, distillation_schedule="static", distillation_temperature=2.0)  # fmt: skip
+    kw = sft_kwargs(
+        tmp_path / "out",
+        max_steps=5,
+        optim="sgd",
+        learning_rate=0.1,
+        save_strategy="steps",
+        save_steps=10,
+        distillation_schedule="static",
+        distillation_temperature=2.0,
+    )
     kw.update(overrides)
-    return DynSDPBTrainer(model=make_model(len(tokenizer)), args=DynSDPBConfig(**kw),
-                          train_dataset=arithmetic_dataset(16), processing_class=tokenizer)  # fmt: skip
+    return DynSDPBTrainer(
+        model=make_model(len(tokenizer)),
+        args=DynSDPBConfig(**kw),
+        train_dataset=arithmetic_dataset(16),
+        processing_class=tokenizer,
+    )
 
 
 def losses(trainer):
@@ -56,9 +68,17 @@ def test_skip_gives_zero_gradient_and_stores_nothing_from_the_bad_micro_batch(tm
     t = lm_trainer(tmp_path, tokenizer, distillation_on_nonfinite="skip", max_steps=4)
     poison(t, at_step=2)
     weights = {}
-    t.add_callback(type("Snap", (__import__("transformers").TrainerCallback,), {
-        "on_step_end": lambda self, args, state, control, model=None, **kw: weights.__setitem__(
-            state.global_step, {k: v.detach().clone() for k, v in model.named_parameters()})}))  # fmt: skip
+    t.add_callback(
+        type(
+            "Snap",
+            (__import__("transformers").TrainerCallback,),
+            {
+                "on_step_end": lambda self, args, state, control, model=None, **kw: weights.__setitem__(
+                    state.global_step, {k: v.detach().clone() for k, v in model.named_parameters()}
+                )
+            },
+        )
+    )
     t.train()
     logs = {h["step"]: h for h in t.state.log_history if "loss" in h}
     assert logs[2]["dynsdpb/skipped_nonfinite"] == 1 and "dynsdpb/skipped_nonfinite" not in logs[3]
@@ -91,8 +111,9 @@ def test_a_masked_vocabulary_entry_trains_with_the_dynamic_schedule(tmp_path, to
         head.bias[-1] = float("-inf")
     model.lm_head, model.config.tie_word_embeddings = head, False
     kw = sft_kwargs(tmp_path / "out", max_steps=3, distillation_schedule="dynamic")
-    t = DynSDPBTrainer(model=model, args=DynSDPBConfig(**kw), train_dataset=arithmetic_dataset(16),
-                       processing_class=tokenizer)  # fmt: skip
+    t = DynSDPBTrainer(
+        model=model, args=DynSDPBConfig(**kw), train_dataset=arithmetic_dataset(16), processing_class=tokenizer
+    )
     t.train()
     logs = [h for h in t.state.log_history if "loss" in h]
     assert len(logs) == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logs)

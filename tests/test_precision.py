@@ -120,8 +120,14 @@ def test_a_round_hands_the_next_round_exactly_the_trained_weights(tmp_path, lora
     train = {"per_device_train_batch_size": 2, "learning_rate": 1e-4, "max_steps": 3, "max_length": 64, "bf16": True}
     if lora:
         train["lora"] = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
-    cfg = from_dict({"model": str(base), "task": {"name": "round_fixtures:EchoTask"}, "training": train,
-                     "engine": {"backend": "hf", "dtype": "float32"}})  # fmt: skip
+    cfg = from_dict(
+        {
+            "model": str(base),
+            "task": {"name": "round_fixtures:EchoTask"},
+            "training": train,
+            "engine": {"backend": "hf", "dtype": "float32"},
+        }
+    )
     trained = {}
     save = training.save_round_model
 
@@ -132,8 +138,13 @@ def test_a_round_hands_the_next_round_exactly_the_trained_weights(tmp_path, lora
         return save(trainer, tokenizer, out_dir, **kw)
 
     monkeypatch.setattr(training, "save_round_model", spy)
-    rows = [{"prompt": [{"role": "user", "content": f"Say {i}."}], "completion": [
-        {"role": "assistant", "content": f"{i} {i} {i}"}]} for i in range(8)]  # fmt: skip
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Say {i}."}],
+            "completion": [{"role": "assistant", "content": f"{i} {i} {i}"}],
+        }
+        for i in range(8)
+    ]
     with pytest.warns(EmulatedBF16Warning) if not precision.native_bf16() else warnings.catch_warnings():
         info = training.train_round(rows, str(base), tmp_path / "model", tmp_path / "trainer", cfg)
     assert info["steps"] == 3

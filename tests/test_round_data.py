@@ -15,16 +15,28 @@ from dynsdpb_selfplay.tasks.scoring import Score
 
 def sample(qid: str, k: int, text: str, correct: bool, finish: str = "stop", source: str = "sample") -> dict:
     answer = "7" if correct else "1"
-    return {"id": qid, "sample": k, "source": source, "gold": "7", "prompt": [{"role": "user", "content": qid}],
-            "response": text, "finish_reason": finish, "strict_answer": answer, "flexible_answer": answer,
-            "strict_correct": correct, "flexible_correct": correct}  # fmt: skip
+    return {
+        "id": qid,
+        "sample": k,
+        "source": source,
+        "gold": "7",
+        "prompt": [{"role": "user", "content": qid}],
+        "response": text,
+        "finish_reason": finish,
+        "strict_answer": answer,
+        "flexible_answer": answer,
+        "strict_correct": correct,
+        "flexible_correct": correct,
+    }
 
 
 def test_a_truncated_generation_is_never_a_training_row():
-    records = [sample("q1", 0, "so 3 + 4 = 7", True, finish="length"),  # right number, cut mid-sentence
-               sample("q1", 1, "3 + 4 = 7. #### 7", True),
-               sample("q2", 0, "the answer is 7", True, finish="length"),
-               sample("q2", 1, "it is 1", False, finish="length")]  # fmt: skip
+    records = [
+        sample("q1", 0, "so 3 + 4 = 7", True, finish="length"),  # right number, cut mid-sentence
+        sample("q1", 1, "3 + 4 = 7. #### 7", True),
+        sample("q2", 0, "the answer is 7", True, finish="length"),
+        sample("q2", 1, "it is 1", False, finish="length"),
+    ]
     rows, stats, verdicts = filter_self_training(records, "flexible", max_per_question=4)
     assert [r["id"] for r in rows] == ["q1-1-sample"]
     assert verdicts == ["truncated", "kept", "truncated", "truncated"]
@@ -33,21 +45,37 @@ def test_a_truncated_generation_is_never_a_training_row():
     # Majority labels: a cut sample does not vote, so two cut "7"s cannot outvote one finished "1".
     rows, stats, _ = filter_self_training(
         [sample("q", 0, "7", True, "length"), sample("q", 1, "x 7", True, "length"), sample("q", 2, "1", False)],
-        "flexible", 4, labels="majority", min_agreement=0.3,
-    )  # fmt: skip
+        "flexible",
+        4,
+        labels="majority",
+        min_agreement=0.3,
+    )
     assert [r["completion"][0]["content"] for r in rows] == ["1"]
 
 
 def correction(qid: str, k: int, first_ok: bool, revised_ok: bool, finish: str = "stop", text: str = "") -> dict:
-    return {"id": qid, "sample": k, "gold": "7", "prompt": [{"role": "user", "content": qid}], "first": f"a{k}",
-            "revision": text or f"revised {k}", "first_correct": first_ok, "revised_correct": revised_ok,
-            "first_answer": None, "revised_answer": None, "first_finish_reason": "stop",
-            "revision_finish_reason": finish}  # fmt: skip
+    return {
+        "id": qid,
+        "sample": k,
+        "gold": "7",
+        "prompt": [{"role": "user", "content": qid}],
+        "first": f"a{k}",
+        "revision": text or f"revised {k}",
+        "first_correct": first_ok,
+        "revised_correct": revised_ok,
+        "first_answer": None,
+        "revised_answer": None,
+        "first_finish_reason": "stop",
+        "revision_finish_reason": finish,
+    }
 
 
 def test_a_truncated_revision_is_never_a_training_row():
-    records = [correction("q1", 0, False, True, finish="length"), correction("q1", 1, False, True),
-               correction("q2", 0, True, False)]  # fmt: skip
+    records = [
+        correction("q1", 0, False, True, finish="length"),
+        correction("q1", 1, False, True),
+        correction("q2", 0, True, False),
+    ]
     rows, stats, verdicts = filter_self_correction(records, "review", keep_right_to_right=True)
     assert [r["id"] for r in rows] == ["q1-1-correction"]
     assert verdicts == ["truncated", "kept", "wrong"] and stats["truncated"] == 1
@@ -56,12 +84,21 @@ def test_a_truncated_revision_is_never_a_training_row():
 
 def test_pass_rates_and_the_difficulty_filter():
     records = [sample("easy", k, f"7 {k}", True) for k in range(4)]
-    records += [sample("mid", 0, "7", True), sample("mid", 1, "7 cut", True, "length"), sample("mid", 2, "1", False),
-                sample("mid", 3, "7 again", True), sample("hard", 0, "1", False), sample("hard", 1, "2", False),
-                sample("hard", 0, "hinted 7", True, source="rationalized")]  # fmt: skip
+    records += [
+        sample("mid", 0, "7", True),
+        sample("mid", 1, "7 cut", True, "length"),
+        sample("mid", 2, "1", False),
+        sample("mid", 3, "7 again", True),
+        sample("hard", 0, "1", False),
+        sample("hard", 1, "2", False),
+        sample("hard", 0, "hinted 7", True, source="rationalized"),
+    ]
     rates = pass_rates(records, "flexible")
-    assert {q: (e["verified"], e["samples"]) for q, e in rates.items()} == {"easy": (4, 4), "mid": (2, 4),
-                                                                            "hard": (0, 2)}  # fmt: skip
+    assert {q: (e["verified"], e["samples"]) for q, e in rates.items()} == {
+        "easy": (4, 4),
+        "mid": (2, 4),
+        "hard": (0, 2),
+    }
     assert rates["mid"]["pass_rate"] == 0.5
     rows, stats, verdicts = filter_self_training(records, "flexible", 4, max_pass_rate=0.99)
     assert {r["id"].split("-")[0] for r in rows} == {"mid", "hard"}  # solved every time: nothing to learn
@@ -137,20 +174,29 @@ def test_adaptive_sampling_spends_the_budget_on_unsolved_questions():
 
 
 def test_examples_pick_kept_rejected_and_truncated():
-    records = [sample("q1", 0, "7", True), sample("q1", 1, "a long way to 7", True),
-               sample("q2", 0, "no", False), sample("q2", 1, "a long wrong way", False, "length")]  # fmt: skip
+    records = [
+        sample("q1", 0, "7", True),
+        sample("q1", 1, "a long way to 7", True),
+        sample("q2", 0, "no", False),
+        sample("q2", 1, "a long wrong way", False, "length"),
+    ]
     _, _, verdicts = filter_self_training(records, "flexible", 4)
     picked = {e["kind"]: (e["id"], e["sample"], e["verdict"]) for e in pick_examples(records, verdicts)}
-    assert picked == {"kept, shortest": ("q1", 0, "kept"), "kept, longest": ("q1", 1, "kept"),
-                      "rejected, shortest": ("q2", 0, "wrong"), "rejected, longest": ("q2", 1, "truncated"),
-                      "truncated": ("q2", 1, "truncated")}  # fmt: skip
+    assert picked == {
+        "kept, shortest": ("q1", 0, "kept"),
+        "kept, longest": ("q1", 1, "kept"),
+        "rejected, shortest": ("q2", 0, "wrong"),
+        "rejected, longest": ("q2", 1, "truncated"),
+        "truncated": ("q2", 1, "truncated"),
+    }
 
 
 def test_round_section_shows_counts_histogram_examples_and_transitions(tmp_path):
     folder = tmp_path / "round_1"
     folder.mkdir()
-    (folder / "pass_rates.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "pass_rate": i / 4}) + "\n"
-                                                     for i in range(5)))  # fmt: skip
+    (folder / "pass_rates.jsonl").write_text(
+        "".join(json.dumps({"id": f"q{i}", "pass_rate": i / 4}) + "\n" for i in range(5))
+    )
     records = [correction("q1", 0, False, True), correction("q1", 1, True, True, "length", text="cut mid")]
     rows, stats, verdicts = filter_self_correction(records, "review", True)
     (folder / "examples.json").write_text(json.dumps(pick_examples(records, verdicts)))
@@ -170,17 +216,20 @@ def _answer_lines(rule: str):
 
     task = get_task("arith", steps=1)
     fmt = task.get_format(name="chat-0shot")
-    return AnswerLines(rule, line=lambda a: task.answer_line(a, fmt), stated=lambda t: task.stated_answer(t, fmt),
-                       same=is_correct)  # fmt: skip
+    return AnswerLines(
+        rule, line=lambda a: task.answer_line(a, fmt), stated=lambda t: task.stated_answer(t, fmt), same=is_correct
+    )
 
 
 def test_a_kept_row_always_carries_the_answer_line():
     """verify: flexible accepts a solution by its last number; the row it becomes ends with the #### line the prompt
     asked for (append), or is dropped (require); a line stating another answer is never a row."""
-    records = [sample("q1", 0, "3 + 4 = 7", True),  # no line: the line is written under it
-               sample("q1", 1, "3 + 4 = 7.\n#### 7", True),  # has it: kept as is
-               sample("q2", 0, "#### 9\nso 3 + 4 = 7", True),  # its line says 9: never kept
-               sample("q3", 0, "It is 7.  \n", True)]  # fmt: skip
+    records = [
+        sample("q1", 0, "3 + 4 = 7", True),  # no line: the line is written under it
+        sample("q1", 1, "3 + 4 = 7.\n#### 7", True),  # has it: kept as is
+        sample("q2", 0, "#### 9\nso 3 + 4 = 7", True),  # its line says 9: never kept
+        sample("q3", 0, "It is 7.  \n", True),
+    ]
     rows, stats, verdicts = filter_self_training(records, "flexible", 4, answer_lines=_answer_lines("append"))
     texts = [r["completion"][0]["content"] for r in rows]
     assert texts == ["3 + 4 = 7\n#### 7", "3 + 4 = 7.\n#### 7", "It is 7.\n#### 7"]
@@ -194,8 +243,9 @@ def test_a_kept_row_always_carries_the_answer_line():
     assert [r["completion"][0]["content"] for r in rows][0] == "3 + 4 = 7"
     # Majority labels: the line states the agreed answer, not the (unknown) gold one.
     votes = [sample("m", k, f"so it is {x}", x == "7") | {"flexible_answer": x} for k, x in enumerate("778")]
-    rows, _, _ = filter_self_training(votes, "flexible", 4, labels="majority", min_agreement=0.5,
-                                      answer_lines=_answer_lines("append"))  # fmt: skip
+    rows, _, _ = filter_self_training(
+        votes, "flexible", 4, labels="majority", min_agreement=0.5, answer_lines=_answer_lines("append")
+    )
     assert [r["completion"][0]["content"] for r in rows] == ["so it is 7\n#### 7"]
     # Self-correction: the revision gets the line.
     fixes = [correction("c", 0, False, True, text="fixed: 7"), correction("c", 1, False, True, text="#### 8")]

@@ -154,12 +154,16 @@ def test_config_errors_name_the_key(tmp_path, overrides, match):
 
 @pytest.mark.parametrize(
     "text,where",
-    [("model: m\ngeneration:\n  n: 2\n  temprature: 0.5\n", r"run\.yaml:4: generation\.temprature: unknown key"),
-     ("model: m\ntraining:\n  trainer: sft\n  lora:\n    lora_alpha: 8\n    r: two\n",
-      r"run\.yaml:6: training\.lora\.r: expected int, got 'two'"),
-     ("model: m\n\ntask:\n  name: arith\n  train_limit: 0\n", r"run\.yaml:5: task\.train_limit: must be >= 1")],
+    [
+        ("model: m\ngeneration:\n  n: 2\n  temprature: 0.5\n", r"run\.yaml:4: generation\.temprature: unknown key"),
+        (
+            "model: m\ntraining:\n  trainer: sft\n  lora:\n    lora_alpha: 8\n    r: two\n",
+            r"run\.yaml:6: training\.lora\.r: expected int, got 'two'",
+        ),
+        ("model: m\n\ntask:\n  name: arith\n  train_limit: 0\n", r"run\.yaml:5: task\.train_limit: must be >= 1"),
+    ],
     ids=["unknown key", "nested type", "value check"],
-)  # fmt: skip
+)
 def test_config_errors_name_the_line(tmp_path, text, where):
     (tmp_path / "run.yaml").write_text(text)
     with pytest.raises(UserInputError, match=where):
@@ -174,8 +178,14 @@ def test_training_keys_are_the_trainer_config_fields_of_a_trl_recipe(tmp_path):
     from dynsdpb_selfplay.rounds.training import training_args
     from dynsdpb_selfplay.rounds.training_config import ROUND_TRAINING_DEFAULTS
 
-    recipe = {"lr_scheduler_type": "cosine", "warmup_steps": 3, "weight_decay": 0.01, "distillation_alpha": 0.5,
-              "distillation_schedule": "static", "per_device_train_batch_size": 2}  # fmt: skip
+    recipe = {
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 3,
+        "weight_decay": 0.01,
+        "distillation_alpha": 0.5,
+        "distillation_schedule": "static",
+        "per_device_train_batch_size": 2,
+    }
     cfg = load_config(write(tmp_path, config("m", training={"trainer": "dynsdpb", "learning_rate": 2e-4, **recipe})))
     args = training_args(cfg, tmp_path / "run" / "round_1" / "trainer")
     assert type(args).__name__ == "DynSDPBConfig" and args.learning_rate == 2e-4
@@ -270,8 +280,15 @@ FAULT_POINTS = [
     ("report:write=state.json", "KILL"),  # everything written, the run not marked finished
 ]
 assert len(FAULT_POINTS) >= 20 and {sig for _, sig in FAULT_POINTS} == {"KILL", "INT"}
-assert {p.split(":")[0].split("/")[-1] for p, _ in FAULT_POINTS} == {"eval", "generate", "filter", "train", "report",
-                                                                     "validate", "select"}  # fmt: skip
+assert {p.split(":")[0].split("/")[-1] for p, _ in FAULT_POINTS} == {
+    "eval",
+    "generate",
+    "filter",
+    "train",
+    "report",
+    "validate",
+    "select",
+}
 
 # The checkpoint each round's training resumed from, for the points that interrupt training.
 RESUMED_FROM = {
@@ -285,8 +302,19 @@ RESUMED_FROM = {
 }
 
 # Timings, and what an attempt counts of its own work (a resumed phase generates only its missing chunks).
-_TIMING = {"seconds", "train_s", "tokens_per_s", "generation_s", "wall_s", "load_s", "resumed_from", "engine_start_s",
-           "weights_handoff_s", "engine_generate_s", "generated_tokens"}  # fmt: skip
+_TIMING = {
+    "seconds",
+    "train_s",
+    "tokens_per_s",
+    "generation_s",
+    "wall_s",
+    "load_s",
+    "resumed_from",
+    "engine_start_s",
+    "weights_handoff_s",
+    "engine_generate_s",
+    "generated_tokens",
+}
 
 
 def _metrics(obj, run_dir: Path):
@@ -346,8 +374,7 @@ def assert_same_run(run_dir: Path, reference: Path, rounds=(1, 2)) -> None:
 
 # The phases in the order a run reaches them.
 ROUND_PHASES = ("generate", "filter", "train", "handoff", "eval", "validate", "select")
-PHASE_ORDER = ["round_0/validate", "round_0/eval", *(f"round_{r}/{p}" for r in (1, 2) for p in ROUND_PHASES),
-               "report"]  # fmt: skip
+PHASE_ORDER = ["round_0/validate", "round_0/eval", *(f"round_{r}/{p}" for r in (1, 2) for p in ROUND_PHASES), "report"]
 
 
 # Training points reached only by a training phase that starts from step 0: a checkpoint-2 being written.
@@ -417,8 +444,12 @@ def test_fault_points_fire_only_where_set(monkeypatch):
         maybe_fault("round_1/train", step=3)  # no DYNSDPB_FAULT: inert
         monkeypatch.setenv("DYNSDPB_FAULT", "round_1/train:step=3")
         monkeypatch.setenv("DYNSDPB_FAULT_SIGNAL", "USR1")
-        for phase, point in [("round_1/train", {"step": 2}), ("round_1/train", {"saved": 3}),
-                             ("round_2/train", {"step": 3}), ("", {"step": 3})]:  # fmt: skip
+        for phase, point in [
+            ("round_1/train", {"step": 2}),
+            ("round_1/train", {"saved": 3}),
+            ("round_2/train", {"step": 3}),
+            ("", {"step": 3}),
+        ]:
             maybe_fault(phase, **point)
         assert fired == []
         maybe_fault("round_1/train", step=3)
@@ -440,8 +471,11 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     from dynsdpb_selfplay.distill.trainer import last_complete_checkpoint
     from dynsdpb_selfplay.rounds.training import drop_checkpoints
 
-    for step, files in [(2, ["model.safetensors", "trainer_state.json"]), (4, ["dynsdpb_targets_rank0.safetensors",
-                        "model.safetensors"]), (10, ["trainer_state.json"])]:  # fmt: skip
+    for step, files in [
+        (2, ["model.safetensors", "trainer_state.json"]),
+        (4, ["dynsdpb_targets_rank0.safetensors", "model.safetensors"]),
+        (10, ["trainer_state.json"]),
+    ]:
         for name in files:
             (tmp_path / f"checkpoint-{step}").mkdir(exist_ok=True)
             (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
@@ -484,8 +518,15 @@ def test_same_seed_and_config_give_the_same_run(tmp_path, tiny, monkeypatch, req
     torch.set_num_threads(1)  # as run_cli's subprocesses: fast on a busy machine
     request.addfinalizer(lambda: torch.set_num_threads(threads))
     # Greedy decoding of the random model runs past 12 tokens on most questions (cut rows are never trained on).
-    cfg = config(tiny, rounds=1, **{"generation.temperature": temperature, "generation.n": samples,
-                                    "generation.max_new_tokens": 12 if samples > 1 else 64})  # fmt: skip
+    cfg = config(
+        tiny,
+        rounds=1,
+        **{
+            "generation.temperature": temperature,
+            "generation.n": samples,
+            "generation.max_new_tokens": 12 if samples > 1 else 64,
+        },
+    )
     runs, steps = [tmp_path / "a", tmp_path / "b"], []
     for run_dir in runs:
         batches.clear()
@@ -612,8 +653,9 @@ def test_a_bf16_engine_serves_a_round_update_below_one_bf16_step(tmp_path, tiny)
     AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.bfloat16).save_pretrained(start)
     AutoTokenizer.from_pretrained(tiny).save_pretrained(start)
     run_dir = tmp_path / "run"
-    cfg = config(str(start), rounds=1, **{"training.learning_rate": 1e-5, "engine.dtype": "bfloat16",
-                                    "evaluation.select": False})  # fmt: skip
+    cfg = config(
+        str(start), rounds=1, **{"training.learning_rate": 1e-5, "engine.dtype": "bfloat16", "evaluation.select": False}
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bf16 on a CPU that emulates it warns: fine for a tiny model
         assert main(["run", str(write(tmp_path, cfg)), "--run-dir", str(run_dir)]) == 0

@@ -33,8 +33,18 @@ def test_paired_drop_by_hand():
 
 def test_t_quantile_is_exact_where_the_old_table_had_gaps():
     # Published two-sided 95% values, incl. 11-14 degrees of freedom that a table ending at 10, 15, 20 lacked.
-    for df, t in {1: 12.7062, 2: 4.3027, 4: 2.7764, 10: 2.2281, 11: 2.2010, 12: 2.1788, 13: 2.1604, 14: 2.1448,
-                  30: 2.0423, 120: 1.9799}.items():  # fmt: skip
+    for df, t in {
+        1: 12.7062,
+        2: 4.3027,
+        4: 2.7764,
+        10: 2.2281,
+        11: 2.2010,
+        12: 2.1788,
+        13: 2.1604,
+        14: 2.1448,
+        30: 2.0423,
+        120: 1.9799,
+    }.items():
         assert t_quantile(0.975, df) == pytest.approx(t, abs=5e-5), df
     assert t_quantile(0.025, 12) == pytest.approx(-t_quantile(0.975, 12)) and t_quantile(0.5, 7) == 0.0
     assert t_quantile(0.995, 5) == pytest.approx(4.0321, abs=5e-5)

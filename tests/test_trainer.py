@@ -79,9 +79,13 @@ def test_each_step_repeats_the_previous_steps_fresh_half(tmp_path, tokenizer, mi
 def test_gradient_accumulation_gives_the_same_losses_and_weights(tmp_path, tokenizer, repeated_ce_weight):
     # SGD: parameter differences are then lr * gradient differences, not amplified by Adam's normalization.
     base = dict(
-        max_steps=5, distillation_schedule="static", distillation_temperature=2.0, learning_rate=0.5, optim="sgd",
+        max_steps=5,
+        distillation_schedule="static",
+        distillation_temperature=2.0,
+        learning_rate=0.5,
+        optim="sgd",
         distillation_repeated_ce_weight=repeated_ce_weight,
-    )  # fmt: skip
+    )
     runs = [
         run(tmp_path / f"{m}x{a}", tokenizer, per_device_train_batch_size=m, gradient_accumulation_steps=a, **base)
         for m, a in [(4, 1), (2, 2), (1, 4)]
@@ -110,10 +114,21 @@ def test_alpha_zero_equals_plain_cross_entropy_on_the_same_batches(tmp_path, tok
 def test_no_ce_on_repeated_rows_equals_plain_ce_on_the_fresh_rows_alone(tmp_path, tokenizer, micro, accum):
     # distillation_repeated_ce_weight = 0 with a negligible distillation term: each step is the CE of its fresh half
     # alone, divided by the fresh label tokens (transformers' own count once the repeated labels are masked).
-    common = dict(max_steps=6, learning_rate=0.5, optim="sgd", per_device_train_batch_size=micro,
-                  gradient_accumulation_steps=accum)  # fmt: skip
-    dyn = run(tmp_path / "d", tokenizer, distillation_repeated_ce_weight=0.0, distillation_alpha=1e-30,
-              distillation_schedule="static", **common)  # fmt: skip
+    common = dict(
+        max_steps=6,
+        learning_rate=0.5,
+        optim="sgd",
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
+    )
+    dyn = run(
+        tmp_path / "d",
+        tokenizer,
+        distillation_repeated_ce_weight=0.0,
+        distillation_alpha=1e-30,
+        distillation_schedule="static",
+        **common,
+    )
     plain = run(tmp_path / "p", tokenizer, trainer_cls=PlainOverlapFreshLabelsOnly, **common)
     full = run(tmp_path / "f", tokenizer, distillation_alpha=1e-30, distillation_schedule="static", **common)
     assert losses(dyn) == pytest.approx(losses(plain), rel=1e-5)

@@ -25,9 +25,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--run-dir", help="output folder (default: the config's run_dir, else runs/<config stem>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in the output folder")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="assignments",
-                   help="config keys to change, e.g. generation.n=8 training.learning_rate=1e-5 (values are YAML; "
-                   "saved in the run folder's config.yaml)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="assignments",
+        help="config keys to change, e.g. generation.n=8 training.learning_rate=1e-5 (values are YAML; "
+        "saved in the run folder's config.yaml)",
+    )
     p.add_argument("--options", action="store_true", help="list every config key with its default and help, and exit")
     p.set_defaults(func=main)
 
@@ -58,13 +64,22 @@ def main(args: argparse.Namespace) -> int:
             print(f"run folder: {run_dir.path}", flush=True)
             if run_dir.stopped:
                 pids = ", ".join(str(p["pid"]) for p in run_dir.stopped)
-                print(f"stopped {len(run_dir.stopped)} process(es) an earlier attempt of this run left running "
-                      f"(engine or generation shards; pids {pids})", flush=True)  # fmt: skip
+                print(
+                    f"stopped {len(run_dir.stopped)} process(es) an earlier attempt of this run left running "
+                    f"(engine or generation shards; pids {pids})",
+                    flush=True,
+                )
             run(run_dir)
     except (UserInputError, EngineUnavailableError) as e:
         saved = isinstance(e, InsufficientMemoryError) and run_dir is not None
-        hint = (f". Finished phases are saved; change the settings in {run_dir.path / 'config.yaml'} (or free memory) "
-                f"and continue with `dynsdpb run --resume {run_dir.path}`") if saved else ""  # fmt: skip
+        hint = (
+            (
+                f". Finished phases are saved; change the settings in {run_dir.path / 'config.yaml'} (or free memory) "
+                f"and continue with `dynsdpb run --resume {run_dir.path}`"
+            )
+            if saved
+            else ""
+        )
         print(f"dynsdpb run: error: {e}{hint}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

@@ -61,16 +61,18 @@ def check_logits_path(
     try:
         with torch.no_grad():
             extra = {"output_router_logits": True} if router_logits else {}
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, output_hidden_states=True,
-                        **extra)  # fmt: skip
+            out = model(
+                input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, output_hidden_states=True, **extra
+            )
     finally:
         model.train(training)
     if router_logits and getattr(out, "router_logits", None) is None:
         raise _refuse(model, _NO_ROUTER_LOGITS)
     hidden, logits = getattr(out, "hidden_states", None), getattr(out, "logits", None)
     if hidden is None or logits is None or hidden[-1].shape[:-1] != logits.shape[:-1]:
-        raise _refuse(model, "with output_hidden_states=True its forward returns no final hidden states aligned "
-                             "with its logits")  # fmt: skip
+        raise _refuse(
+            model, "with output_hidden_states=True its forward returns no final hidden states aligned with its logits"
+        )
     scale, softcap = transform
     with torch.no_grad():
         z = torch.nn.functional.linear(hidden[-1].to(weight.device, weight.dtype), weight, bias).float() * scale
@@ -82,9 +84,12 @@ def check_logits_path(
         tol = (1e-4 if weight.dtype == torch.float32 else 3e-2) * (1.0 + (finite.abs().max() if finite.numel() else 0))
         diff = torch.where(z == ref, 0.0, (z - ref).abs())  # equal infinities (masked entries) agree
     if not bool((diff <= tol).all()):
-        raise _refuse(model, f"its logits are not the LM head ({type(head).__name__}) applied to the last hidden "
-                             f"state with the configured logit scale {scale} and softcap {softcap} (they differ by "
-                             f"up to {diff.nan_to_num(float('inf')).max().item():.3g} on a training row)")  # fmt: skip
+        raise _refuse(
+            model,
+            f"its logits are not the LM head ({type(head).__name__}) applied to the last hidden "
+            f"state with the configured logit scale {scale} and softcap {softcap} (they differ by "
+            f"up to {diff.nan_to_num(float('inf')).max().item():.3g} on a training row)",
+        )
 
 
 def router_aux_loss(model, outputs, attention_mask: torch.Tensor | None) -> torch.Tensor:

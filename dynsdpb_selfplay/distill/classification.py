@@ -119,8 +119,17 @@ class DynSDPBClassificationMixin(DynSDPBCore):
         tail = 0.0 if targets is None or targets.tail_logp is None else targets.tail_logp.exp().sum()
         alpha_sum = 0.0 if targets is None else targets.alpha.sum()
         tau_sum = 0.0 if targets is None else targets.tau.sum()
-        values = (labels.numel(), sums["ce_sum"], plan.kd_rows.numel(), sums["kl_sum"], sums["kd_sum"], alpha_sum,
-                  tau_sum, tail, plan.label_tokens_repeated)  # fmt: skip
+        values = (
+            labels.numel(),
+            sums["ce_sum"],
+            plan.kd_rows.numel(),
+            sums["kl_sum"],
+            sums["kd_sum"],
+            alpha_sum,
+            tau_sum,
+            tail,
+            plan.label_tokens_repeated,
+        )
         self._add_dynsdpb_sums(values, logits.device)
         return (loss, outputs) if return_outputs else loss
 

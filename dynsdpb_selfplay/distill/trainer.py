@@ -169,8 +169,17 @@ class DynSDPBMixin(DynSDPBCore):
             metrics["num_tokens"] = [self._total_train_tokens]
         if aux is not None:
             metrics["aux_loss"].append(gather(aux.detach()).mean().item())
-        values = (n_label, out.ce_sum, plan.kd_rows.numel(), out.kl_sum, out.kd_sum, out.alpha_sum, out.tau_sum,
-                  out.tail_mass_sum, plan.label_tokens_repeated)  # fmt: skip
+        values = (
+            n_label,
+            out.ce_sum,
+            plan.kd_rows.numel(),
+            out.kl_sum,
+            out.kd_sum,
+            out.alpha_sum,
+            out.tau_sum,
+            out.tail_mass_sum,
+            plan.label_tokens_repeated,
+        )
         self._add_dynsdpb_sums(values, mask.device)
 
 

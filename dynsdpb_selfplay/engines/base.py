@@ -23,8 +23,16 @@ from ..errors import UserInputError
 from ..precision import DTYPES, resolve_dtype
 from .progress import Progress, progress_bar
 
-__all__ = ["Completion", "Engine", "EngineConfig", "Generation", "Progress", "SamplingConfig", "progress_bar",
-           "resolve_dtype"]  # fmt: skip
+__all__ = [
+    "Completion",
+    "Engine",
+    "EngineConfig",
+    "Generation",
+    "Progress",
+    "SamplingConfig",
+    "progress_bar",
+    "resolve_dtype",
+]
 
 
 @dataclass
@@ -146,9 +154,11 @@ class EngineConfig:
     )
     min_update_share: float = field(
         default=0.95,
-        metadata={"help": "Share of a round's weight update the served copy must keep; below it warns (and 'auto' "
-                  "rounds stochastically). Measured per round in the run's summary and report."},
-    )  # fmt: skip
+        metadata={
+            "help": "Share of a round's weight update the served copy must keep; below it warns (and 'auto' "
+            "rounds stochastically). Measured per round in the run's summary and report."
+        },
+    )
 
     def __post_init__(self):
         if self.backend not in ("auto", "vllm", "hf"):
@@ -277,8 +287,11 @@ class Engine(ABC):
     def _report_done(self, generations: list[Generation], sampling: SamplingConfig) -> None:
         """Prompts completed, for a backend that reports their tokens only then (the transformers one)."""
         tokens = [len(c.token_ids) for g in generations for c in g.completions]
-        self._report(Progress(tokens=sum(tokens), unused=len(tokens) * sampling.max_new_tokens - sum(tokens),
-                              done=len(generations)))  # fmt: skip
+        self._report(
+            Progress(
+                tokens=sum(tokens), unused=len(tokens) * sampling.max_new_tokens - sum(tokens), done=len(generations)
+            )
+        )
 
     @abstractmethod
     def update_weights(self, checkpoint_dir: str) -> None:

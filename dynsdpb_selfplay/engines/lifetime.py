@@ -177,8 +177,10 @@ def _send(line: str) -> None:
         _watchdog = _Watchdog(_record)
     except OSError as e:
         _watchdog = None
-        print(f"dynsdpb: cannot start the watchdog that stops child processes if this one is killed ({e})",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"dynsdpb: cannot start the watchdog that stops child processes if this one is killed ({e})",
+            file=sys.stderr,
+        )
         return
     _watchdog.send(line)
 
@@ -314,8 +316,11 @@ def _watch(parent: int, record: str = "") -> None:
     guard.save(force_remove=True)
     if stopped:
         pids = " ".join(str(p["pid"]) for p in stopped)
-        print(f"dynsdpb: process {parent} ended; stopped the {len(stopped)} process(es) it had started (pids {pids})",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"dynsdpb: process {parent} ended; stopped the {len(stopped)} process(es) it had started (pids {pids})",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -94,8 +94,11 @@ class VLLMEngine(Engine):
             if reserved is not None:
                 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved))
             # Before vLLM is even imported: a start that cannot fit fails in a second, not once it is halfway.
-            check_memory(vllm_cpu_need(self.model_path, dtype, int(kv), config.max_model_len,
-                                       workers=config.tensor_parallel_size))  # fmt: skip
+            check_memory(
+                vllm_cpu_need(
+                    self.model_path, dtype, int(kv), config.max_model_len, workers=config.tensor_parallel_size
+                )
+            )
         try:
             from vllm import LLM
         except ImportError as e:

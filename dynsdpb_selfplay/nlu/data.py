@@ -65,8 +65,14 @@ def _rows(columns: dict, text: str, pair: str | None, label: str, where: str) ->
             raise UserInputError(f"{where}: row {i + 1}: {label}={value!r} is not a class index (0, 1, ...)")
         if not isinstance(columns[text][i], str):
             raise UserInputError(f"{where}: row {i + 1}: {text}={columns[text][i]!r} is not a string")
-        rows.append({"text": columns[text][i], "text_pair": columns[pair][i] if pair else None,
-                     "label": int(value), "group": str(i)})  # fmt: skip
+        rows.append(
+            {
+                "text": columns[text][i],
+                "text_pair": columns[pair][i] if pair else None,
+                "label": int(value),
+                "group": str(i),
+            }
+        )
     if not rows:
         raise UserInputError(f"{where}: no rows")
     return rows
@@ -104,8 +110,10 @@ def load_glue(task: str) -> tuple[list[dict], list[dict]]:
             f"task={task!r}: cannot load nyu-mll/glue ({type(e).__name__}); offline, give train_file/eval_file "
             f"(CSV or JSONL with text and label columns) instead"
         ) from e
-    return (_rows(ds["train"].to_dict(), text, pair, "label", f"glue/{task}/train"),
-            _rows(ds[eval_split].to_dict(), text, pair, "label", f"glue/{task}/{eval_split}"))  # fmt: skip
+    return (
+        _rows(ds["train"].to_dict(), text, pair, "label", f"glue/{task}/train"),
+        _rows(ds[eval_split].to_dict(), text, pair, "label", f"glue/{task}/{eval_split}"),
+    )
 
 
 def verifier_rows(run_dirs: list[str], correct: str = "flexible_correct") -> list[dict]:
@@ -121,8 +129,12 @@ def verifier_rows(run_dirs: list[str], correct: str = "flexible_correct") -> lis
             for n, g in read_jsonl_lines(path):
                 try:
                     question = [m["content"] for m in g["prompt"] if m["role"] == "user"][-1]
-                    row = {"text": question, "text_pair": g["response"], "label": int(bool(g[correct])),
-                           "group": g["id"]}  # fmt: skip
+                    row = {
+                        "text": question,
+                        "text_pair": g["response"],
+                        "label": int(bool(g[correct])),
+                        "group": g["id"],
+                    }
                 except (KeyError, IndexError, TypeError) as e:
                     raise UserInputError(f"{path}:{n}: not a generation record ({type(e).__name__}: {e})") from None
                 key = (row["text"], row["text_pair"])

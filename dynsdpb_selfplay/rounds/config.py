@@ -66,10 +66,16 @@ class RunConfig:
         g = self.generation
         if not g.adaptive:
             return
-        check(self.pipeline == "self_training", "generation.adaptive", "only the self_training pipeline samples "
-              "several solutions per question")  # fmt: skip
-        check(self.filtering.labels == "gold", "generation.adaptive", "needs gold labels (filtering.labels: gold) to "
-              "tell which questions are solved")  # fmt: skip
+        check(
+            self.pipeline == "self_training",
+            "generation.adaptive",
+            "only the self_training pipeline samples several solutions per question",
+        )
+        check(
+            self.filtering.labels == "gold",
+            "generation.adaptive",
+            "needs gold labels (filtering.labels: gold) to tell which questions are solved",
+        )
 
     def _validate_sizes(self, check) -> None:
         """The trainer config (its own ``__post_init__`` checks), then the counts and lengths it leaves unchecked,
@@ -80,8 +86,11 @@ class RunConfig:
             value = getattr(args, key)
             check(value is not None and value >= 1, f"training.{key}", f"must be >= 1 (got {value})")
         check(args.learning_rate > 0, "training.learning_rate", "must be > 0")
-        check(args.max_steps == -1 or args.max_steps >= 1, "training.max_steps",
-              "must be -1 (use num_train_epochs) or >= 1")  # fmt: skip
+        check(
+            args.max_steps == -1 or args.max_steps >= 1,
+            "training.max_steps",
+            "must be -1 (use num_train_epochs) or >= 1",
+        )
         check(args.num_train_epochs > 0, "training.num_train_epochs", "must be > 0")
         check(args.save_steps >= 1, "training.save_steps", "must be >= 1 (the unit of resumption)")
         self._validate_report_to(args.report_to, check)
@@ -99,8 +108,11 @@ class RunConfig:
         except ValueError as e:
             check(False, "training.report_to", str(e))
         missing = sorted(set(names) - set(get_available_reporting_integrations()))
-        check(not missing, "training.report_to", f"{', '.join(missing)} is not installed (for tensorboard: "
-              "pip install 'dynsdpb-selfplay[tensorboard]')")  # fmt: skip
+        check(
+            not missing,
+            "training.report_to",
+            f"{', '.join(missing)} is not installed (for tensorboard: pip install 'dynsdpb-selfplay[tensorboard]')",
+        )
 
     def _validate_task(self) -> None:
         """The task must exist, accept its options and have the format (constructing a task reads no data)."""

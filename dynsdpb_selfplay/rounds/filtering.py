@@ -26,8 +26,16 @@ from dataclasses import dataclass
 
 from ..tasks.prompts import correction_turns
 
-__all__ = ["ANSWER_LINE_RULES", "AnswerLines", "filter_self_correction", "filter_self_training", "pass_rates", "solved",
-           "transitions", "truncated"]  # fmt: skip
+__all__ = [
+    "ANSWER_LINE_RULES",
+    "AnswerLines",
+    "filter_self_correction",
+    "filter_self_training",
+    "pass_rates",
+    "solved",
+    "transitions",
+    "truncated",
+]
 
 ANSWER_LINE_RULES = ("append", "require", "as_is")
 
@@ -138,8 +146,11 @@ def filter_self_training(
                 verdicts[i] = dropped
             continue
         if labels == "majority":
-            answers = [r["flexible_answer"] for r in group
-                       if r["source"] == "sample" and r["flexible_answer"] and not truncated(r)]  # fmt: skip
+            answers = [
+                r["flexible_answer"]
+                for r in group
+                if r["source"] == "sample" and r["flexible_answer"] and not truncated(r)
+            ]
             top, count = Counter(answers).most_common(1)[0] if answers else (None, 0)
             samples = sum(r["source"] == "sample" for r in group)
             if top is None or count / max(samples, 1) < min_agreement:
@@ -177,8 +188,13 @@ def filter_self_training(
                 stats[f"kept_{r['source']}"] += 1
                 stats[f"answer_line_{how}"] += 1
                 kept_tokens.append(r.get("tokens", 0))
-                rows.append({"id": f"{qid}-{r['sample']}-{r['source']}", "prompt": r["prompt"],
-                             "completion": _completion(r["prompt"], text)})  # fmt: skip
+                rows.append(
+                    {
+                        "id": f"{qid}-{r['sample']}-{r['source']}",
+                        "prompt": r["prompt"],
+                        "completion": _completion(r["prompt"], text),
+                    }
+                )
         stats["questions_kept"] += kept > 0
     for name in ("duplicate", "over_cap", "wrong_answer_line", "no_answer_line"):
         stats[name + ("s" if name == "duplicate" else "")] += sum(v == name for v in verdicts)
@@ -244,15 +260,22 @@ def filter_self_correction(
             hows[f"answer_line_{how}"] += 1
             kept_tokens.append(r.get("revision_tokens", r.get("tokens", 0)))
             prompt = correction_turns(r["prompt"], r["first"], instruction)
-            rows.append({"id": f"{r['id']}-{r['sample']}-correction", "prompt": prompt,
-                         "completion": _completion(prompt, text)})  # fmt: skip
+            rows.append(
+                {"id": f"{r['id']}-{r['sample']}-correction", "prompt": prompt, "completion": _completion(prompt, text)}
+            )
         verdicts.append(verdict)
     stats = transitions(records)
     counts = Counter(verdicts)
-    stats.update(questions=len(rates), truncated=sum(truncated(r, "revision_finish_reason") for r in records),
-                 duplicates=counts["duplicate"], wrong_answer_line=counts["wrong_answer_line"],
-                 no_answer_line=counts["no_answer_line"], rows=len(rows), **hows,
-                 kept_tokens_mean=sum(kept_tokens) / len(kept_tokens) if kept_tokens else None)  # fmt: skip
+    stats.update(
+        questions=len(rates),
+        truncated=sum(truncated(r, "revision_finish_reason") for r in records),
+        duplicates=counts["duplicate"],
+        wrong_answer_line=counts["wrong_answer_line"],
+        no_answer_line=counts["no_answer_line"],
+        rows=len(rows),
+        **hows,
+        kept_tokens_mean=sum(kept_tokens) / len(kept_tokens) if kept_tokens else None,
+    )
     for name in ("above_max_pass_rate", "below_min_pass_rate"):
         stats[name] = len({r["id"] for r, v in zip(records, verdicts, strict=True) if v == name})
     stats["questions_kept"] = len({row["id"].rsplit("-", 2)[0] for row in rows})

@@ -27,8 +27,17 @@ from ..tasks.prompts import correction_turns
 from .filtering import solved
 from .rundir import REDO_HINT
 
-__all__ = ["Adaptive", "chunk_seed", "generate_round", "round_questions", "run_chunked", "run_program", "run_programs",
-           "self_correction_records", "self_training_records"]  # fmt: skip
+__all__ = [
+    "Adaptive",
+    "chunk_seed",
+    "generate_round",
+    "round_questions",
+    "run_chunked",
+    "run_program",
+    "run_programs",
+    "self_correction_records",
+    "self_training_records",
+]
 
 ChunkProgram = Generator[tuple[list, SamplingConfig], list, list[dict]]
 
@@ -115,14 +124,26 @@ def _with_hint(prompt, gold: str):
 
 def _score(task: Task, fmt: PromptFormat, ex: Example, text: str) -> dict:
     s = task.score(text, ex, fmt)
-    return {"strict_answer": s.strict, "flexible_answer": s.flexible, "strict_correct": bool(s.strict_correct),
-            "flexible_correct": bool(s.flexible_correct)}  # fmt: skip
+    return {
+        "strict_answer": s.strict,
+        "flexible_answer": s.flexible,
+        "strict_correct": bool(s.strict_correct),
+        "flexible_correct": bool(s.flexible_correct),
+    }
 
 
 def _solution_record(task: Task, fmt: PromptFormat, ex: Example, k: int, source: str, prompt, completion) -> dict:
-    return {"id": ex.id, "sample": k, "source": source, "gold": ex.answer, "prompt": prompt,
-            "response": completion.text, "finish_reason": completion.finish_reason, "tokens": len(completion.token_ids),
-            **_score(task, fmt, ex, completion.text)}  # fmt: skip
+    return {
+        "id": ex.id,
+        "sample": k,
+        "source": source,
+        "gold": ex.answer,
+        "prompt": prompt,
+        "response": completion.text,
+        "finish_reason": completion.finish_reason,
+        "tokens": len(completion.token_ids),
+        **_score(task, fmt, ex, completion.text),
+    }
 
 
 @dataclass(frozen=True)
@@ -136,25 +157,36 @@ class Adaptive:
 
 
 def _sampled(task, fmt, chunk, prompts, gens, first_index: int = 0) -> dict[str, list[dict]]:
-    return {ex.id: [_solution_record(task, fmt, ex, first_index + k, "sample", prompt, c)
-                    for k, c in enumerate(gen.completions)]
-            for ex, prompt, gen in zip(chunk, prompts, gens, strict=True)}  # fmt: skip
+    return {
+        ex.id: [
+            _solution_record(task, fmt, ex, first_index + k, "sample", prompt, c) for k, c in enumerate(gen.completions)
+        ]
+        for ex, prompt, gen in zip(chunk, prompts, gens, strict=True)
+    }
 
 
 def self_training_records(
-    task: Task, fmt: PromptFormat, sampling: SamplingConfig, rationalize: bool, verify: str,
+    task: Task,
+    fmt: PromptFormat,
+    sampling: SamplingConfig,
+    rationalize: bool,
+    verify: str,
     adaptive: Adaptive | None = None,
-) -> Callable[[list[Example], int], ChunkProgram]:  # fmt: skip
+) -> Callable[[list[Example], int], ChunkProgram]:
     """Sample ``sampling.n`` solutions per question (with ``adaptive``: a first pass, then more for the questions
     not yet reliably solved, within the same budget); optionally rationalize the unsolved ones with a hint."""
+
     def program(chunk: list[Example], seed: int) -> ChunkProgram:
         prompts = [task.build_prompt(ex, fmt) for ex in chunk]
         first = sampling.n if adaptive is None else min(adaptive.first, sampling.n)
         gens = yield prompts, replace(sampling, n=first, seed=seed)
         by_question = _sampled(task, fmt, chunk, prompts, gens)
         if adaptive is not None:
-            todo = [(ex, p) for ex, p in zip(chunk, prompts, strict=True)
-                    if not all(solved(r, verify) for r in by_question[ex.id])]  # fmt: skip
+            todo = [
+                (ex, p)
+                for ex, p in zip(chunk, prompts, strict=True)
+                if not all(solved(r, verify) for r in by_question[ex.id])
+            ]
             budget = (sampling.n - first) * len(chunk)
             extra = min(adaptive.max_samples - first, budget // len(todo)) if todo else 0
             if extra >= 1:
@@ -171,8 +203,10 @@ def self_training_records(
                 gens = yield hinted, replace(sampling, seed=seed + 1)
                 # Recorded with the original prompt: the hint is removed from what the model will be trained on.
                 for (ex, prompt), gen in zip(todo, gens, strict=True):
-                    records += [_solution_record(task, fmt, ex, k, "rationalized", prompt, c)
-                                for k, c in enumerate(gen.completions)]  # fmt: skip
+                    records += [
+                        _solution_record(task, fmt, ex, k, "rationalized", prompt, c)
+                        for k, c in enumerate(gen.completions)
+                    ]
         return records
 
     return program
@@ -196,12 +230,24 @@ def self_correction_records(
         for (ex, prompt, k, text, finish, tokens), gen in zip(meta, revised, strict=True):
             rev = gen.completions[0]
             a, b = _score(task, fmt, ex, text), _score(task, fmt, ex, rev.text)
-            records.append({"id": ex.id, "sample": k, "gold": ex.answer, "prompt": prompt, "first": text,
-                            "revision": rev.text, "first_correct": a[f"{verify}_correct"],
-                            "revised_correct": b[f"{verify}_correct"], "first_answer": a["flexible_answer"],
-                            "revised_answer": b["flexible_answer"], "first_finish_reason": finish,
-                            "revision_finish_reason": rev.finish_reason,
-                            "tokens": tokens + len(rev.token_ids), "revision_tokens": len(rev.token_ids)})  # fmt: skip
+            records.append(
+                {
+                    "id": ex.id,
+                    "sample": k,
+                    "gold": ex.answer,
+                    "prompt": prompt,
+                    "first": text,
+                    "revision": rev.text,
+                    "first_correct": a[f"{verify}_correct"],
+                    "revised_correct": b[f"{verify}_correct"],
+                    "first_answer": a["flexible_answer"],
+                    "revised_answer": b["flexible_answer"],
+                    "first_finish_reason": finish,
+                    "revision_finish_reason": rev.finish_reason,
+                    "tokens": tokens + len(rev.token_ids),
+                    "revision_tokens": len(rev.token_ids),
+                }
+            )
         return records
 
     return program
@@ -221,8 +267,15 @@ def round_questions(cfg, task: Task, r: int) -> list[Example]:
     return check_examples(examples[first:], what)
 
 
-def generate_round(cfg, task: Task, fmt: PromptFormat, r: int, out_dir: Path, engine: Engine | None,
-                   shard: tuple[int, int] | None = None) -> list[dict]:  # fmt: skip
+def generate_round(
+    cfg,
+    task: Task,
+    fmt: PromptFormat,
+    r: int,
+    out_dir: Path,
+    engine: Engine | None,
+    shard: tuple[int, int] | None = None,
+) -> list[dict]:
     """Round ``r``'s generation records, generating the chunks missing from ``out_dir`` (only those of shard ``k``
     of ``n`` when given: chunks ``i % n == k``); with ``engine=None`` every chunk must be on disk already."""
     g = cfg.generation
@@ -233,6 +286,13 @@ def generate_round(cfg, task: Task, fmt: PromptFormat, r: int, out_dir: Path, en
     else:
         make = self_correction_records(task, fmt, sampling, g.correction_prompt, cfg.filtering.verify)
     select = None if shard is None else (lambda i: i % shard[1] == shard[0])
-    return run_chunked(round_questions(cfg, task, r), out_dir, g.chunk_size, make,
-                       lambda i: chunk_seed(cfg.seed, r, i), f"round {r} generation", engine=engine,
-                       select=select)  # fmt: skip
+    return run_chunked(
+        round_questions(cfg, task, r),
+        out_dir,
+        g.chunk_size,
+        make,
+        lambda i: chunk_seed(cfg.seed, r, i),
+        f"round {r} generation",
+        engine=engine,
+        select=select,
+    )

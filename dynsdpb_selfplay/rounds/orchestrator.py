@@ -52,8 +52,12 @@ class _EngineHolder:
         self.engine_config = cfg.engine
         if cfg.training.lora is not None and cfg.training.lora_handoff == "adapter":  # rounds hand over adapters
             self.engine_config = with_lora(cfg.engine, cfg.training.lora.r)
-        self.timings = {"engine_start_s": 0.0, "weights_handoff_s": 0.0, "engine_generate_s": 0.0,
-                        "generated_tokens": 0}  # fmt: skip
+        self.timings = {
+            "engine_start_s": 0.0,
+            "weights_handoff_s": 0.0,
+            "engine_generate_s": 0.0,
+            "generated_tokens": 0,
+        }
         self._inside = False
 
     def get(self, weights: str) -> Engine:
@@ -150,23 +154,33 @@ class Orchestrator:
         rates = pass_rates(records, self.cfg.filtering.verify)
         write_jsonl(out / "pass_rates.jsonl", list(rates.values()))
         # Every question yields at least one record, so the ids count the questions without loading them again.
-        return {"questions": len(rates), "records": len(records), "shards": shards,
-                "generated_tokens": sum(rec.get("tokens", 0) for rec in records)}  # fmt: skip
+        return {
+            "questions": len(rates),
+            "records": len(records),
+            "shards": shards,
+            "generated_tokens": sum(rec.get("tokens", 0) for rec in records),
+        }
 
     def _filter(self, r: int) -> dict:
         cfg, out = self.cfg, self.run_dir.round(r)
         records = read_jsonl(out / "generations.jsonl", hint=REDO_HINT)
         fault_point(point="read")
         f = cfg.filtering
-        lines = AnswerLines(f.answer_line, line=lambda answer: self.task.answer_line(answer, self.fmt),
-                              stated=lambda text: self.task.stated_answer(text, self.fmt), same=is_correct)  # fmt: skip
+        lines = AnswerLines(
+            f.answer_line,
+            line=lambda answer: self.task.answer_line(answer, self.fmt),
+            stated=lambda text: self.task.stated_answer(text, self.fmt),
+            same=is_correct,
+        )
         bounds = {"min_pass_rate": f.min_pass_rate, "max_pass_rate": f.max_pass_rate, "answer_lines": lines}
         if cfg.pipeline == "self_training":
-            rows, stats, verdicts = filter_self_training(records, f.verify, f.max_per_question, f.labels,
-                                                         f.min_agreement, **bounds)  # fmt: skip
+            rows, stats, verdicts = filter_self_training(
+                records, f.verify, f.max_per_question, f.labels, f.min_agreement, **bounds
+            )
         else:
-            rows, stats, verdicts = filter_self_correction(records, cfg.generation.correction_prompt,
-                                                           f.keep_right_to_right, **bounds)  # fmt: skip
+            rows, stats, verdicts = filter_self_correction(
+                records, cfg.generation.correction_prompt, f.keep_right_to_right, **bounds
+            )
         write_jsonl(out / "train.jsonl", rows)
         write_json(out / "examples.json", pick_examples(records, verdicts))
         write_json(out / "filter_summary.json", stats)
@@ -188,16 +202,31 @@ class Orchestrator:
         """The copy of round ``r``'s trained weights the engine serves, and the share of the update it keeps."""
         e = self.cfg.engine
         dtype = resolve_dtype(e.dtype)
-        return hand_off(self._init(weights), trained, self.run_dir.round(r) / "served", dtype, e.handoff,
-                        e.min_update_share, seed=self.cfg.seed, round_index=r)  # fmt: skip
+        return hand_off(
+            self._init(weights),
+            trained,
+            self.run_dir.round(r) / "served",
+            dtype,
+            e.handoff,
+            e.min_update_share,
+            seed=self.cfg.seed,
+            round_index=r,
+        )
 
     def _validate(self, r: int, weights: str) -> dict:
         """Score ``weights`` (the copy the engine serves) on the validation split: ``round_r/validation.jsonl``."""
         cfg, out = self.cfg, self.run_dir.round(r)
         examples = self.task.load(cfg.task.validation_split, limit=cfg.task.validation_limit)
         greedy = SamplingConfig(max_new_tokens=cfg.evaluation.max_new_tokens, seed=cfg.seed)
-        result = evaluate(self.engines.get(weights), self.task, examples, self.fmt, greedy, model_name=weights,
-                          split=cfg.task.validation_split)  # fmt: skip
+        result = evaluate(
+            self.engines.get(weights),
+            self.task,
+            examples,
+            self.fmt,
+            greedy,
+            model_name=weights,
+            split=cfg.task.validation_split,
+        )
         fault_point(point="generated")
         write_jsonl(out / "validation.jsonl", result.records)
         return _scores(result.summary)
@@ -208,16 +237,19 @@ class Orchestrator:
         read = lambda k: read_jsonl(self.run_dir.round(k) / "validation.jsonl", hint=REDO_HINT)  # noqa: E731
         before, after = read(start), read(r)
         if [x["id"] for x in before] != [x["id"] for x in after]:
-            raise RuntimeError(f"round {r}: its validation questions differ from round {start}'s; delete "
-                               f"{self.run_dir.round(r) / 'validation.jsonl'} and resume")  # fmt: skip
+            raise RuntimeError(
+                f"round {r}: its validation questions differ from round {start}'s; delete "
+                f"{self.run_dir.round(r) / 'validation.jsonl'} and resume"
+            )
         alpha, info = self.cfg.evaluation.select_alpha, {"against": start}
         for kind in ("strict", "flexible"):
             info[kind] = paired_drop([x[f"{kind}_correct"] for x in before], [x[f"{kind}_correct"] for x in after])
         worse = [k for k in ("strict", "flexible") if info[k]["lost"] > info[k]["gained"] and info[k]["p"] < alpha]
         info["kept"] = not worse
         if worse:
-            info["why"] = ", ".join(f"{k} {info[k]['gained'] - info[k]['lost']:+d} (p={info[k]['p']:.3f})"
-                                    for k in worse)  # fmt: skip
+            info["why"] = ", ".join(
+                f"{k} {info[k]['gained'] - info[k]['lost']:+d} (p={info[k]['p']:.3f})" for k in worse
+            )
         return info
 
     def _evaluate(self, r: int, weights: str) -> dict:
@@ -228,8 +260,9 @@ class Orchestrator:
         result = evaluate(engine, self.task, examples, self.fmt, greedy, model_name=weights, split=cfg.task.eval_split)
         summary, records = dict(result.summary), result.records
         if cfg.pipeline == "self_correction":
-            make = self_correction_records(self.task, self.fmt, greedy, cfg.generation.correction_prompt,
-                                           cfg.filtering.verify)  # fmt: skip
+            make = self_correction_records(
+                self.task, self.fmt, greedy, cfg.generation.correction_prompt, cfg.filtering.verify
+            )
             corr = run_program(engine, make(examples, cfg.seed))
             trans = transitions(corr)
             n = len(corr)
@@ -265,8 +298,9 @@ class Orchestrator:
                     drop_checkpoints(rd.round(r) / "trainer")
                 trained, round_served = info["train"]["model"], served
                 if "skipped" not in info["train"]:
-                    info["handoff"] = self._phase(f"round_{r}/handoff", self._hand_off, r=r, weights=weights,
-                                                  trained=trained)  # fmt: skip
+                    info["handoff"] = self._phase(
+                        f"round_{r}/handoff", self._hand_off, r=r, weights=weights, trained=trained
+                    )
                     round_served = info["handoff"]["served"]
                 if cfg.evaluation.enabled:
                     info["eval"] = self._phase(f"round_{r}/eval", self._evaluate, r=r, weights=round_served)
@@ -279,16 +313,24 @@ class Orchestrator:
                 if kept:
                     weights, served, start = trained, round_served, r
                 else:
-                    self.log(f"round {r} rejected: its model is worse than round {start}'s on "
-                             f"{cfg.task.validation_split} ({info['select']['why']}); round {r + 1} starts from "
-                             f"round {start}'s model")  # fmt: skip
+                    self.log(
+                        f"round {r} rejected: its model is worse than round {start}'s on "
+                        f"{cfg.task.validation_split} ({info['select']['why']}); round {r + 1} starts from "
+                        f"round {start}'s model"
+                    )
         finally:
             self.engines.close()
             lifetime.record_to(None)
         with in_phase("report"):
             md, png = write_report(rd.path, rd.config(), {r: info for r, info in rounds.items() if info})
-            rd.mark_done("report", report=str(md), plot=str(png) if png else None, final_round=start, model=weights,
-                         served=served)  # fmt: skip
+            rd.mark_done(
+                "report",
+                report=str(md),
+                plot=str(png) if png else None,
+                final_round=start,
+                model=weights,
+                served=served,
+            )
         self.log(f"report: {md}" + (f" (plot: {png})" if png else ""))
         self.log(f"final model: {weights} (round {start})")
         return md
@@ -296,8 +338,16 @@ class Orchestrator:
 
 def _scores(summary: dict) -> dict:
     """What a round's phase info keeps of an evaluation summary (the full summary is in the round's folder)."""
-    keep = ("strict_accuracy", "strict_ci95", "flexible_accuracy", "flexible_ci95", "n_samples", "tokens_per_s",
-            "truncated", "generated_tokens")  # fmt: skip
+    keep = (
+        "strict_accuracy",
+        "strict_ci95",
+        "flexible_accuracy",
+        "flexible_ci95",
+        "n_samples",
+        "tokens_per_s",
+        "truncated",
+        "generated_tokens",
+    )
     out = {k: summary[k] for k in keep if k in summary}
     if summary.get("n_samples"):
         out["mean_output_tokens"] = summary["generated_tokens"] / summary["n_samples"]

@@ -33,9 +33,10 @@ def round_line(r: int, info: dict) -> str:
         parts.append(f"kept {filt.get('rows', 0)} rows from {filt.get('questions_kept', 0)} questions{cut} |")
     if train:
         parts.append(
-            f"train skipped ({train['skipped']}) |" if "skipped" in train
+            f"train skipped ({train['skipped']}) |"
+            if "skipped" in train
             else f"train {train['steps']} steps, loss {train['train_loss']:.3f} |"
-        )  # fmt: skip
+        )
     if info.get("handoff"):
         parts.append(f"served {_served(info['handoff'])} |")
     if ev:
@@ -81,9 +82,20 @@ def _validation(info: dict) -> str:
 def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[Path, Path | None]:
     """``rounds[r]`` maps phase name (generate, filter, train, handoff, eval, validate, select) to its saved info."""
     pipeline = config["pipeline"]
-    header = ["round", "generated", "kept rows", "questions kept", "kept rows: length, answer line", "train steps",
-              "train loss", "served (update kept)", "strict accuracy", "flexible accuracy", "eval output tokens",
-              "validation strict / flexible"]  # fmt: skip
+    header = [
+        "round",
+        "generated",
+        "kept rows",
+        "questions kept",
+        "kept rows: length, answer line",
+        "train steps",
+        "train loss",
+        "served (update kept)",
+        "strict accuracy",
+        "flexible accuracy",
+        "eval output tokens",
+        "validation strict / flexible",
+    ]
     if pipeline == "self_correction":
         header += ["first → revised", "w→r", "r→w"]
     header += ["generate s", "filter s", "train s", "eval s"]
@@ -106,9 +118,20 @@ def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[
         loss = f"{t['train_loss']:.3f}" if t.get("train_loss") is not None else "-"
         served = _served(info["handoff"]) if info.get("handoff") else "-"
         tokens = f"{e['mean_output_tokens']:.0f}" if e.get("mean_output_tokens") is not None else "-"
-        row = [str(r), str(g.get("records", "-")), str(f.get("rows", "-")), str(f.get("questions_kept", "-")),
-               _kept_rows(f), str(steps), loss, served, _acc(e, "strict"), _acc(e, "flexible"), tokens,
-               _validation(info)]  # fmt: skip
+        row = [
+            str(r),
+            str(g.get("records", "-")),
+            str(f.get("rows", "-")),
+            str(f.get("questions_kept", "-")),
+            _kept_rows(f),
+            str(steps),
+            loss,
+            served,
+            _acc(e, "strict"),
+            _acc(e, "flexible"),
+            tokens,
+            _validation(info),
+        ]
         if pipeline == "self_correction":
             row += [
                 f"{_pct(e.get('first_accuracy'))} → {_pct(e.get('revised_accuracy'))}" if e else "-",
@@ -121,21 +144,32 @@ def write_report(run_dir: Path, config: dict, rounds: dict[int, dict]) -> tuple[
     png = _plot(run_dir, rounds)
     if png is not None:
         lines += ["", f"![held-out accuracy by round]({png.name})"]
-    lines += ["", "Round 0 is the starting model, evaluated before any training. *Served*: the copy of the trained "
-              "weights the engine generated and was scored with, and the share of the round's weight update it kept "
-              "(`engine.handoff`). *Validation*: `task.validation_split`, which decides whether the next round starts "
-              "from a round's model (`evaluation.select`); a rejected round is scored on the test split all the same.",
-              ""]  # fmt: skip
+    lines += [
+        "",
+        "Round 0 is the starting model, evaluated before any training. *Served*: the copy of the trained "
+        "weights the engine generated and was scored with, and the share of the round's weight update it kept "
+        "(`engine.handoff`). *Validation*: `task.validation_split`, which decides whether the next round starts "
+        "from a round's model (`evaluation.select`); a rejected round is scored on the test split all the same.",
+        "",
+    ]
     rejected = [r for r in sorted(rounds) if rounds[r].get("select") and not rounds[r]["select"]["kept"]]
     if rejected:
-        lines += [f"Rejected rounds: {', '.join(map(str, rejected))} (the round after each started from the model "
-                  "before it).", ""]  # fmt: skip
+        lines += [
+            f"Rejected rounds: {', '.join(map(str, rejected))} (the round after each started from the model "
+            "before it).",
+            "",
+        ]
     data = [r for r in sorted(rounds) if rounds[r].get("filter")]
     if data:
-        lines += ["## The data of each round", "", "Filter counts are samples unless they say questions; a question's "
-                  "pass rate is its verified samples / samples (`round_<r>/pass_rates.jsonl`); the examples are the "
-                  "shortest and longest kept and rejected solutions and one cut at `max_new_tokens` "
-                  "(`round_<r>/examples.json`).", ""]  # fmt: skip
+        lines += [
+            "## The data of each round",
+            "",
+            "Filter counts are samples unless they say questions; a question's "
+            "pass rate is its verified samples / samples (`round_<r>/pass_rates.jsonl`); the examples are the "
+            "shortest and longest kept and rejected solutions and one cut at `max_new_tokens` "
+            "(`round_<r>/examples.json`).",
+            "",
+        ]
         for r in data:
             lines += round_section(run_dir, r, pipeline, rounds[r]["filter"])
     fault_point(point="plot")
@@ -156,8 +190,10 @@ def _plot(run_dir: Path, rounds: dict[int, dict]) -> Path | None:
     for kind, marker in (("strict", "o"), ("flexible", "s")):
         xs = [r for r, _ in points]
         ys = [100 * e[f"{kind}_accuracy"] for _, e in points]
-        err = [[100 * (e[f"{kind}_accuracy"] - e[f"{kind}_ci95"][0]) for _, e in points],
-               [100 * (e[f"{kind}_ci95"][1] - e[f"{kind}_accuracy"]) for _, e in points]]  # fmt: skip
+        err = [
+            [100 * (e[f"{kind}_accuracy"] - e[f"{kind}_ci95"][0]) for _, e in points],
+            [100 * (e[f"{kind}_ci95"][1] - e[f"{kind}_accuracy"]) for _, e in points],
+        ]
         ax.errorbar(xs, ys, yerr=err, marker=marker, capsize=3, label=f"{kind} match")
     ax.set_xlabel("round (0 = before training)")
     ax.set_ylabel("held-out accuracy (%)")

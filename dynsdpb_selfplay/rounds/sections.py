@@ -38,8 +38,10 @@ class TaskSection:
 
     def __post_init__(self):
         if self.validation_split == self.eval_split:
-            raise ValueError(f"validation_split: {self.validation_split!r} is eval_split too; choosing rounds on the "
-                             "split the report scores would overstate them")  # fmt: skip
+            raise ValueError(
+                f"validation_split: {self.validation_split!r} is eval_split too; choosing rounds on the "
+                "split the report scores would overstate them"
+            )
         for key in ("train_limit", "eval_limit", "validation_limit"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, or null for the whole split")
@@ -98,8 +100,10 @@ class GenerationSection(SamplingConfig):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1")
         if self.adaptive and not 1 <= self.adaptive_first < self.n:
-            raise ValueError(f"adaptive_first: must be >= 1 and below n={self.n} (the budget per question), else "
-                             "nothing is left to spend adaptively")  # fmt: skip
+            raise ValueError(
+                f"adaptive_first: must be >= 1 and below n={self.n} (the budget per question), else "
+                "nothing is left to spend adaptively"
+            )
         if self.adaptive and self.adaptive_max_samples is not None and self.adaptive_max_samples < self.n:
             raise ValueError(f"adaptive_max_samples: must be >= n={self.n}, or null")
 
@@ -159,8 +163,10 @@ class FilteringSection:
             if not 0 <= getattr(self, key) <= 1:
                 raise ValueError(f"{key}: must be in [0, 1]")
         if self.min_pass_rate > self.max_pass_rate:
-            raise ValueError(f"min_pass_rate: {self.min_pass_rate} is above max_pass_rate={self.max_pass_rate}: "
-                             "every question would be dropped")  # fmt: skip
+            raise ValueError(
+                f"min_pass_rate: {self.min_pass_rate} is above max_pass_rate={self.max_pass_rate}: "
+                "every question would be dropped"
+            )
 
 
 @dataclass

@@ -57,8 +57,15 @@ def _main(run_dir: str, round_index: str, weights: str, shard: str, shards: str)
     task = get_task(cfg.task.name, **cfg.task.options)
     r = int(round_index)
     with make_engine(weights, cfg.engine) as engine, in_phase(f"round_{r}/generate"):
-        generate_round(cfg, task, task.get_format(name=cfg.task.format), r, folder.round(r) / "generations", engine,
-                       shard=(int(shard), int(shards)))  # fmt: skip
+        generate_round(
+            cfg,
+            task,
+            task.get_format(name=cfg.task.format),
+            r,
+            folder.round(r) / "generations",
+            engine,
+            shard=(int(shard), int(shards)),
+        )
 
 
 if __name__ == "__main__":

@@ -18,10 +18,17 @@ from .filtering import truncated
 __all__ = ["pick_examples", "pass_rate_histogram", "round_section"]
 
 # (summary key, label) of the filter counts shown per round, in funnel order.
-FILTER_COUNTS = [("samples", "samples"), ("correct_samples", "correct"), ("duplicates", "duplicates"),
-                 ("over_cap", "over cap"), ("truncated", "truncated"), ("below_agreement", "below agreement"),
-                 ("above_max_pass_rate", "questions above max pass rate"),
-                 ("below_min_pass_rate", "questions below min pass rate"), ("rows", "kept rows")]  # fmt: skip
+FILTER_COUNTS = [
+    ("samples", "samples"),
+    ("correct_samples", "correct"),
+    ("duplicates", "duplicates"),
+    ("over_cap", "over cap"),
+    ("truncated", "truncated"),
+    ("below_agreement", "below agreement"),
+    ("above_max_pass_rate", "questions above max pass rate"),
+    ("below_min_pass_rate", "questions below min pass rate"),
+    ("rows", "kept rows"),
+]
 
 
 def _text(record: dict) -> str:
@@ -33,11 +40,18 @@ def _question(prompt) -> str:
 
 
 def _example(kind: str, record: dict, verdict: str) -> dict:
-    out = {"kind": kind, "verdict": verdict, "id": record["id"], "sample": record["sample"],
-           "question": _question(record["prompt"]), "gold": record["gold"]}  # fmt: skip
+    out = {
+        "kind": kind,
+        "verdict": verdict,
+        "id": record["id"],
+        "sample": record["sample"],
+        "question": _question(record["prompt"]),
+        "gold": record["gold"],
+    }
     if "revision" in record:
-        out.update(first=record["first"], revision=record["revision"],
-                   finish_reason=record.get("revision_finish_reason"))  # fmt: skip
+        out.update(
+            first=record["first"], revision=record["revision"], finish_reason=record.get("revision_finish_reason")
+        )
     else:
         out.update(response=record["response"], finish_reason=record.get("finish_reason"))
     return out
@@ -91,9 +105,16 @@ def _quote(text: str, limit: int = 600) -> str:
 def _examples_md(examples: list[dict]) -> list[str]:
     lines = []
     for ex in examples:
-        lines += ["", f"*{ex['kind']}* — `{ex['id']}` sample {ex['sample']}, verdict `{ex['verdict']}`, finish "
-                  f"`{ex['finish_reason']}`, gold {ex['gold']}", "", "question:", "", _quote(ex["question"]),
-                  ""]  # fmt: skip
+        lines += [
+            "",
+            f"*{ex['kind']}* — `{ex['id']}` sample {ex['sample']}, verdict `{ex['verdict']}`, finish "
+            f"`{ex['finish_reason']}`, gold {ex['gold']}",
+            "",
+            "question:",
+            "",
+            _quote(ex["question"]),
+            "",
+        ]
         if "revision" in ex:
             lines += ["first answer:", "", _quote(ex["first"]), "", "revision:", "", _quote(ex["revision"])]
         else:
@@ -104,14 +125,22 @@ def _examples_md(examples: list[dict]) -> list[str]:
 def round_section(run_dir: Path, r: int, pipeline: str, summary: dict) -> list[str]:
     """Markdown lines for round ``r``: filter counts, transitions (self-correction), histogram, examples."""
     folder = run_dir / f"round_{r}"
-    lines = [f"### Round {r}", "", "| " + " | ".join(label for _, label in FILTER_COUNTS) + " |",
-             "|---" * len(FILTER_COUNTS) + "|",
-             "| " + " | ".join(str(summary.get(key, "-")) for key, _ in FILTER_COUNTS) + " |"]  # fmt: skip
+    lines = [
+        f"### Round {r}",
+        "",
+        "| " + " | ".join(label for _, label in FILTER_COUNTS) + " |",
+        "|---" * len(FILTER_COUNTS) + "|",
+        "| " + " | ".join(str(summary.get(key, "-")) for key, _ in FILTER_COUNTS) + " |",
+    ]
     counts = summary.get("counts")
     if pipeline == "self_correction" and counts:
-        lines += ["", "| first \\ revised | right | wrong |", "|---|---|---|",
-                  f"| right | {counts['right_to_right']} | {counts['right_to_wrong']} |",
-                  f"| wrong | {counts['wrong_to_right']} | {counts['wrong_to_wrong']} |"]  # fmt: skip
+        lines += [
+            "",
+            "| first \\ revised | right | wrong |",
+            "|---|---|---|",
+            f"| right | {counts['right_to_right']} | {counts['right_to_wrong']} |",
+            f"| wrong | {counts['wrong_to_right']} | {counts['wrong_to_wrong']} |",
+        ]
     rates_file = folder / "pass_rates.jsonl"
     if rates_file.is_file():
         rates = [row["pass_rate"] for row in read_jsonl(rates_file)]

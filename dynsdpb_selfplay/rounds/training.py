@@ -132,8 +132,9 @@ def build_trainer(rows: list[dict], init_model: str, trainer_dir: Path, cfg: Run
     remote = cfg.engine.trust_remote_code  # one switch for the run: the engine and the trainer load the same model
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=remote)
     # fp32 master weights whatever the checkpoint's dtype: bf16 autocast computes in bf16 but updates these.
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True,
-                                                 trust_remote_code=remote)  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=torch.float32, use_safetensors=True, trust_remote_code=remote
+    )
     peft_config = None
     if adapter is not None:  # the previous round's adapter, trained on
         from peft import PeftModel
@@ -143,8 +144,13 @@ def build_trainer(rows: list[dict], init_model: str, trainer_dir: Path, cfg: Run
         peft_config = t.lora.peft_config()
     cls = DynSDPBTrainer if t.trainer == "dynsdpb" else SFTTrainer
     try:
-        trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                      peft_config=peft_config)  # fmt: skip
+        trainer = cls(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
     except DatasetTooSmallError as e:
         return None, {**info, "skipped": f"training.max_length={args.max_length} drops rows whose prompt fills it: {e}"}
     for callback in trainer.callback_handler.callbacks:

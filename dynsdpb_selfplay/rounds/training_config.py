@@ -38,17 +38,32 @@ class LoraSection:
     def peft_config(self):
         from peft import LoraConfig
 
-        return LoraConfig(r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules=self.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.target_modules,
+            task_type="CAUSAL_LM",
+        )
 
 
 # What a round sets for the trainer where TRL's defaults suit one long run rather than a round: a few hundred rows,
 # checkpoints often enough to resume, a step log, a progress bar, and no gradient checkpointing (SFTConfig turns it
 # on; a small model's activations fit, and recomputing them costs time). A key under ``training:`` overrides any.
-ROUND_TRAINING_DEFAULTS = {"learning_rate": 1e-5, "num_train_epochs": 1.0, "per_device_train_batch_size": 4,
-                           "max_length": 512, "save_strategy": "steps", "save_steps": 20, "save_total_limit": 2,
-                           "logging_steps": 1, "report_to": "none", "dataloader_num_workers": 0,
-                           "gradient_checkpointing": False, "disable_tqdm": False}  # fmt: skip
+ROUND_TRAINING_DEFAULTS = {
+    "learning_rate": 1e-5,
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 4,
+    "max_length": 512,
+    "save_strategy": "steps",
+    "save_steps": 20,
+    "save_total_limit": 2,
+    "logging_steps": 1,
+    "report_to": "none",
+    "dataloader_num_workers": 0,
+    "gradient_checkpointing": False,
+    "disable_tqdm": False,
+}
 # Set by the round itself (its folder, the run's seed and name, the device).
 SET_BY_THE_ROUND = ("output_dir", "seed", "run_name", "use_cpu")
 RENAMED_TRAINING_KEYS = {
@@ -78,20 +93,26 @@ class TrainingSection:
     )
     keep_checkpoints: bool = field(
         default=False,
-        metadata={"help": "Keep round_r/trainer/checkpoint-N once the round's model is saved (they hold optimizer "
-                  "state and stored targets, about 6x the model's size); the per-step log is kept either way."},
-    )  # fmt: skip
+        metadata={
+            "help": "Keep round_r/trainer/checkpoint-N once the round's model is saved (they hold optimizer "
+            "state and stored targets, about 6x the model's size); the per-step log is kept either way."
+        },
+    )
     args: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "The trainer config fields given under training: (the other keys), as written.",
-                  "hidden": True},
-    )  # fmt: skip
+        metadata={
+            "help": "The trainer config fields given under training: (the other keys), as written.",
+            "hidden": True,
+        },
+    )
 
     @staticmethod
     def extra_keys() -> list[tuple[str, str, str]]:
         """``(key, default, help)`` of the trainer config fields a round sets its own default for, then the rest."""
-        rows = [(k, repr(v), "the rounds' default for this trainer config field") for k, v in
-                ROUND_TRAINING_DEFAULTS.items()]  # fmt: skip
+        rows = [
+            (k, repr(v), "the rounds' default for this trainer config field")
+            for k, v in ROUND_TRAINING_DEFAULTS.items()
+        ]
         return rows + [("<any DynSDPBConfig / SFTConfig field>", "the class's", "see `dynsdpb sft --help`")]
 
     def __post_init__(self):
@@ -143,8 +164,10 @@ class TrainingSection:
             if name in SET_BY_THE_ROUND:
                 raise UserInputError(f"{key}.{name}: set by the round (its folder, the run's seed, the device)")
             if name not in hints:
-                raise UserInputError(f"{key}.{name}: not a field of {config_class.__name__} nor a round key "
-                                     f"({', '.join(sorted(own))}); see `dynsdpb sft --help`")  # fmt: skip
+                raise UserInputError(
+                    f"{key}.{name}: not a field of {config_class.__name__} nor a round key "
+                    f"({', '.join(sorted(own))}); see `dynsdpb sft --help`"
+                )
             section.args[name] = coerce(value, hints[name], f"{key}.{name}")
         return section
 

@@ -76,8 +76,9 @@ class Arith(Task):
     name = "arith"
     formats = FORMATS
 
-    def __init__(self, steps: int = 2, seed: int = 0, train_size: int = 5000, test_size: int = 500,
-                 validation_size: int = 500):  # fmt: skip
+    def __init__(
+        self, steps: int = 2, seed: int = 0, train_size: int = 5000, test_size: int = 500, validation_size: int = 500
+    ):
         steps, seed, train_size, test_size = int(steps), int(seed), int(train_size), int(test_size)
         validation_size = int(validation_size)
         if not 1 <= steps <= 10:

@@ -130,8 +130,9 @@ class GSM8K(Task):
         examples = self._cache[source]
         if split != "test":
             if len(examples) <= self.validation_size:
-                raise UserInputError(f"gsm8k: {len(examples)} training rows leave none beside validation_size="
-                                     f"{self.validation_size}")  # fmt: skip
+                raise UserInputError(
+                    f"gsm8k: {len(examples)} training rows leave none beside validation_size={self.validation_size}"
+                )
             cut = len(examples) - self.validation_size
             examples = examples[:cut] if split == "train" else examples[cut:]
         return examples if limit is None else examples[:limit]

@@ -28,14 +28,26 @@ class Recording(DynSDPBTrainer):
 
 def main(out_dir: str, max_steps: int, resume: str | None) -> None:
     tok = make_tokenizer()
-    kw = sft_kwargs(os.path.join(out_dir, "run"), per_device_train_batch_size=2, gradient_accumulation_steps=1,
-                    max_steps=max_steps, save_strategy="steps", save_steps=4, ddp_backend="gloo")  # fmt: skip
-    trainer = Recording(model=make_model(len(tok)), args=DynSDPBConfig(**kw), train_dataset=arithmetic_dataset(16),
-                        processing_class=tok)  # fmt: skip
+    kw = sft_kwargs(
+        os.path.join(out_dir, "run"),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        max_steps=max_steps,
+        save_strategy="steps",
+        save_steps=4,
+        ddp_backend="gloo",
+    )
+    trainer = Recording(
+        model=make_model(len(tok)), args=DynSDPBConfig(**kw), train_dataset=arithmetic_dataset(16), processing_class=tok
+    )
     trainer.train(resume_from_checkpoint=resume)
     rank = trainer.args.process_index
-    record = {"rank": rank, "world": trainer.args.world_size, "seen": trainer.seen,
-              "logs": [h for h in trainer.state.log_history if "loss" in h]}  # fmt: skip
+    record = {
+        "rank": rank,
+        "world": trainer.args.world_size,
+        "seen": trainer.seen,
+        "logs": [h for h in trainer.state.log_history if "loss" in h],
+    }
     tag = "resumed" if resume else "full"
     with open(os.path.join(out_dir, f"{tag}-rank{rank}.json"), "w") as f:
         json.dump(record, f)
@@ -44,15 +56,30 @@ def main(out_dir: str, max_steps: int, resume: str | None) -> None:
 
 def parity(out_dir: str, family: str) -> None:
     tok = make_tokenizer()
-    kw = sft_kwargs(os.path.join(out_dir, f"run-{family}"), per_device_train_batch_size=2,
-                    gradient_accumulation_steps=2, ddp_backend="gloo", **PARITY)  # fmt: skip
-    trainer = DynSDPBTrainer(model=build(family, len(tok)), args=DynSDPBConfig(**kw),
-                             train_dataset=equal_completion_rows(), processing_class=tok)  # fmt: skip
+    kw = sft_kwargs(
+        os.path.join(out_dir, f"run-{family}"),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        ddp_backend="gloo",
+        **PARITY,
+    )
+    trainer = DynSDPBTrainer(
+        model=build(family, len(tok)),
+        args=DynSDPBConfig(**kw),
+        train_dataset=equal_completion_rows(),
+        processing_class=tok,
+    )
     trainer.train()
     if trainer.args.process_index == 0:
         with open(os.path.join(out_dir, f"parity-{family}.json"), "w") as f:
-            json.dump({"world": trainer.args.world_size, "accepts_loss_kwargs": trainer.model_accepts_loss_kwargs,
-                       "logs": [h for h in trainer.state.log_history if "loss" in h]}, f)  # fmt: skip
+            json.dump(
+                {
+                    "world": trainer.args.world_size,
+                    "accepts_loss_kwargs": trainer.model_accepts_loss_kwargs,
+                    "logs": [h for h in trainer.state.log_history if "loss" in h],
+                },
+                f,
+            )
         weights = {k: v.detach().cpu() for k, v in trainer.model.named_parameters()}
         torch.save(weights, os.path.join(out_dir, f"parity-{family}.pt"))
     tear_down()
