@@ -13,12 +13,11 @@ dropout off so runs compare step for step. Each family is here for what it exerc
 
 from __future__ import annotations
 
-import random
-
 import torch
 import transformers
-from datasets import Dataset
 from transformers import AutoModelForCausalLM
+
+from benchmarks.tiny import equal_completion_rows  # noqa: F401  (shared with the benchmarks)
 
 _DENSE = dict(
     hidden_size=32,
@@ -82,20 +81,3 @@ MOE = ("mixtral", "qwen2_moe")
 def build(name: str, vocab_size: int, seed: int = 0):
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(_config(name, vocab_size))
-
-
-def equal_completion_rows(n: int = 16, seed: int = 0) -> Dataset:
-    """Prompt/completion rows whose prompts vary in length (so batches are padded) and whose completions all have
-    the same number of tokens: every micro-batch of a given size then holds the same number of label tokens, and the
-    per-micro-batch mean CE that transformers uses for models without loss kwargs equals the step's mean."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.randint(0, 99), rng.randint(0, 999)
-        rows.append(
-            {
-                "prompt": f"What is {a}+{b}" + " please" * rng.randint(0, 3) + "?",
-                "completion": f" {a:02d}+{b:03d}={a + b:04d}",
-            }
-        )
-    return Dataset.from_list(rows)

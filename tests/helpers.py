@@ -14,29 +14,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-SPECIALS = ["<pad>", "<s>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
-CHARS = list("0123456789+-*=?.,:;!#$%()<>/ abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n")
-
-
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer with a chat template, pad and eos tokens."""
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<|end|>", bos_token="<s>", unk_token="<pad>"
-    )
-    fast.add_special_tokens({"additional_special_tokens": SPECIALS[3:]})
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+# The tiny tokenizer, fast SFT settings and the plain overlapping trainer are shared with the benchmarks.
+from benchmarks.tiny import CHAT_TEMPLATE, make_tokenizer, plain_overlap, sft_kwargs  # noqa: E402, F401
 
 
 def make_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: int = 2) -> LlamaForCausalLM:
@@ -72,30 +53,6 @@ def arithmetic_rows(n: int, seed: int = 0) -> list[dict]:
 
 def arithmetic_dataset(n: int, seed: int = 0) -> Dataset:
     return Dataset.from_list(arithmetic_rows(n, seed))
-
-
-def sft_kwargs(output_dir, **overrides) -> dict:
-    """SFTConfig keyword arguments for fast, deterministic CPU tests."""
-    kw = dict(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        learning_rate=5e-3,
-        lr_scheduler_type="constant",
-        max_steps=4,
-        seed=0,
-        max_length=64,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        gradient_checkpointing=False,
-    )
-    kw.update(overrides)
-    return kw
 
 
 def make_classifier(vocab_size: int, num_labels: int = 3, seed: int = 0, **config):
@@ -146,19 +103,6 @@ def recording(trainer_cls):
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     return Recording
-
-
-def plain_overlap(trainer_cls):
-    """``trainer_cls`` (plain, no DynSDPB) fed the very same overlapping batches, for alpha = 0 comparisons."""
-    from dynsdpb_selfplay.distill.sampler import OverlapSampler
-
-    class PlainOverlap(trainer_cls):
-        def _get_train_sampler(self, train_dataset=None):
-            a = self.args
-            step = a.per_device_train_batch_size * a.gradient_accumulation_steps
-            return OverlapSampler(len(self.train_dataset), step)
-
-    return PlainOverlap
 
 
 def steps_of(seen: list[list[int]], accum: int) -> list[list[int]]:

@@ -160,7 +160,7 @@ def disk_full_while_filtering(c):
     c.monkeypatch.setattr(os, "replace", full)
     run = c.tmp / "run"
     code = run_cli(c, round_config(c.model, rounds=1, evaluation={"enabled": False}), "--run-dir", str(run))
-    assert json.loads((run / "state.json").read_text())["done"] == ["round_1/generate"]
+    assert json.loads((run / "state.json").read_text())["done"] == ["round_0/validate", "round_1/generate"]
     assert not list((run / "round_1").glob(".*tmp*"))
     return code
 
@@ -229,7 +229,7 @@ CASES = [
     Case("gold answer without #### after blank lines", gsm8k(GOOD + '\n\n\n{"question": "q", "answer": "7"}\n'), E,
          r"test\.jsonl:4: the answer has no final '#### <number>'"),  # the file's line, not the row's index
     Case("empty data file", gsm8k(""), E, r"test\.jsonl: no examples \(the file is empty\)"),
-    Case("unknown split", lambda c: GSM8K(c.tmp).load("validation"), E, r"gsm8k: unknown split 'validation'"),
+    Case("unknown split", lambda c: GSM8K(c.tmp).load("dev"), E, r"gsm8k: unknown split 'dev'"),
     Case("no data offline", offline_gsm8k, E, r"GSM8K: no local data and the hub is offline; .*DYNSDPB_GSM8K_DIR"),
     Case("data folder missing (eval)", lambda c: eval_cli(c, "--model", c.model, "--data-dir", str(c.tmp / "no")), 2,
          r"GSM8K data file not found: .*test\.jsonl \(set --data-dir"),

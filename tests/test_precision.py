@@ -87,7 +87,7 @@ def test_dynsdpb_config_and_sft_recipes_default_to_the_native_format(cpu, tmp_pa
 
 
 def test_round_training_takes_the_native_format(cpu, tmp_path):
-    cfg = load_config(REPO / "pipelines" / "configs" / "demo.yaml")
+    cfg = load_config(REPO / "pipelines" / "configs" / "gsm8k_self_training_gpu.yaml")  # sets no bf16
     cpu(*AVX2)
     assert training.training_args(cfg, tmp_path).bf16 is False
     cpu(*AMX)
@@ -101,7 +101,8 @@ def test_shipped_configs_leave_the_number_format_to_the_machine():
     for path in runs:
         cfg = load_config(path)
         assert cfg.engine.dtype == "auto", path
-        assert "bf16" not in cfg.training.args, path
+        # fp32 training is a choice every machine computes natively (the demo makes it: docs/LOG.md); bf16 is not.
+        assert cfg.training.args.get("bf16") in (None, False), path
     assert EngineConfig().dtype == "auto"
     for path in sorted((REPO / "benchmarks" / "configs").glob("*.yaml")):
         text = path.read_text()

@@ -9,7 +9,8 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # tests/: helpers, families
+sys.path.insert(1, os.path.join(os.path.dirname(__file__), "..", ".."))  # the repo root: benchmarks.tiny
 
 import torch  # noqa: E402
 from families import PARITY, build, equal_completion_rows  # noqa: E402
