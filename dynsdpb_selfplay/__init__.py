@@ -11,10 +11,10 @@ command start without loading torch, transformers or TRL.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from ._compat import check_versions
+from ._lazy import lazy_exports
 
 check_versions()
 
@@ -46,14 +46,4 @@ if TYPE_CHECKING:
     from .distill.trainer import DynSDPBTrainer, attach_dynsdpb
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

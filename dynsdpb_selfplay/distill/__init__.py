@@ -7,8 +7,9 @@ take seconds to import; ``import dynsdpb_selfplay.distill`` alone loads none of 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 # public name -> submodule that defines it, imported by ``__getattr__`` on first access.
 _LAZY = {
@@ -63,14 +64,4 @@ if TYPE_CHECKING:
     from .trainer import DynSDPBTrainer, attach_dynsdpb
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
