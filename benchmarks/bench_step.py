@@ -22,35 +22,26 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+def _shape(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int, **extra) -> dict:
+    """A decoder's config fields: hidden and MLP sizes, layers, attention and key/value heads, vocabulary."""
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=vocab,
+        **extra,
+    )
+
+
+QWEN_ROPE = {"rope_type": "default", "rope_theta": 1_000_000.0}
 MODELS = {
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=49152,
-    ),
-    "smollm2-135m-shape": dict(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        vocab_size=49152,
-        head_dim=64,
-    ),
+    "tiny": _shape(64, 128, 2, 4, 2, 49152),
+    "smollm2-135m-shape": _shape(576, 1536, 30, 9, 3, 49152, head_dim=64),
     # Qwen2.5-0.5B(-Instruct): Qwen2 (q/k/v biases), 494 M parameters of which 136 M in the tied 151,936-row head.
-    "qwen2.5-0.5b-shape": dict(
-        model_type="qwen2",
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-    ),
+    "qwen2.5-0.5b-shape": _shape(896, 4864, 24, 14, 2, 151936, model_type="qwen2", rope_parameters=QWEN_ROPE),
 }
 VARIANTS = {
     "plain": None,
