@@ -213,20 +213,23 @@ class Orchestrator:
             round_index=r,
         )
 
+    def _score(self, weights: str, split: str, limit: int | None):
+        """Greedy answers of the served ``weights`` to the first ``limit`` questions of ``split``, scored: the
+        examples, the sampling used, and the :class:`~dynsdpb_selfplay.evaluate.EvalResult`."""
+        cfg = self.cfg
+        examples = self.task.load(split, limit=limit)
+        greedy = SamplingConfig(max_new_tokens=cfg.evaluation.max_new_tokens, seed=cfg.seed)
+        engine = self.engines.get(weights)
+        return (
+            examples,
+            greedy,
+            evaluate(engine, self.task, examples, self.fmt, greedy, model_name=weights, split=split),
+        )
+
     def _validate(self, r: int, weights: str) -> dict:
         """Score ``weights`` (the copy the engine serves) on the validation split: ``round_r/validation.jsonl``."""
-        cfg, out = self.cfg, self.run_dir.round(r)
-        examples = self.task.load(cfg.task.validation_split, limit=cfg.task.validation_limit)
-        greedy = SamplingConfig(max_new_tokens=cfg.evaluation.max_new_tokens, seed=cfg.seed)
-        result = evaluate(
-            self.engines.get(weights),
-            self.task,
-            examples,
-            self.fmt,
-            greedy,
-            model_name=weights,
-            split=cfg.task.validation_split,
-        )
+        out = self.run_dir.round(r)
+        _, _, result = self._score(weights, self.cfg.task.validation_split, self.cfg.task.validation_limit)
         fault_point(point="generated")
         write_jsonl(out / "validation.jsonl", result.records)
         return _scores(result.summary)
@@ -254,16 +257,13 @@ class Orchestrator:
 
     def _evaluate(self, r: int, weights: str) -> dict:
         cfg, out = self.cfg, self.run_dir.round(r)
-        engine = self.engines.get(weights)
-        examples = self.task.load(cfg.task.eval_split, limit=cfg.task.eval_limit)
-        greedy = SamplingConfig(max_new_tokens=cfg.evaluation.max_new_tokens, seed=cfg.seed)
-        result = evaluate(engine, self.task, examples, self.fmt, greedy, model_name=weights, split=cfg.task.eval_split)
+        examples, greedy, result = self._score(weights, cfg.task.eval_split, cfg.task.eval_limit)
         summary, records = dict(result.summary), result.records
         if cfg.pipeline == "self_correction":
             make = self_correction_records(
                 self.task, self.fmt, greedy, cfg.generation.correction_prompt, cfg.filtering.verify
             )
-            corr = run_program(engine, make(examples, cfg.seed))
+            corr = run_program(self.engines.get(weights), make(examples, cfg.seed))
             trans = transitions(corr)
             n = len(corr)
             summary.update(trans)
