@@ -20,23 +20,20 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import gold_rows, save  # noqa: E402
+from benchmarks.common import gold_rows, save
+from dynsdpb_selfplay.rounds.handoff import update_share
 
 
 def retention(w0: dict, w1: dict, handed: dict) -> dict:
-    """Share of the update ``w1 - w0`` that ``handed`` carries (projection), and of changed entries reverted."""
-    dot = norm = 0.0
+    """Share of the update ``w1 - w0`` that ``handed`` carries (the projection the rounds record, ``update_share``),
+    and of changed entries reverted to their start value."""
     changed = reverted = 0
     for name, start in w0.items():
-        true = (w1[name] - start).double()
-        got = (handed[name].double() - start.double()).double()
-        dot += float((got * true).sum())
-        norm += float((true * true).sum())
-        moved = true != 0
+        moved = w1[name] != start
         changed += int(moved.sum())
-        reverted += int((moved & (got == 0)).sum())
+        reverted += int((moved & (handed[name].float() == start.float())).sum())
     return {
-        "update_share": dot / norm if norm else float("nan"),
+        "update_share": update_share(w0, w1, handed)["update_share"],
         "changed_entries": changed,
         "reverted_share": reverted / changed if changed else float("nan"),
     }
