@@ -210,15 +210,21 @@ def main(study, argv: list[str] | None = None) -> int:
             study.reuse_runs(config, args, log_path, args.config)
         if not args.summarize_only:  # results are rewritten after every run: a crash or a cut loses none of them
             extras.update(study.run(config, args, log_path, write) or {})
-    except UserInputError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+    except (UserInputError, KeyboardInterrupt) as e:
+        return _stopped(name, e, log_path)
+    print(write())
+    return 0
+
+
+def _stopped(name: str, error: BaseException, log_path: Path | None) -> int:
+    """Say why a study stopped early and return its exit status: 2 for bad input, 130 for Ctrl-C or ``kill``
+    (finished runs are in ``runs.jsonl``, and the same command resumes)."""
+    if isinstance(error, KeyboardInterrupt):
         where = f"are in {log_path}" if log_path else "are kept"
         print(f"{name}: interrupted; finished runs {where} and the same command resumes", file=sys.stderr)
         return 130
-    print(write())
-    return 0
+    print(f"{name}: error: {error}", file=sys.stderr)
+    return 2
 
 
 def _kept_extras(study, out: str | None, benchmark: str) -> dict:

@@ -178,21 +178,8 @@ def write_config(tmp_path, cfg, name="run.yaml") -> Path:
 
 # ---------------------------------------------------------------------------------------- classification
 def classifier_kwargs(output_dir, **overrides) -> dict:
-    kw = dict(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        learning_rate=5e-3,
-        lr_scheduler_type="constant",
-        max_steps=4,
-        seed=0,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    """TrainingArguments keyword arguments for a classifier: ``sft_kwargs`` less SFT's ``max_length``."""
+    kw = {k: v for k, v in sft_kwargs(output_dir).items() if k != "max_length"}
     kw.update(overrides)
     return kw
 
