@@ -24,14 +24,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = {"auto": {}, "fp32": {"engine": {"dtype": "float32"}, "training": {"bf16": False}}}
 
 
-def demo_config(seed: int, fmt: str) -> dict:
+def demo_config(seed: int, fmt: str, sets: tuple[str, ...] = ()) -> dict:
+    """The demo's config for one run: its seed, number format and ``--set`` overrides (``dynsdpb run``'s syntax)."""
     import yaml
+
+    from dynsdpb_selfplay.rounds.schema import set_dotted
 
     with open(os.path.join(ROOT, "pipelines/configs/demo.yaml")) as f:
         cfg = yaml.safe_load(f)
     cfg["seed"] = seed
     for section, values in FORMATS[fmt].items():
         cfg[section] = {**cfg[section], **values}
+    for assignment in sets:
+        set_dotted(cfg, assignment)
     cfg.pop("run_dir", None)
     return cfg
 
@@ -86,6 +91,7 @@ def main() -> None:
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     p.add_argument("--work-dir", default="runs/demo_robustness")
     p.add_argument("--out", help="JSON result path (a .md table beside it)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="demo config overrides, as `dynsdpb run`")
     args = p.parse_args()
 
     from dynsdpb_selfplay.precision import cpu_features, resolve_dtype
@@ -100,7 +106,7 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = os.path.join(args.work_dir, f"{fmt}_seed{seed}")
             start = time.perf_counter()
-            config = lambda s=seed, f=fmt: demo_config(s, f)  # noqa: E731
+            config = lambda s=seed, f=fmt: demo_config(s, f, tuple(args.set))  # noqa: E731
             state = run_pipeline(run_dir, config, f"demo {fmt} seed {seed}", "robustness")
             info = state["info"]
             wall = sum(v.get("seconds", 0.0) for v in info.values())

@@ -41,7 +41,8 @@ from benchmarks import harness  # noqa: E402
 from benchmarks.common import gold_rows, read_runs  # noqa: E402
 from benchmarks.harness import TrainingStudyConfig, append_run, built_values, from_mapping, helped  # noqa: E402
 from benchmarks.regime_plots import markdown, plot  # noqa: E402
-from benchmarks.regime_stats import summarize_regime  # noqa: E402
+from benchmarks.regime_stats import primary_outcome, summarize_regime  # noqa: E402
+from benchmarks.samples import sample_rows, samples_dir, write_samples  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 
 CONFIGS = "benchmarks/configs/regimes_*.yaml"
@@ -79,6 +80,37 @@ class Arm:
 
     trainer: str = helped("dynsdpb", "the run config's training.trainer")
     distillation: dict = helped({}, "DynSDPBConfig fields (distillation_*) of the arm")
+    training: dict = helped(
+        {},
+        "other training-section fields of the arm, applied last (e.g. label_smoothing_factor: 0.1); a 'lora' "
+        "mapping is merged into the regime's (e.g. lora: {lora_dropout: 0.1})",
+    )
+
+    def __post_init__(self) -> None:
+        for key in ("trainer", "learning_rate", "max_steps", "save_steps"):
+            if key in self.training:
+                raise ValueError(f"training: {key} is the study's to set (trainer, regime, epochs), not an arm's")
+        if "lora" in self.training and not isinstance(self.training["lora"], dict):
+            raise ValueError("training.lora: give a mapping of fields merged into the regime's lora")
+
+
+@dataclass
+class Primary:
+    """The pre-declared primary outcome: one arm minus each of several controls, paired by seed at one epoch, with
+    the p-values of the paired t-tests Holm-adjusted over the controls."""
+
+    arm: str = helped("", "the arm under test (e.g. dynamic)")
+    versus: list[str] = helped([], "the controls it is compared with")
+    how: str = helped("final", "which epoch: final (the last) or val (validation-selected)")
+    alpha: float = helped(0.05, "family-wise error rate over the controls (Holm)")
+
+    def __post_init__(self) -> None:
+        if not self.arm or not self.versus:
+            raise ValueError("primary: give arm and versus (the controls)")
+        if self.how not in ("final", "val"):
+            raise ValueError(f"primary.how: final or val, not {self.how!r}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"primary.alpha: must be in (0, 1) (got {self.alpha})")
 
 
 @dataclass
@@ -112,6 +144,7 @@ class RegimesStudy(TrainingStudyConfig):
     metric: str = helped("flexible", "the accuracy summarized: flexible or strict")
     baselines: list[str] = helped(["sft", "repeat"], "arms every other arm is paired with")
     reuse_runs: str | None = helped(None, "another study's result JSON whose identical runs are reused")
+    primary: Primary | None = helped(None, "the pre-declared primary outcome (arm, versus, how, alpha)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,6 +158,10 @@ class RegimesStudy(TrainingStudyConfig):
             raise ValueError("task: give the run config's task section (name, options, format)")
         if self.metric not in ("flexible", "strict"):
             raise ValueError(f"metric: flexible or strict, not {self.metric!r}")
+        if self.primary is not None:
+            missing = [a for a in (self.primary.arm, *self.primary.versus) if a not in self.arms]
+            if missing:
+                raise ValueError(f"primary: {missing} not among the arms ({', '.join(self.arms)})")
 
     def epochs_of(self, regime: Regime) -> int:
         return regime.epochs or self.epochs
@@ -144,6 +181,10 @@ def run_config(study: RegimesStudy, regime: LoraRegime, arm: str, seed: int, sou
     from dynsdpb_selfplay.rounds.config import from_dict
 
     spec = study.arms[arm]
+    extra = dict(spec.training)
+    if "lora" in extra and not regime.lora:
+        raise UserInputError(f"{source}: arm {arm} changes lora, but regime {regime.label} trains without LoRA")
+    lora = {**regime.lora, **extra.pop("lora")} if "lora" in extra else regime.lora
     training = {
         **study.training,
         "learning_rate": regime.learning_rate,
@@ -151,7 +192,8 @@ def run_config(study: RegimesStudy, regime: LoraRegime, arm: str, seed: int, sou
         **spec.distillation,
         "max_steps": study.epochs_of(regime) * steps_per_epoch(study, regime),
         "save_steps": 10**9,
-        "lora": regime.lora,
+        "lora": lora,
+        **extra,
     }
     data = {"model": study.model, "seed": seed, "task": study.task, "training": training, "engine": study.engine}
     return from_dict(data, source=f"{source} (regime {regime.label}, arm {arm})")
@@ -269,11 +311,19 @@ class Scorer:
             ("val", [r for r in result.records if r["id"] not in test_ids]),
         ):
             out[split] = {k: sum(r[f"{k}_correct"] for r in records) / len(records) for k in ("flexible", "strict")}
-        return out
+        return out, result.records
+
+    def rows(self, records: list[dict], epoch: int) -> list[dict]:
+        """Per-sample rows of one scoring (:mod:`benchmarks.samples`)."""
+        test_ids = {ex.id for ex in self.test}
+        return sample_rows(records, epoch, lambda i: "test" if i in test_ids else "val")
 
 
-def train_and_score(study, regime, arm, seed, scorer: Scorer, task, fmt, base: str, folder: Path, source: str) -> dict:
-    """One run: train the arm's steps, scoring after every epoch; returns the run's record."""
+def train_and_score(
+    study, regime, arm, seed, scorer: Scorer, task, fmt, base: str, folder: Path, source: str, samples: Path
+) -> dict:
+    """One run: train the arm's steps, scoring after every epoch; writes its per-sample rows to ``samples`` and
+    returns the run's record."""
     from transformers import TrainerCallback
 
     from dynsdpb_selfplay.precision import cpu_features
@@ -286,13 +336,16 @@ def train_and_score(study, regime, arm, seed, scorer: Scorer, task, fmt, base: s
         raise UserInputError(f"{regime.label} {arm} seed {seed}: nothing to train: {info['skipped']}")
     every = steps_per_epoch(study, regime)
     epochs: list[dict] = []
+    rows: list[dict] = []
 
     class EpochEval(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             if state.global_step % every == 0:
                 start = time.perf_counter()
                 scorer.load(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class)
-                e = {"epoch": state.global_step // every, "step": state.global_step, **scorer.score()}
+                scores, records = scorer.score()
+                e = {"epoch": state.global_step // every, "step": state.global_step, **scores}
+                rows.extend(scorer.rows(records, e["epoch"]))
                 e["eval_s"] = time.perf_counter() - start  # weight hand-off included
                 epochs.append(e)
                 print(
@@ -321,6 +374,7 @@ def train_and_score(study, regime, arm, seed, scorer: Scorer, task, fmt, base: s
         "train_s": seconds - sum(e["eval_s"] for e in epochs),
         "epochs": epochs,
         **curves,
+        "samples": write_samples(samples, rows),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -350,18 +404,21 @@ def run(study: RegimesStudy, args, log_path: Path, on_record) -> None:
     _, val, test = splits(study, task, 0, 1)
     engine = make_engine(base, first.engine)
     scorer = Scorer(engine, task, fmt, val, test, study.max_new_tokens, args.work_dir / "weights")
+    where = samples_dir(args.out, args.work_dir)
     try:
         if ("-", "base", 0) not in done:
-            append_run(
-                log_path,
-                {"regime": "-", "arm": "base", "seed": 0, "epochs": [{"epoch": 0, "step": 0, **scorer.score()}]},
-            )
+            scores, records = scorer.score()
+            saved = write_samples(where / "base.jsonl.gz", scorer.rows(records, 0))
+            record = {"regime": "-", "arm": "base", "seed": 0, "epochs": [{"epoch": 0, "step": 0, **scores}]}
+            append_run(log_path, {**record, "samples": saved})
             on_record()
         for regime, arm, seed in todo:
             folder = args.work_dir / regime.label / f"{arm}-seed{seed}"
             steps = run_config(study, regime, arm, seed, source).training.args["max_steps"]
             print(f"[bench_regimes] {regime.label} {arm} seed {seed}: {regime.size} rows, {steps} steps", flush=True)
-            append_run(log_path, train_and_score(study, regime, arm, seed, scorer, task, fmt, base, folder, source))
+            samples = where / f"{regime.label}_{arm}_seed{seed}.jsonl.gz"
+            record = train_and_score(study, regime, arm, seed, scorer, task, fmt, base, folder, source, samples)
+            append_run(log_path, record)
             on_record()
             shutil.rmtree(folder, ignore_errors=True)
     finally:
@@ -386,7 +443,11 @@ def seeds_across_machines(runs: list[dict]) -> list[str]:
     return [f"{regime} seed {seed}" for (regime, seed), k in kinds.items() if len(k) > 1]
 
 
-def summarize(runs: list[dict], metric: str = "flexible", baselines: tuple[str, ...] = ("sft", "repeat")) -> dict:
+def summarize(
+    runs: list[dict], metric: str = "flexible", baselines: tuple[str, ...] = ("sft", "repeat"), primary=None
+) -> dict:
+    """Per regime: :func:`regime_stats.summarize_regime`; with ``primary`` (a :class:`Primary`), also its outcome
+    per regime (:func:`regime_stats.primary_outcome`)."""
     base = next((r for r in runs if r["arm"] == "base"), None)
     out = {
         "metric": metric,
@@ -396,13 +457,16 @@ def summarize(runs: list[dict], metric: str = "flexible", baselines: tuple[str, 
         "regimes": {},
     }
     for label in dict.fromkeys(r["regime"] for r in runs if r["arm"] != "base"):
-        out["regimes"][label] = summarize_regime([r for r in runs if r["regime"] == label], metric, baselines)
+        mine = [r for r in runs if r["regime"] == label]
+        out["regimes"][label] = summarize_regime(mine, metric, baselines)
+        if primary is not None:
+            out.setdefault("primary", {})[label] = primary_outcome(mine, metric, primary)
     return out
 
 
 def summary_and_table(study: RegimesStudy, runs: list[dict]) -> tuple[dict, str]:
     """The summary of ``runs`` and its markdown tables (what ``--summarize-only`` writes)."""
-    summary = summarize(runs, study.metric, tuple(study.baselines))
+    summary = summarize(runs, study.metric, tuple(study.baselines), study.primary)
     return summary, markdown(summary, {"baselines": study.baselines})
 
 

@@ -73,6 +73,8 @@ def markdown(summary: dict, bench: dict) -> str:
                 row += f" {_diff(c.get(f'minus_{b}_final'))} | {_diff(c.get(f'minus_{b}_val'))} |"
             lines.append(row)
         lines += ["", *_per_epoch_differences(arms, baselines), *_per_seed_table(arms), ""]
+    if summary.get("primary"):
+        lines = [*primary_markdown(summary["primary"]), *lines]
     return "\n".join(lines)
 
 
@@ -84,7 +86,45 @@ def _per_epoch_differences(arms: dict, baselines: list[str]) -> list[str]:
         for b in baselines
         if c.get(f"minus_{b}_curve")
     ]
+    lines += [
+        f"- {arm} − {b}, {'final' if how == 'final' else 'validation-selected'}, seed x item bootstrap: {_boot(boot)}"
+        for arm, c in arms.items()
+        for b in baselines
+        for how in ("final", "val")
+        if (boot := c.get(f"minus_{b}_{how}_bootstrap"))
+    ]
     return [*lines, ""] if lines else []
+
+
+def _boot(b: dict) -> str:
+    return (
+        f"{100 * b['mean']:.1f} [{100 * b['low']:.1f}, {100 * b['high']:.1f}] "
+        f"({b['seeds']} seeds x {b['items']} questions)"
+    )
+
+
+def primary_markdown(primary: dict) -> list[str]:
+    """The pre-declared primary outcome per regime: arm − each control, t-interval, p, Holm-adjusted p."""
+    lines = []
+    for label, out in primary.items():
+        how = "final epoch" if out["how"] == "final" else "validation-selected epoch"
+        lines += [
+            f"**Primary outcome, {label}**: {out['arm']} − each control at the {how}, paired by seed (x100); "
+            f"p from the paired t-test, Holm-adjusted over the controls (alpha {out['alpha']})",
+            "",
+            "| control | difference (wins/seeds) | seed x item bootstrap | p | Holm p | below alpha |",
+            "|---|---|---|---|---|---|",
+        ]
+        if not out["versus"]:
+            lines.append("| (no paired runs of the controls yet) | | | | | |")
+        for control, d in out["versus"].items():
+            boot = _boot(d["bootstrap"]) if d.get("bootstrap") else "-"
+            lines.append(
+                f"| {control} | {_diff(d)} | {boot} | {d['p']:.3g} | {d['p_holm']:.3g} | "
+                f"{'yes' if d['below_alpha'] else 'no'} |"
+            )
+        lines.append("")
+    return lines
 
 
 def _per_seed_table(arms: dict) -> list[str]:

@@ -9,13 +9,19 @@ data cancels in the difference.
 * **final**: the metric on the test split after the last epoch.
 * **validation-selected**: the test metric after the epoch with the best *validation* metric (the earliest on ties);
   the test split never chooses anything.
+
+Where runs carry per-sample files (:mod:`benchmarks.samples`), a paired difference also gets a seed x item bootstrap
+interval (``..._bootstrap``), which counts the choice of test questions as well as the seeds. A pre-declared
+:func:`primary_outcome` adds paired t-test p-values, Holm-adjusted over its controls.
 """
 
 from __future__ import annotations
 
-from dynsdpb_selfplay.stats import difference_summary, paired_differences, t_summary
+from benchmarks.samples import paired_bootstrap
+from dynsdpb_selfplay.stats import difference_summary, holm, paired_differences, paired_t_p, t_summary
 
-__all__ = ["curve", "paired", "paired_curve", "pick", "select_epoch", "summarize_regime"]
+__all__ = ["curve", "paired", "paired_bootstrap_of", "paired_curve", "pick", "primary_outcome", "select_epoch"]
+__all__ += ["summarize_regime"]
 
 
 def select_epoch(val: list[float]) -> int:
@@ -25,15 +31,21 @@ def select_epoch(val: list[float]) -> int:
     return max(range(len(val)), key=lambda i: (val[i], -i))
 
 
+def picked_epoch(run: dict, metric: str, how: str) -> dict:
+    """The epoch record of ``run`` read for ``how``: its last (``"final"``) or its best on validation ``metric``
+    (``"val"``)."""
+    epochs = run["epochs"]
+    if how == "final":
+        return epochs[-1]
+    if how == "val":
+        return epochs[select_epoch([e["val"][metric] for e in epochs])]
+    raise ValueError(f"how={how!r}: expected 'final' or 'val'")
+
+
 def pick(run: dict, metric: str, how: str) -> float:
     """The test ``metric`` of ``run`` after its last epoch (``how="final"``) or after the epoch with the best
     validation ``metric`` (``how="val"``)."""
-    epochs = run["epochs"]
-    if how == "final":
-        return epochs[-1]["test"][metric]
-    if how == "val":
-        return epochs[select_epoch([e["val"][metric] for e in epochs])]["test"][metric]
-    raise ValueError(f"how={how!r}: expected 'final' or 'val'")
+    return picked_epoch(run, metric, how)["test"][metric]
 
 
 def _pairs(runs: list[dict], arm: str, baseline: str) -> list[tuple[dict, dict]]:
@@ -47,6 +59,32 @@ def paired(runs: list[dict], arm: str, baseline: str, metric: str, how: str) -> 
     mine = {r["seed"]: pick(r, metric, how) for r in runs if r["arm"] == arm}
     theirs = {r["seed"]: pick(r, metric, how) for r in runs if r["arm"] == baseline}
     return paired_differences(mine, theirs)
+
+
+def paired_bootstrap_of(runs: list[dict], arm: str, baseline: str, metric: str, how: str) -> dict | None:
+    """Seed x item bootstrap of ``arm - baseline`` at the epoch ``how`` picks (``None`` without per-sample files)."""
+    pairs = [
+        (a, b, picked_epoch(a, metric, how)["epoch"], picked_epoch(b, metric, how)["epoch"])
+        for a, b in _pairs(runs, arm, baseline)
+    ]
+    return paired_bootstrap(pairs, metric) if pairs else None
+
+
+def primary_outcome(runs: list[dict], metric: str, primary) -> dict:
+    """The pre-declared comparison ``primary`` (``arm``, ``versus``, ``how``, ``alpha``): per control, the paired
+    difference (t-interval), its two-sided paired t-test p-value, the Holm-adjusted p over the controls present and
+    whether it is below ``alpha``, and the seed x item bootstrap where per-sample files exist."""
+    out = {"arm": primary.arm, "how": primary.how, "alpha": primary.alpha, "versus": {}}
+    for control in primary.versus:
+        diff = paired(runs, primary.arm, control, metric, primary.how)
+        if diff is not None:
+            out["versus"][control] = {**diff, "p": paired_t_p(diff["per_seed"])}
+            if boot := paired_bootstrap_of(runs, primary.arm, control, metric, primary.how):
+                out["versus"][control]["bootstrap"] = boot
+    adjusted = holm({c: d["p"] for c, d in out["versus"].items()})
+    for control, p in adjusted.items():
+        out["versus"][control].update(p_holm=p, below_alpha=p <= primary.alpha)
+    return out
 
 
 def paired_curve(runs: list[dict], arm: str, baseline: str, metric: str) -> list[dict]:
@@ -96,6 +134,8 @@ def summarize_regime(runs: list[dict], metric: str, baselines: tuple[str, ...]) 
                     diff = paired(runs, arm, baseline, metric, how)
                     if diff is not None:
                         cell[f"minus_{baseline}_{how}"] = diff
+                    if boot := paired_bootstrap_of(runs, arm, baseline, metric, how):
+                        cell[f"minus_{baseline}_{how}_bootstrap"] = boot
                 if per_epoch := paired_curve(runs, arm, baseline, metric):
                     cell[f"minus_{baseline}_curve"] = per_epoch
         out[arm] = cell

@@ -8,6 +8,10 @@ benchmarks report.
 * :func:`wilson_interval`: the Wilson score interval of one proportion (accuracy on ``n`` questions).
 * :func:`paired_differences`: the paired (same seed) difference of two arms: mean, t-interval, per-seed values, and
   how many seeds each side is ahead; the seed's own spread (data subset, initialisation, order) cancels in it.
+* :func:`paired_t_p` / :func:`holm`: the two-sided p-value of a paired t-test (mean difference 0), and Holm's
+  step-down adjustment of several such p-values (one pre-declared arm against each of ``m`` controls):
+  the ``k``-th smallest ``p_(k)`` becomes ``max_{j<=k} min(1, (m - j + 1) p_(j))``, which keeps the chance of any
+  false "different" at or below alpha over the ``m`` comparisons.
 * :func:`bootstrap_ci`: a percentile interval of the grand mean over a seed x item table, resampling seeds and
   items, for when questions as well as seeds vary.
 * :func:`paired_drop`: is model B worse than model A on the same n questions, beyond noise? Only the discordant
@@ -32,9 +36,11 @@ from math import comb
 __all__ = [
     "bootstrap_ci",
     "difference_summary",
+    "holm",
     "mean_ci95",
     "paired_differences",
     "paired_drop",
+    "paired_t_p",
     "t_quantile",
     "t_summary",
     "wilson_interval",
@@ -86,6 +92,30 @@ def paired_differences(a: Mapping, b: Mapping) -> dict | None:
     when they share none."""
     keys = sorted(k for k in a if k in b)
     return difference_summary([a[k] - b[k] for k in keys]) if keys else None
+
+
+def paired_t_p(diffs: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test that the mean of ``diffs`` is 0: ``2 * P(T > |mean| / (sd / sqrt(n)))``
+    with ``T ~ t(n - 1)``; 1.0 when every difference is 0, 0.0 when they are all equal and not 0, NaN below 2."""
+    n = len(diffs)
+    if n < 2:
+        return float("nan")
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if sd == 0:
+        return 1.0 if mean == 0 else 0.0
+    from scipy.stats import t
+
+    return float(2 * t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+
+
+def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
+    """Holm-adjusted p-values of ``pvalues`` (module docstring), by the same keys. Compare each with alpha."""
+    order = sorted(pvalues, key=lambda k: pvalues[k])
+    m, running, out = len(order), 0.0, {}
+    for j, key in enumerate(order):
+        running = max(running, min(1.0, (m - j) * pvalues[key]))
+        out[key] = running
+    return {k: out[k] for k in pvalues}
 
 
 def wilson_interval(correct: int, total: int, z: float = Z975) -> tuple[float, float]:

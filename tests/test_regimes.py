@@ -165,6 +165,18 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
     assert summary["full-8"]["dynamic"]["minus_sft_final"]["n"] == 1
     assert result["machine"]["cpu"]["capability"]
     assert out.with_suffix(".png").is_file() and "val-sel − sft" in out.with_suffix(".md").read_text()
+    # Every run saved its per-sample rows beside the JSON, and they agree with the accuracies the record holds.
+    from benchmarks.samples import read_samples
+
+    for r in result["runs"]:
+        rows = read_samples(r["samples"])
+        assert Path(r["samples"]).parent == out.with_suffix(".samples")
+        for e in r["epochs"]:
+            for split, n in (("test", 4), ("val", 3)):
+                mine = [x for x in rows if x["epoch"] == e["epoch"] and x["split"] == split]
+                assert len(mine) == n and len({x["id"] for x in mine}) == n
+                assert sum(x["flexible"] for x in mine) / n == pytest.approx(e[split]["flexible"])
+        assert {x["epoch"] for x in rows} == {e["epoch"] for e in r["epochs"]}
     # Training with LoRA scored merged weights and left the scratch weights folder loadable.
     assert (Path(cfg["work_dir"]) / "weights" / "config.json").is_file()
     # A rerun trains nothing and reports the same.
