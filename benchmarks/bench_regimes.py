@@ -118,9 +118,14 @@ class RegimeData:
     pool: int = helped(4000, "training rows drawn from: the first `pool` of the train split")
     validation_start: int | None = helped(None, "where the validation rows start in the train split (default: pool)")
     validation: int = helped(100, "validation rows (they alone pick a run's best epoch)")
-    test: int = helped(200, "test rows (the first of the test split)")
+    test: int = helped(200, "test rows: `test` rows of the test split from `test_start`")
+    test_start: int = helped(
+        0, "where the test rows start in the test split (a new study can skip rows earlier ones used)"
+    )
 
     def __post_init__(self) -> None:
+        if self.test < 1 or self.test_start < 0:
+            raise ValueError(f"test: >= 1 rows from test_start >= 0 (got {self.test} from {self.test_start})")
         self.validation_start = self.pool if self.validation_start is None else self.validation_start
         if self.validation_start < self.pool:
             raise ValueError(f"validation_start: {self.validation_start} overlaps the training pool ({self.pool} rows)")
@@ -271,7 +276,7 @@ def splits(study: RegimesStudy, task, seed: int, size: int):
     random.Random(f"regimes-{seed}").shuffle(order)
     everything = task.load("train", limit=d.validation_start + d.validation)
     train = [everything[i] for i in sorted(order[:size])]
-    return train, everything[d.validation_start :], task.load("test", limit=d.test)
+    return train, everything[d.validation_start :], task.load("test", limit=d.test_start + d.test)[d.test_start :]
 
 
 class Scorer:

@@ -28,6 +28,9 @@ def rounds_in(info: dict) -> list[int]:
     return sorted({int(k.split("/")[0].removeprefix("round_")) for k in info if k.startswith("round_")})
 
 
+REVIEW_KEYS = ("first_accuracy", "revised_accuracy", "wrong_to_right", "right_to_wrong")
+
+
 def rounds_summary(info: dict) -> list[dict]:
     """Per round of a finished run (``state.json``'s ``info``): held-out accuracies, rows kept and trained on,
     optimizer steps, and (from round 1) the wall-time breakdown."""
@@ -38,6 +41,7 @@ def rounds_summary(info: dict) -> list[dict]:
             {
                 "round": r,
                 **{k: ev.get(k) for k in ("strict_accuracy", "flexible_accuracy", "n_samples", "flexible_ci95")},
+                **{k: ev[k] for k in REVIEW_KEYS if k in ev},  # a self_correction run's review turn
                 "train_rows": tr.get("rows"),
                 "steps": tr.get("steps"),
                 "kept_rows": info.get(f"round_{r}/filter", {}).get("rows"),

@@ -38,6 +38,7 @@ from benchmarks import harness  # noqa: E402
 from benchmarks.bench_rounds import rounds_summary  # noqa: E402
 from benchmarks.common import read_runs, run_pipeline  # noqa: E402
 from benchmarks.harness import StudyConfig, append_run, helped  # noqa: E402
+from benchmarks.samples import sample_rows, samples_dir, write_samples  # noqa: E402
 from dynsdpb_selfplay.stats import paired_differences, t_summary  # noqa: E402
 
 CONFIGS = "benchmarks/configs/self_training_*.yaml"
@@ -56,6 +57,9 @@ class SelfTrainingStudy(StudyConfig):
     arms: dict[str, dict] = helped(DEFAULT_ARMS, "arm name -> {dotted.key: value} changed for that arm")
     baselines: list[str] = helped(["sft"], "arms every other arm is paired with")
     metric: str = helped("flexible_accuracy", "the per-round accuracy summarized")
+    secondary_metrics: list[str] = helped(
+        [], "more per-round values summarized the same way, for the arms whose runs record them (e.g. strict_accuracy)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,8 +99,29 @@ def pipeline_config(study: SelfTrainingStudy, arm: str, seed: int) -> dict:
     return cfg
 
 
-def run_one(study: SelfTrainingStudy, arm: str, seed: int, work_dir: Path) -> dict:
-    """One pipeline run (started, resumed, or read back when finished); its per-round accuracies."""
+def save_samples(run_dir: Path, rounds: list[dict], where: Path, name: str) -> str | None:
+    """Every round's greedy test answers (``round_r/eval.jsonl``; :mod:`benchmarks.samples` rows, ``epoch`` = round)
+    gzipped into ``where/<name>.jsonl.gz``, and a self-correction run's reviews (``eval_correction.jsonl``, as
+    recorded) into ``<name>_review.jsonl.gz``; returns the first path (``None`` when no round has answers)."""
+    import json
+
+    rows, reviews = [], []
+    for r in (x["round"] for x in rounds):
+        folder = run_dir / f"round_{r}"
+        if (folder / "eval.jsonl").is_file():
+            records = [json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines() if line.strip()]
+            rows += sample_rows(records, r, lambda _id: "test")
+        if (folder / "eval_correction.jsonl").is_file():
+            text = (folder / "eval_correction.jsonl").read_text().splitlines()
+            reviews += [{"round": r, **json.loads(line)} for line in text if line.strip()]
+    if reviews:
+        write_samples(where / f"{name}_review.jsonl.gz", reviews)
+    return write_samples(where / f"{name}.jsonl.gz", rows) if rows else None
+
+
+def run_one(study: SelfTrainingStudy, arm: str, seed: int, work_dir: Path, samples: Path | None = None) -> dict:
+    """One pipeline run (started, resumed, or read back when finished); its per-round accuracies, and with
+    ``samples`` (a folder) its per-sample files (:func:`save_samples`)."""
     from dynsdpb_selfplay.rounds.config import from_dict
 
     def config() -> dict:
@@ -106,16 +131,23 @@ def run_one(study: SelfTrainingStudy, arm: str, seed: int, work_dir: Path) -> di
 
     run_dir = work_dir / f"{arm}-seed{seed}"
     state = run_pipeline(run_dir, config, f"{arm} seed {seed}", "bench_self_training")
-    return {"arm": arm, "seed": seed, "run_dir": str(run_dir), "rounds": rounds_summary(state["info"])}
+    record = {"arm": arm, "seed": seed, "run_dir": str(run_dir), "rounds": rounds_summary(state["info"])}
+    if samples is not None and (saved := save_samples(run_dir, record["rounds"], samples, f"{arm}_seed{seed}")):
+        record["samples"] = saved
+    return record
 
 
 def summarize(runs: list[dict], metric: str = "flexible_accuracy", baselines: tuple[str, ...] = ("sft",)) -> dict:
     """Per arm and round: mean and 95% t-interval over seeds, the gain over round 0, and the paired (same seed)
     difference to each baseline arm, as ``minus_<baseline>``."""
 
-    by = {(r["arm"], r["seed"]): {x["round"]: x[metric] for x in r["rounds"]} for r in runs}
+    by = {
+        (r["arm"], r["seed"]): {x["round"]: x[metric] for x in r["rounds"] if x.get(metric) is not None} for r in runs
+    }
     out = {}
     for arm in dict.fromkeys(r["arm"] for r in runs):
+        if not all(by[(arm, s)] for a, s in by if a == arm):
+            continue  # this arm's runs do not record the metric (a self_correction value for a self_training run)
         seeds = sorted(s for a, s in by if a == arm)
         rounds = sorted(set.intersection(*(set(by[(arm, s)]) for s in seeds)))
         cell = {"seeds": seeds, "rounds": {}}
@@ -135,10 +167,11 @@ def summarize(runs: list[dict], metric: str = "flexible_accuracy", baselines: tu
 def run(study: SelfTrainingStudy, args, log_path: Path, on_record) -> None:
     """Every (arm, seed) run not in ``log_path`` (started, resumed, or read back), appended once finished."""
     done = {(r["arm"], r["seed"]) for r in read_runs(log_path)}
+    where = samples_dir(args.out, args.work_dir)
     for seed in args.seeds:
         for arm in study.arms:
             if (arm, seed) not in done:
-                append_run(log_path, run_one(study, arm, seed, args.work_dir))
+                append_run(log_path, run_one(study, arm, seed, args.work_dir, where))
                 on_record()
 
 
@@ -151,7 +184,15 @@ def summary_and_table(study: SelfTrainingStudy, runs: list[dict]) -> tuple[dict,
     """The summary of ``runs`` and its markdown table (what ``--summarize-only`` writes)."""
     baselines = tuple(study.baselines)
     summary = summarize(runs, study.metric, baselines)
-    return summary, markdown(summary, baselines)
+    table = markdown(summary, baselines)
+    for metric in study.secondary_metrics:
+        for arm, cell in summarize(runs, metric, baselines).items():
+            summary[arm].setdefault("secondary", {})[metric] = cell["rounds"]
+        table += f"\n{metric}:\n\n" + markdown(
+            {arm: {"rounds": c["secondary"][metric]} for arm, c in summary.items() if metric in c.get("secondary", {})},
+            baselines,
+        )
+    return summary, table
 
 
 def markdown(summary: dict, baselines: tuple[str, ...] = ("sft",)) -> str:

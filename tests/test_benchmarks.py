@@ -392,6 +392,16 @@ def test_a_pipeline_run_is_started_resumed_or_read_back_and_a_failure_names_it(t
     rounds = rounds_summary(state["info"])
     assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["steps"] == 4 and rounds[1]["train_rows"] > 0
     assert all(0 <= r["flexible_accuracy"] <= 1 for r in rounds) and rounds[1]["time"]["wall_s"] > 0
+    # The study keeps each round's test answers beside its result JSON, and they agree with the round's accuracy.
+    from benchmarks.bench_self_training import save_samples
+    from benchmarks.samples import read_samples
+
+    saved = save_samples(run_dir, rounds, tmp_path / "result.samples", "sft_seed0")
+    rows = read_samples(saved)
+    for r in rounds:
+        mine = [x for x in rows if x["epoch"] == r["round"]]
+        assert len(mine) == r["n_samples"] and all(x["split"] == "test" for x in mine)
+        assert sum(x["flexible"] for x in mine) / len(mine) == pytest.approx(r["flexible_accuracy"])
     mtime = (run_dir / "state.json").stat().st_mtime_ns
     assert run_pipeline(run_dir, config, "sft seed 0", "test") == state and built == [tiny]  # read back
     assert (run_dir / "state.json").stat().st_mtime_ns == mtime

@@ -218,6 +218,18 @@ def test_self_training_summary_pairs_each_arm_with_each_baseline_by_seed():
     assert "minus_sft" not in s["sft"]["rounds"][1] and "minus_sft2" not in s["sft2"]["rounds"][1]
     assert s["sft2"]["rounds"][1]["minus_sft"]["mean"] == pytest.approx(0.1)
     assert "| dynsdpb | 1 | 35.0 ± 127.1 | 25.0 ± 127.1 | 10.0 ± 63.5 | -5.0 |" in markdown(s, ("sft", "sft2"))
+    # A secondary metric is summarized the same way for the arms whose runs record it (the others are left out).
+    from benchmarks.bench_self_training import summary_and_table
+
+    for run, revised in zip(all_runs[3:], ([0.2, 0.3], [0.1, 0.5]), strict=True):
+        for x, v in zip(run["rounds"], revised, strict=True):
+            x["revised_accuracy"] = v
+    arms = {"sft": {}, "dynsdpb": {}}
+    study = SelfTrainingStudy(pipeline="p.yaml", baselines=["sft"], arms=arms, secondary_metrics=["revised_accuracy"])
+    summary, table = summary_and_table(study, all_runs)
+    assert "secondary" not in summary["sft"] and summary["dynsdpb"]["rounds"][1]["accuracy"]["mean"] == 0.35
+    assert summary["dynsdpb"]["secondary"]["revised_accuracy"][1]["accuracy"]["mean"] == pytest.approx(0.4)
+    assert "revised_accuracy:" in table and "| dynsdpb | 1 | 40.0 ± 127.1 |" in table
     study = SelfTrainingStudy(
         pipeline=str(REPO / "pipelines" / "configs" / "demo.yaml"),
         set={"rounds": 3, "training.accumulate_data": True},
