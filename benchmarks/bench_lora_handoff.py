@@ -32,19 +32,12 @@ def disk_bytes(folder: Path) -> int:
 def write_round_models(base: str, out: Path, rank: int) -> dict:
     """The two forms of one round's result, timed as save_round_model writes them (fp32)."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from benchmarks.tiny import random_lora
+
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    lora = LoraConfig(
-        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
-    )
-    model = get_peft_model(model, lora)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01)
+    model = random_lora(model, rank, 0.01)
     tokenizer = AutoTokenizer.from_pretrained(base)
     t = time.perf_counter()
     model.save_pretrained(out / "adapter")

@@ -90,3 +90,21 @@ def equal_completion_rows(n: int = 16, seed: int = 0):
             }
         )
     return Dataset.from_list(rows)
+
+
+def random_lora(model, rank: int, std: float, seed: int = 0):
+    """``model`` with a LoRA adapter of ``rank`` on q, k, v, o (alpha 2 x rank) whose B matrices are drawn from
+    N(0, std^2) (peft starts B at zero, which would make the adapter a no-op): a non-trivial adapter to hand over."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
+    model = get_peft_model(model, lora)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
+    return model

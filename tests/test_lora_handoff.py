@@ -33,20 +33,13 @@ GREEDY = SamplingConfig(max_new_tokens=20)
 @pytest.fixture(scope="module")
 def adapter_and_merged(tiny_model_dirs, tmp_path_factory) -> tuple[Path, Path]:
     """A LoRA adapter on the tiny model with non-zero weights (saved alone), and the same adapter merged into it."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from benchmarks.tiny import random_lora
 
     out = tmp_path_factory.mktemp("lora")
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dirs[0]), dtype=torch.float32)
-    lora = LoraConfig(
-        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
-    )
-    model = get_peft_model(base, lora)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.3)
+    model = random_lora(base, 8, 0.3)
     model.save_pretrained(out / "adapter")
     model.merge_and_unload().save_pretrained(out / "merged")
     AutoTokenizer.from_pretrained(str(tiny_model_dirs[0])).save_pretrained(out / "merged")
