@@ -81,9 +81,11 @@ def primary_outcome(runs: list[dict], metric: str, primary) -> dict:
             out["versus"][control] = {**diff, "p": paired_t_p(diff["per_seed"])}
             if boot := paired_bootstrap_of(runs, primary.arm, control, metric, primary.how):
                 out["versus"][control]["bootstrap"] = boot
-    adjusted = holm({c: d["p"] for c, d in out["versus"].items()})
-    for control, p in adjusted.items():
-        out["versus"][control].update(p_holm=p, below_alpha=p <= primary.alpha)
+    # A control paired on one seed has no test yet (p NaN): it stays out of the family until it has two.
+    adjusted = holm({c: d["p"] for c, d in out["versus"].items() if d["p"] == d["p"]})
+    for control, d in out["versus"].items():
+        p = adjusted.get(control, float("nan"))
+        d.update(p_holm=p, below_alpha=p <= primary.alpha)
     return out
 
 

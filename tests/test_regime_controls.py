@@ -113,6 +113,10 @@ def test_the_seed_by_item_bootstrap_and_the_primary_outcome(tmp_path):
     assert do["p"] == pytest.approx(0.183503, rel=1e-4)
     assert ls["p_holm"] == 0.0 and do["p_holm"] == pytest.approx(0.183503, rel=1e-4)
     assert ls["below_alpha"] and not do["below_alpha"] and "bootstrap" in do
+    # A control paired on one seed only has no p yet and stays out of Holm's family.
+    one = primary_outcome([r for r in runs if r["arm"] != "do" or r["seed"] == 0], "flexible", primary)
+    assert one["versus"]["do"]["p_holm"] != one["versus"]["do"]["p_holm"] and one["versus"]["ls"]["p_holm"] == 0.0
+    assert not one["versus"]["do"]["below_alpha"]
     # A run without its file: no bootstrap, the t-interval and p stay.
     del runs[6]["samples"]
     out = primary_outcome(runs, "flexible", primary)
