@@ -103,17 +103,15 @@ def save_samples(run_dir: Path, rounds: list[dict], where: Path, name: str) -> s
     """Every round's greedy test answers (``round_r/eval.jsonl``; :mod:`benchmarks.samples` rows, ``epoch`` = round)
     gzipped into ``where/<name>.jsonl.gz``, and a self-correction run's reviews (``eval_correction.jsonl``, as
     recorded) into ``<name>_review.jsonl.gz``; returns the first path (``None`` when no round has answers)."""
-    import json
+    from dynsdpb_selfplay.jsonl import read_jsonl
 
     rows, reviews = [], []
     for r in (x["round"] for x in rounds):
         folder = run_dir / f"round_{r}"
         if (folder / "eval.jsonl").is_file():
-            records = [json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines() if line.strip()]
-            rows += sample_rows(records, r, lambda _id: "test")
+            rows += sample_rows(read_jsonl(folder / "eval.jsonl"), r, lambda _id: "test")
         if (folder / "eval_correction.jsonl").is_file():
-            text = (folder / "eval_correction.jsonl").read_text().splitlines()
-            reviews += [{"round": r, **json.loads(line)} for line in text if line.strip()]
+            reviews += [{"round": r, **row} for row in read_jsonl(folder / "eval_correction.jsonl")]
     if reviews:
         write_samples(where / f"{name}_review.jsonl.gz", reviews)
     return write_samples(where / f"{name}.jsonl.gz", rows) if rows else None
