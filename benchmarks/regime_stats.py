@@ -20,8 +20,17 @@ from __future__ import annotations
 from benchmarks.samples import paired_bootstrap
 from dynsdpb_selfplay.stats import difference_summary, holm, paired_differences, paired_t_p, t_summary
 
-__all__ = ["curve", "paired", "paired_bootstrap_of", "paired_curve", "pick", "primary_outcome", "select_epoch"]
-__all__ += ["summarize_regime"]
+__all__ = [
+    "curve",
+    "paired",
+    "paired_bootstrap_of",
+    "paired_curve",
+    "pick",
+    "picked_epoch",
+    "primary_outcome",
+    "select_epoch",
+    "summarize_regime",
+]
 
 
 def select_epoch(val: list[float]) -> int:

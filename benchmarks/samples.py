@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 from dynsdpb_selfplay.stats import bootstrap_ci
@@ -61,27 +62,32 @@ def write_samples(path: Path, rows: list[dict]) -> str:
 
 
 def read_samples(path: str | Path) -> list[dict]:
+    """The rows of a per-sample file."""
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _correct_by_id(run: dict, epoch: int, metric: str, cache: dict) -> dict | None:
+@lru_cache(maxsize=256)
+def _cached_rows(path: str, mtime_ns: int) -> tuple[dict, ...]:
+    # A study re-summarizes after every run, each arm against each baseline: read each file once per version of it.
+    return tuple(read_samples(path))
+
+
+def _correct_by_id(run: dict, epoch: int, metric: str) -> dict | None:
     path = run.get("samples")
     if not path or not Path(path).is_file():
         return None
-    if path not in cache:
-        cache[path] = read_samples(path)
-    return {r["id"]: float(r[metric]) for r in cache[path] if r["epoch"] == epoch and r["split"] == "test"}
+    rows = _cached_rows(str(path), Path(path).stat().st_mtime_ns)
+    return {r["id"]: float(r[metric]) for r in rows if r["epoch"] == epoch and r["split"] == "test"}
 
 
 def paired_bootstrap(pairs: list[tuple[dict, dict, int, int]], metric: str, resamples: int = 2000) -> dict | None:
     """Seed x item bootstrap of arm A minus arm B on the test questions. ``pairs``: ``(run_a, run_b, epoch_a,
     epoch_b)`` per seed (the epoch each is read at). ``None`` unless every run has its per-sample file and the seeds
     share their questions. Returns ``{"mean", "low", "high", "seeds", "items"}`` (fractions, 95% percentile)."""
-    cache: dict = {}
     table = []
     for run_a, run_b, epoch_a, epoch_b in pairs:
-        a, b = _correct_by_id(run_a, epoch_a, metric, cache), _correct_by_id(run_b, epoch_b, metric, cache)
+        a, b = _correct_by_id(run_a, epoch_a, metric), _correct_by_id(run_b, epoch_b, metric)
         if a is None or b is None or set(a) != set(b) or not a:
             return None
         table.append([a[i] - b[i] for i in sorted(a)])
