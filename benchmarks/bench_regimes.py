@@ -285,6 +285,7 @@ class Scorer:
     def __init__(self, engine, task, fmt, val, test, max_new_tokens: int, folder: Path) -> None:
         self.engine, self.task, self.fmt, self.val, self.test = engine, task, fmt, val, test
         self.max_new_tokens, self.folder = max_new_tokens, folder
+        self.test_ids = {ex.id for ex in test}
         self.loaded = None
 
     def load(self, model, tokenizer) -> None:
@@ -305,23 +306,21 @@ class Scorer:
         start = time.perf_counter()
         greedy = SamplingConfig(max_new_tokens=self.max_new_tokens, seed=0)
         result = evaluate(self.engine, self.task, self.test + self.val, self.fmt, greedy, split="test+validation")
-        test_ids = {ex.id for ex in self.test}
         out = {
             "eval_s": time.perf_counter() - start,
             "tokens": result.summary["generated_tokens"],
             "truncated": result.summary["truncated"],
         }
         for split, records in (
-            ("test", [r for r in result.records if r["id"] in test_ids]),
-            ("val", [r for r in result.records if r["id"] not in test_ids]),
+            ("test", [r for r in result.records if r["id"] in self.test_ids]),
+            ("val", [r for r in result.records if r["id"] not in self.test_ids]),
         ):
             out[split] = {k: sum(r[f"{k}_correct"] for r in records) / len(records) for k in ("flexible", "strict")}
         return out, result.records
 
     def rows(self, records: list[dict], epoch: int) -> list[dict]:
         """Per-sample rows of one scoring (:mod:`benchmarks.samples`)."""
-        test_ids = {ex.id for ex in self.test}
-        return sample_rows(records, epoch, lambda i: "test" if i in test_ids else "val")
+        return sample_rows(records, epoch, lambda i: "test" if i in self.test_ids else "val")
 
 
 def train_and_score(
