@@ -26,9 +26,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.bench_regimes import Arm, Regime  # noqa: E402
 from benchmarks.common import read_runs  # noqa: E402
 from benchmarks.harness import TrainingStudyConfig, append_run, built_values, helped  # noqa: E402
+from benchmarks.regime_config import Arm, Regime  # noqa: E402
 from benchmarks.regime_plots import markdown, plot  # noqa: E402
 from benchmarks.regime_stats import summarize_regime  # noqa: E402
 

@@ -17,18 +17,23 @@ interval (``..._bootstrap``), which counts the choice of test questions as well 
 
 from __future__ import annotations
 
+from collections import Counter
+
 from benchmarks.samples import paired_bootstrap
 from dynsdpb_selfplay.stats import difference_summary, holm, paired_differences, paired_t_p, t_summary
 
 __all__ = [
     "curve",
+    "machines",
     "paired",
     "paired_bootstrap_of",
     "paired_curve",
     "pick",
     "picked_epoch",
     "primary_outcome",
+    "seeds_across_machines",
     "select_epoch",
+    "summarize",
     "summarize_regime",
 ]
 
@@ -150,4 +155,43 @@ def summarize_regime(runs: list[dict], metric: str, baselines: tuple[str, ...]) 
                 if per_epoch := paired_curve(runs, arm, baseline, metric):
                     cell[f"minus_{baseline}_curve"] = per_epoch
         out[arm] = cell
+    return out
+
+
+def machines(runs: list[dict]) -> list[dict]:
+    """The processor kinds and number formats the trained runs came from, with their run counts: a study's paired
+    differences mean something only within one (runs recorded before these fields existed count as unknown)."""
+    kinds = Counter((r.get("cpu"), r.get("bf16")) for r in runs if r["arm"] != "base")
+    return [{"cpu": cpu, "bf16": bf16, "runs": n} for (cpu, bf16), n in kinds.items()]
+
+
+def seeds_across_machines(runs: list[dict]) -> list[str]:
+    """``"<regime> seed <s>"`` for each seed whose arms ran on more than one processor kind or number format: its
+    paired differences compare more than the arm. A study continued on another machine keeps every seed's arms
+    together (runs go seed by seed), so this is empty unless a machine change fell between two arms of a seed."""
+    kinds: dict[tuple, set] = {}
+    for r in runs:
+        if r["arm"] != "base":
+            kinds.setdefault((r["regime"], r["seed"]), set()).add((r.get("cpu"), r.get("bf16")))
+    return [f"{regime} seed {seed}" for (regime, seed), k in kinds.items() if len(k) > 1]
+
+
+def summarize(
+    runs: list[dict], metric: str = "flexible", baselines: tuple[str, ...] = ("sft", "repeat"), primary=None
+) -> dict:
+    """Per regime: :func:`regime_stats.summarize_regime`; with ``primary`` (a :class:`Primary`), also its outcome
+    per regime (:func:`regime_stats.primary_outcome`)."""
+    base = next((r for r in runs if r["arm"] == "base"), None)
+    out = {
+        "metric": metric,
+        "base": base["epochs"][0] if base else None,
+        "machines": machines(runs),
+        "seeds_across_machines": seeds_across_machines(runs),
+        "regimes": {},
+    }
+    for label in dict.fromkeys(r["regime"] for r in runs if r["arm"] != "base"):
+        mine = [r for r in runs if r["regime"] == label]
+        out["regimes"][label] = summarize_regime(mine, metric, baselines)
+        if primary is not None:
+            out.setdefault("primary", {})[label] = primary_outcome(mine, metric, primary)
     return out

@@ -11,7 +11,7 @@ from helpers import REPO, make_model
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import bench_regimes  # noqa: E402
+from benchmarks import regime_config  # noqa: E402
 from benchmarks.harness import from_mapping  # noqa: E402
 from benchmarks.regime_plots import markdown  # noqa: E402
 from benchmarks.regime_stats import primary_outcome  # noqa: E402
@@ -26,13 +26,13 @@ CONTROLS = REPO / "benchmarks/configs/regimes_decoder_controls.yaml"
 def controls(**changes):
     data = yaml.safe_load(CONTROLS.read_text())
     data.update(changes)
-    return from_mapping(bench_regimes.RegimesStudy, data, "controls.yaml")
+    return from_mapping(regime_config.RegimesStudy, data, "controls.yaml")
 
 
 def test_arms_change_only_their_own_training_fields():
     study = controls()
     regime = study.regimes[0]
-    cfg = {arm: bench_regimes.run_config(study, regime, arm, 5, "c.yaml").training for arm in study.arms}
+    cfg = {arm: regime_config.run_config(study, regime, arm, 5, "c.yaml").training for arm in study.arms}
     assert cfg["sft-label-smoothing"].args["label_smoothing_factor"] == 0.1
     assert cfg["sft-lora-dropout"].lora.lora_dropout == 0.1 and cfg["sft-lora-dropout"].lora.r == 16
     assert cfg["sft"].lora.lora_dropout == 0.0 and "label_smoothing_factor" not in cfg["sft"].args
@@ -45,10 +45,10 @@ def test_an_arm_may_not_set_what_the_study_fixes_nor_add_lora_to_full_fine_tunin
     data = yaml.safe_load(CONTROLS.read_text())
     data["arms"]["bad"] = {"trainer": "sft", "training": {"learning_rate": 1e-4}}
     with pytest.raises(UserInputError, match=r"arms.bad.*learning_rate"):
-        from_mapping(bench_regimes.RegimesStudy, data, "c.yaml")
+        from_mapping(regime_config.RegimesStudy, data, "c.yaml")
     study = controls(regimes=[{"label": "full-32", "size": 32, "learning_rate": 1e-5}])
     with pytest.raises(UserInputError, match="sft-lora-dropout changes lora.*full-32"):
-        bench_regimes.run_config(study, study.regimes[0], "sft-lora-dropout", 5, "c.yaml")
+        regime_config.run_config(study, study.regimes[0], "sft-lora-dropout", 5, "c.yaml")
     with pytest.raises(UserInputError, match=r"primary.*\['nope'\]"):
         controls(primary={"arm": "dynamic", "versus": ["nope"]})
 
@@ -59,9 +59,9 @@ def test_the_controls_study_pairs_its_new_arms_with_the_replications_runs(tmp_pa
 
     study = controls()
     args = argparse.Namespace(seeds=study.seeds, arms=list(study.arms), regimes=None, config=str(CONTROLS))
-    bench_regimes.select(study, args)
+    regime_config.select(study, args)
     log = tmp_path / "runs.jsonl"
-    copied = bench_regimes.reuse_runs(study, args, log, str(CONTROLS))
+    copied = regime_config.reuse_runs(study, args, log, str(CONTROLS))
     assert copied == 21  # base + 10 seeds x (sft, dynamic)
 
 
@@ -105,7 +105,7 @@ def test_the_seed_by_item_bootstrap_and_the_primary_outcome(tmp_path):
     # dyn - ls per seed: 0.5, 0.5, 0.5 -> mean 0.5; items differ, so the interval has width
     assert boot["mean"] == pytest.approx(0.5) and boot["seeds"] == 3 and boot["items"] == 4
     assert boot["low"] < 0.5 < boot["high"] and -1 <= boot["low"] and boot["high"] <= 1
-    primary = bench_regimes.Primary(arm="dyn", versus=["ls", "do"])
+    primary = regime_config.Primary(arm="dyn", versus=["ls", "do"])
     out = primary_outcome(runs, "flexible", primary)
     ls, do = out["versus"]["ls"], out["versus"]["do"]
     assert ls["mean"] == pytest.approx(0.5) and ls["p"] == 0.0  # the same +0.5 on every seed

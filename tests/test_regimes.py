@@ -243,7 +243,7 @@ def test_self_training_summary_pairs_each_arm_with_each_baseline_by_seed():
 
 
 def test_a_study_that_mixes_machines_says_so():
-    from benchmarks.bench_regimes import summarize
+    from benchmarks.regime_stats import summarize
 
     bench = {"baselines": ["sft"]}  # what the table reads
     one = [
@@ -282,8 +282,8 @@ def test_a_study_reuses_only_the_runs_it_would_repeat_exactly(tmp_path):
     from dataclasses import asdict, replace
     from types import SimpleNamespace
 
-    from benchmarks.bench_regimes import RegimesStudy, reuse_runs
     from benchmarks.harness import load_study
+    from benchmarks.regime_config import RegimesStudy, reuse_runs
     from dynsdpb_selfplay.errors import UserInputError
 
     shipped = REPO / "benchmarks" / "configs" / "regimes_decoder_long_ablation.yaml"
@@ -336,8 +336,8 @@ def test_the_shipped_ablation_reuses_the_replications_sft_and_dynsdpb_runs(tmp_p
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from benchmarks.bench_regimes import RegimesStudy, reuse_runs
     from benchmarks.harness import load_study
+    from benchmarks.regime_config import RegimesStudy, reuse_runs
 
     bench = load_study(RegimesStudy, str(REPO / "benchmarks" / "configs" / "regimes_decoder_long_ablation.yaml"))
     bench = replace(bench, reuse_runs=str(REPO / bench.reuse_runs))
@@ -375,7 +375,7 @@ def test_every_arm_of_the_shipped_regime_studies_is_a_valid_configuration(name, 
             settings = DistillationArguments(**spec.distillation)  # the class's own checks
             assert all(getattr(settings, key) == value for key, value in spec.distillation.items()), arm
         return
-    from benchmarks.bench_regimes import RegimesStudy, run_config, steps_per_epoch
+    from benchmarks.regime_config import RegimesStudy, run_config, steps_per_epoch
 
     bench = load_study(RegimesStudy, str(path))
     for regime in bench.regimes:
