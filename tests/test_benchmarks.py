@@ -237,7 +237,7 @@ def test_summary_pairs_each_arm_with_a_baseline_run_of_the_same_seed():
     """Paired differences are taken seed by seed (hand-computed: diffs 3.0, 8.0, 5.5 points; mean 5.5, sd 2.5,
     t(0.975, 2) = 4.303, so 4.303 * 2.5 / sqrt(3) = 6.211 points); a seed without a baseline run is left out (but
     counts in the arm's own mean: 52.375, sd 25.34, 3.182 * 25.34 / 2 = 40.3 points)."""
-    from benchmarks.bench_gsm8k import markdown, summarize
+    from benchmarks.gsm8k_summary import markdown, summarize
 
     flexible = {"repeat": [0.320, 0.355, 0.355], "static": [0.350, 0.435, 0.410, 0.9]}
     runs = [
