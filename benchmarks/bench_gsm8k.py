@@ -44,6 +44,7 @@ from benchmarks import harness  # noqa: E402
 from benchmarks.common import gold_rows, read_runs, run_pipeline  # noqa: E402
 from benchmarks.gsm8k_summary import curve_means, draw, markdown, summarize, training_curve  # noqa: E402,F401
 from benchmarks.harness import TrainingStudyConfig, append_run, helped  # noqa: E402
+from benchmarks.study_progress import Progress, missing  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 
 ARMS = {  # name -> (trainer, epochs multiplier, distillation overrides)
@@ -148,6 +149,17 @@ def keep(study: Gsm8kStudy, args, record: dict) -> bool:
     return record["task"] in {task_label(t) for t in args.tasks}
 
 
+def planned(study: Gsm8kStudy, args) -> list[dict]:
+    """Per selected task: its base model's score, then every (arm, seed), seed by seed (the pipeline pair is not a
+    run of ``runs.jsonl``: ``--status`` does not count it)."""
+    out = []
+    for t in args.tasks:
+        name = task_label(t)
+        out += [{"task": name, "arm": "base", "seed": 0}]
+        out += [{"task": name, "arm": arm, "seed": seed} for seed in args.seeds for arm in args.arms]
+    return out
+
+
 def eval_record(engine, task, fmt, cfg, weights: str, records_path: Path) -> dict:
     """Score ``weights`` greedily on the task's test subset; the per-sample records go to ``records_path``."""
     from dynsdpb_selfplay.engines.base import SamplingConfig
@@ -170,10 +182,8 @@ def run_task(study: Gsm8kStudy, task_spec: dict, args, log_path: Path, on_record
     from dynsdpb_selfplay.tasks import get_task
 
     name, source = task_label(task_spec), args.config
-    done = {(r["task"], r["arm"], r["seed"]) for r in read_runs(log_path)}
-    todo = [(arm, seed) for seed in args.seeds for arm in args.arms if (name, arm, seed) not in done]
-    if (name, "base", 0) not in done:
-        todo.insert(0, ("base", 0))
+    mine = [p for p in planned(study, args) if p["task"] == name]
+    todo = [(p["arm"], p["seed"]) for p in missing(mine, read_runs(log_path))]
     if not todo:
         return
     first = run_config(study, task_spec, args.arms[0], args.seeds[0], source)
@@ -181,8 +191,10 @@ def run_task(study: Gsm8kStudy, task_spec: dict, args, log_path: Path, on_record
     fmt = task.get_format(name=first.task.format)
     base = resolve_model(first.model)
     engine, loaded = make_engine(base, first.engine), base
+    progress = Progress("bench_gsm8k", len(todo))
     try:
         for arm, seed in todo:
+            progress.start(f"{name} {arm} seed {seed}")
             cfg = first if arm == "base" else run_config(study, task_spec, arm, seed, source)
             record = {"task": name, "arm": arm, "seed": seed}
             weights, folder = base, args.work_dir / name / f"{arm}-seed{seed}"
@@ -213,7 +225,7 @@ def run_task(study: Gsm8kStudy, task_spec: dict, args, log_path: Path, on_record
                 flush=True,
             )
             record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            append_run(log_path, record)
+            append_run(log_path, {**record, "wall_s": progress.done()})
             on_record()
             if arm != "base" and not args.keep_models:
                 shutil.rmtree(folder)

@@ -31,6 +31,7 @@ from benchmarks.harness import TrainingStudyConfig, append_run, built_values, he
 from benchmarks.regime_config import Arm, Regime  # noqa: E402
 from benchmarks.regime_plots import markdown, plot  # noqa: E402
 from benchmarks.regime_stats import summarize_regime  # noqa: E402
+from benchmarks.study_progress import Progress, missing, run_label  # noqa: E402
 
 CONFIGS = "benchmarks/configs/regimes_nlu_*.yaml"
 FLAGS = [(("--regimes",), {"nargs": "+", "help": "regime labels (default: all)"})]
@@ -218,14 +219,21 @@ def one_run(study: NluRegimesStudy, regime: Regime, arm: str, seed: int, val, te
     }
 
 
+def planned(study: NluRegimesStudy, args) -> list[dict]:
+    """Every selected (regime, arm, seed), seed by seed."""
+    return [{"regime": g.label, "arm": a, "seed": s} for s in args.seeds for g in args.regimes for a in args.arms]
+
+
 def run(study: NluRegimesStudy, args, log_path: Path, on_record) -> None:
     """Every missing (regime, arm, seed) run, appended to ``log_path`` and followed by ``on_record()``."""
-    done = {(r["regime"], r["arm"], r["seed"]) for r in read_runs(log_path)}
-    todo = [(g, a, s) for s in args.seeds for g in args.regimes for a in args.arms if (g.label, a, s) not in done]
+    todo = missing(planned(study, args), read_runs(log_path))
     if todo:
         _, val, test = splits(study, 0, 1)
-    for regime, arm, seed in todo:
-        append_run(log_path, one_run(study, regime, arm, seed, val, test, args.work_dir))
+    regimes, progress = {g.label: g for g in args.regimes}, Progress("bench_nlu_regimes", len(todo))
+    for p in todo:
+        progress.start(run_label(p))
+        record = one_run(study, regimes[p["regime"]], p["arm"], p["seed"], val, test, args.work_dir)
+        append_run(log_path, {**record, "wall_s": progress.done()})
         on_record()
 
 

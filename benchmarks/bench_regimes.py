@@ -40,6 +40,7 @@ from benchmarks.regime_config import RegimesStudy, reuse_runs, run_config, selec
 from benchmarks.regime_plots import markdown, plot  # noqa: E402
 from benchmarks.regime_stats import summarize  # noqa: E402
 from benchmarks.samples import sample_rows, samples_dir, write_samples  # noqa: E402
+from benchmarks.study_progress import Progress, missing, run_label  # noqa: E402
 from dynsdpb_selfplay.errors import UserInputError  # noqa: E402
 
 CONFIGS = "benchmarks/configs/regimes_*.yaml"
@@ -161,6 +162,18 @@ def train_and_score(
     }
 
 
+def planned(study: RegimesStudy, args) -> list[dict]:
+    """The base model's scoring, then every selected (regime, arm, seed), seed by seed: all arms of a seed run
+    together, so a study continued on another machine keeps each seed's pairs on one."""
+    runs = [
+        {"regime": reg.label, "arm": arm, "seed": seed}
+        for seed in args.seeds
+        for reg in args.regimes
+        for arm in args.arms
+    ]
+    return [{"regime": "-", "arm": "base", "seed": 0}, *runs]
+
+
 def run(study: RegimesStudy, args, log_path: Path, on_record) -> None:
     """Every missing run, and the base model's scores (arm ``base``, epoch 0), with one engine; ``on_record`` is
     called after each record is appended to ``log_path``."""
@@ -168,15 +181,8 @@ def run(study: RegimesStudy, args, log_path: Path, on_record) -> None:
     from dynsdpb_selfplay.models import resolve_model
     from dynsdpb_selfplay.tasks import get_task
 
-    done = {(r["regime"], r["arm"], r["seed"]) for r in read_runs(log_path)}
-    todo = [
-        (reg, arm, seed)
-        for seed in args.seeds
-        for reg in args.regimes
-        for arm in args.arms
-        if (reg.label, arm, seed) not in done
-    ]
-    if not todo and ("-", "base", 0) in done:
+    todo = missing(planned(study, args), read_runs(log_path))
+    if not todo:
         return
     source = args.config
     first = run_config(study, args.regimes[0], args.arms[0], args.seeds[0], source)
@@ -187,20 +193,25 @@ def run(study: RegimesStudy, args, log_path: Path, on_record) -> None:
     engine = make_engine(base, first.engine)
     scorer = Scorer(engine, task, fmt, val, test, study.max_new_tokens, args.work_dir / "weights")
     where = samples_dir(args.out, args.work_dir)
+    regimes = {r.label: r for r in args.regimes}
+    progress = Progress("bench_regimes", len(todo))
     try:
-        if ("-", "base", 0) not in done:
-            scores, records = scorer.score()
-            saved = write_samples(where / "base.jsonl.gz", scorer.rows(records, 0))
-            record = {"regime": "-", "arm": "base", "seed": 0, "epochs": [{"epoch": 0, "step": 0, **scores}]}
-            append_run(log_path, {**record, "samples": saved})
-            on_record()
-        for regime, arm, seed in todo:
+        for planned_run in todo:
+            progress.start(run_label(planned_run))
+            if planned_run["arm"] == "base":
+                scores, records = scorer.score()
+                saved = write_samples(where / "base.jsonl.gz", scorer.rows(records, 0))
+                record = {**planned_run, "epochs": [{"epoch": 0, "step": 0, **scores}], "samples": saved}
+                append_run(log_path, {**record, "wall_s": progress.done()})
+                on_record()
+                continue
+            regime, arm, seed = regimes[planned_run["regime"]], planned_run["arm"], planned_run["seed"]
             folder = args.work_dir / regime.label / f"{arm}-seed{seed}"
             steps = run_config(study, regime, arm, seed, source).training.args["max_steps"]
             print(f"[bench_regimes] {regime.label} {arm} seed {seed}: {regime.size} rows, {steps} steps", flush=True)
             samples = where / f"{regime.label}_{arm}_seed{seed}.jsonl.gz"
             record = train_and_score(study, regime, arm, seed, scorer, task, fmt, base, folder, source, samples)
-            append_run(log_path, record)
+            append_run(log_path, {**record, "wall_s": progress.done()})
             on_record()
             shutil.rmtree(folder, ignore_errors=True)
     finally:

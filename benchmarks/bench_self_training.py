@@ -39,6 +39,7 @@ from benchmarks.bench_rounds import rounds_summary  # noqa: E402
 from benchmarks.common import read_runs, run_pipeline  # noqa: E402
 from benchmarks.harness import StudyConfig, append_run, helped  # noqa: E402
 from benchmarks.samples import sample_rows, samples_dir, write_samples  # noqa: E402
+from benchmarks.study_progress import Progress, missing, run_label  # noqa: E402
 from dynsdpb_selfplay.stats import paired_differences, t_summary  # noqa: E402
 
 CONFIGS = "benchmarks/configs/self_training_*.yaml"
@@ -162,15 +163,20 @@ def summarize(runs: list[dict], metric: str = "flexible_accuracy", baselines: tu
     return out
 
 
+def planned(study: SelfTrainingStudy, args) -> list[dict]:
+    """Every (arm, seed) run, seed by seed."""
+    return [{"arm": arm, "seed": seed} for seed in args.seeds for arm in study.arms]
+
+
 def run(study: SelfTrainingStudy, args, log_path: Path, on_record) -> None:
     """Every (arm, seed) run not in ``log_path`` (started, resumed, or read back), appended once finished."""
-    done = {(r["arm"], r["seed"]) for r in read_runs(log_path)}
-    where = samples_dir(args.out, args.work_dir)
-    for seed in args.seeds:
-        for arm in study.arms:
-            if (arm, seed) not in done:
-                append_run(log_path, run_one(study, arm, seed, args.work_dir, where))
-                on_record()
+    todo = missing(planned(study, args), read_runs(log_path))
+    where, progress = samples_dir(args.out, args.work_dir), Progress("bench_self_training", len(todo))
+    for p in todo:
+        progress.start(run_label(p))
+        record = run_one(study, p["arm"], p["seed"], args.work_dir, where)
+        append_run(log_path, {**record, "wall_s": progress.done()})
+        on_record()
 
 
 def keep(study: SelfTrainingStudy, args, record: dict) -> bool:

@@ -7,7 +7,9 @@ summarized (``summary_and_table``, ``draw``); this module does the rest, the sam
 - the config is read from YAML into the dataclass through the library's schema code
   (:func:`dynsdpb_selfplay.rounds.schema.build`): an unknown key, a wrong type or a failed ``__post_init__`` check
   exits 2 with one line naming the file and the key (``study.yaml: regimes[0].size: ...``);
-- the selection flags ``--seeds --arms --work-dir --summarize-only --out`` (and the study's own);
+- the selection flags ``--seeds --arms --work-dir --summarize-only --status --out`` (and the study's own);
+  ``--status`` says which of the study's ``planned(config, args)`` runs are finished and how long the rest will take,
+  without reading an outcome (:mod:`benchmarks.study_progress`);
 - finished runs are appended to ``<work_dir>/runs.jsonl`` and a rerun skips them; where the log is missing (a fresh
   clone), the runs of the ``--out`` JSON are restored into it first (:func:`common.restore_runs`), and a study with
   ``reuse_runs`` copies another study's identical runs;
@@ -28,6 +30,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks import study_progress
 from benchmarks.common import read_runs, restore_runs, save_study
 from dynsdpb_selfplay.errors import UserInputError
 from dynsdpb_selfplay.rounds.training_config import ROUND_TRAINING_DEFAULTS
@@ -157,6 +160,9 @@ def _parser(study) -> argparse.ArgumentParser:
     g.add_argument("--arms", nargs="+", help="arms, by name (default: the config's)")
     g.add_argument("--work-dir", help="runs.jsonl and the runs' folders (default: the config's work_dir)")
     g.add_argument("--summarize-only", action="store_true", help="train nothing: rebuild JSON/MD/PNG from runs.jsonl")
+    g.add_argument(
+        "--status", action="store_true", help="train and summarize nothing: finished and missing runs, time left"
+    )
     for flags, kw in getattr(study, "FLAGS", ()):
         g.add_argument(*flags, **kw)
     o = p.add_argument_group("output")
@@ -172,7 +178,8 @@ def main(study, argv: list[str] | None = None) -> int:
     every run's config before anything trains; returns the config to record, optional), ``reuse_runs(config, args,
     log_path, source)`` (optional), ``run(config, args, log_path, on_record)`` (every missing run, each appended with
     :func:`append_run` and followed by ``on_record()``; returns extra result keys, e.g. ``{"pipelines": [...]}``),
-    ``keep(config, args, record)`` (which logged runs the result holds, optional: all),
+    ``keep(config, args, record)`` (which logged runs the result holds, optional: all), ``planned(config, args)``
+    (the key fields of every selected run in the order ``run`` does them: ``--status``),
     ``summary_and_table(config, runs)`` and ``draw(summary, runs, path)``."""
     name = study_name(study)
     args = _parser(study).parse_args(argv)
@@ -208,6 +215,9 @@ def main(study, argv: list[str] | None = None) -> int:
         extras = _kept_extras(study, args.out, config.BENCHMARK)
         if hasattr(study, "reuse_runs"):
             study.reuse_runs(config, args, log_path, args.config)
+        if args.status:  # no outcome is read: a pre-declared study is read once, when all its runs exist
+            print(study_progress.status(name, study.planned(config, args), log_path))
+            return 0
         if not args.summarize_only:  # results are rewritten after every run: a crash or a cut loses none of them
             extras.update(study.run(config, args, log_path, write) or {})
     except (UserInputError, KeyboardInterrupt) as e:
