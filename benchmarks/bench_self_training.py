@@ -38,7 +38,7 @@ from benchmarks import harness  # noqa: E402
 from benchmarks.bench_rounds import rounds_summary  # noqa: E402
 from benchmarks.common import read_runs, run_pipeline  # noqa: E402
 from benchmarks.harness import StudyConfig, append_run, helped  # noqa: E402
-from benchmarks.samples import sample_rows, samples_dir, write_samples  # noqa: E402
+from benchmarks.samples import bootstrap_text, paired_bootstrap, sample_rows, samples_dir, write_samples  # noqa: E402
 from benchmarks.study_progress import Progress, missing, run_label  # noqa: E402
 from dynsdpb_selfplay.stats import paired_differences, t_summary  # noqa: E402
 
@@ -138,11 +138,13 @@ def run_one(study: SelfTrainingStudy, arm: str, seed: int, work_dir: Path, sampl
 
 def summarize(runs: list[dict], metric: str = "flexible_accuracy", baselines: tuple[str, ...] = ("sft",)) -> dict:
     """Per arm and round: mean and 95% t-interval over seeds, the gain over round 0, and the paired (same seed)
-    difference to each baseline arm, as ``minus_<baseline>``."""
+    difference to each baseline arm, as ``minus_<baseline>``; where both runs saved their rounds' test answers
+    (:func:`save_samples`), also its seed x item bootstrap, ``minus_<baseline>_bootstrap``."""
 
     by = {
         (r["arm"], r["seed"]): {x["round"]: x[metric] for x in r["rounds"] if x.get(metric) is not None} for r in runs
     }
+    run_of = {(r["arm"], r["seed"]): r for r in runs}
     out = {}
     for arm in dict.fromkeys(r["arm"] for r in runs):
         if not all(by[(arm, s)] for a, s in by if a == arm):
@@ -158,6 +160,8 @@ def summarize(runs: list[dict], metric: str = "flexible_accuracy", baselines: tu
                 theirs = {s: acc[k] for (a, s), acc in by.items() if a == base and k in acc}
                 if arm != base and (diff := paired_differences({s: by[(arm, s)][k] for s in seeds}, theirs)):
                     entry[f"minus_{base}"] = diff
+                    if boot := _bootstrap(run_of, arm, base, [s for s in seeds if s in theirs], k, metric):
+                        entry[f"minus_{base}_bootstrap"] = boot
             cell["rounds"][k] = entry
         out[arm] = cell
     return out
@@ -166,6 +170,17 @@ def summarize(runs: list[dict], metric: str = "flexible_accuracy", baselines: tu
 def planned(study: SelfTrainingStudy, args) -> list[dict]:
     """Every (arm, seed) run, seed by seed."""
     return [{"arm": arm, "seed": seed} for seed in args.seeds for arm in study.arms]
+
+
+SAMPLE_METRICS = {"flexible_accuracy": "flexible", "strict_accuracy": "strict"}  # a summary metric -> its sample field
+
+
+def _bootstrap(run_of: dict, arm: str, base: str, seeds: list[int], k: int, metric: str) -> dict | None:
+    """Seed x item bootstrap of ``arm - base`` after round ``k`` from the runs' per-sample files (each round's test
+    answers: :func:`save_samples`); ``None`` for a metric without per-question values or runs without the files."""
+    if metric not in SAMPLE_METRICS:
+        return None
+    return paired_bootstrap([(run_of[(arm, s)], run_of[(base, s)], k, k) for s in seeds], SAMPLE_METRICS[metric])
 
 
 def run(study: SelfTrainingStudy, args, log_path: Path, on_record) -> None:
@@ -205,7 +220,11 @@ def markdown(summary: dict, baselines: tuple[str, ...] = ("sft",)) -> str:
             "-" if not s else f"{100 * s['mean']:.1f}" + ("" if s["ci95"] != s["ci95"] else f" ± {100 * s['ci95']:.1f}")
         )
 
+    booted = [
+        b for b in baselines if any(f"minus_{b}_bootstrap" in e for c in summary.values() for e in c["rounds"].values())
+    ]
     head = ["arm", "round", "accuracy %", "gain over round 0", *(f"minus {b} (paired)" for b in baselines)]
+    head += [f"minus {b}, seed x item bootstrap" for b in booted]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, cell in summary.items():
         for k, e in cell["rounds"].items():
@@ -215,6 +234,7 @@ def markdown(summary: dict, baselines: tuple[str, ...] = ("sft",)) -> str:
                 pct(e["accuracy"]),
                 pct(e.get("gain_over_round_0")),
                 *(pct(e.get(f"minus_{b}")) for b in baselines),
+                *(bootstrap_text(x) if (x := e.get(f"minus_{b}_bootstrap")) else "-" for b in booted),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

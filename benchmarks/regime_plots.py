@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from benchmarks.samples import bootstrap_text
+
 __all__ = ["markdown", "plot"]
 
 
@@ -87,20 +89,14 @@ def _per_epoch_differences(arms: dict, baselines: list[str]) -> list[str]:
         if c.get(f"minus_{b}_curve")
     ]
     lines += [
-        f"- {arm} − {b}, {'final' if how == 'final' else 'validation-selected'}, seed x item bootstrap: {_boot(boot)}"
+        f"- {arm} − {b}, {'final' if how == 'final' else 'validation-selected'}, seed x item bootstrap: "
+        + bootstrap_text(boot)
         for arm, c in arms.items()
         for b in baselines
         for how in ("final", "val")
         if (boot := c.get(f"minus_{b}_{how}_bootstrap"))
     ]
     return [*lines, ""] if lines else []
-
-
-def _boot(b: dict) -> str:
-    return (
-        f"{100 * b['mean']:.1f} [{100 * b['low']:.1f}, {100 * b['high']:.1f}] "
-        f"({b['seeds']} seeds x {b['items']} questions)"
-    )
 
 
 def primary_markdown(primary: dict) -> list[str]:
@@ -118,7 +114,7 @@ def primary_markdown(primary: dict) -> list[str]:
         if not out["versus"]:
             lines.append("| (no paired runs of the controls yet) | | | | | |")
         for control, d in out["versus"].items():
-            boot = _boot(d["bootstrap"]) if d.get("bootstrap") else "-"
+            boot = bootstrap_text(d["bootstrap"]) if d.get("bootstrap") else "-"
             lines.append(
                 f"| {control} | {_diff(d)} | {boot} | {d['p']:.3g} | {d['p_holm']:.3g} | "
                 f"{'yes' if d['below_alpha'] else 'no'} |"

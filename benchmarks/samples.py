@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dynsdpb_selfplay.stats import bootstrap_ci
 
-__all__ = ["paired_bootstrap", "read_samples", "sample_rows", "samples_dir", "write_samples"]
+__all__ = ["bootstrap_text", "paired_bootstrap", "read_samples", "sample_rows", "samples_dir", "write_samples"]
 
 
 def samples_dir(out: str | None, work_dir: Path) -> Path:
@@ -95,3 +95,11 @@ def paired_bootstrap(pairs: list[tuple[dict, dict, int, int]], metric: str, resa
         return None
     mean, low, high = bootstrap_ci(table, resamples=resamples)
     return {"mean": mean, "low": low, "high": high, "seeds": len(table), "items": len(table[0])}
+
+
+def bootstrap_text(b: dict) -> str:
+    """A :func:`paired_bootstrap` result in points: ``3.0 [-1.2, 7.0] (10 seeds x 200 questions)``."""
+    return (
+        f"{100 * b['mean']:.1f} [{100 * b['low']:.1f}, {100 * b['high']:.1f}] "
+        f"({b['seeds']} seeds x {b['items']} questions)"
+    )

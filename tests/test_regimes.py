@@ -242,6 +242,46 @@ def test_self_training_summary_pairs_each_arm_with_each_baseline_by_seed():
     assert cfg["training"]["num_train_epochs"] == 2 and "distillation_alpha" not in cfg["training"]
 
 
+def test_self_training_summary_adds_the_seed_x_item_bootstrap_where_runs_saved_their_answers(tmp_path):
+    from benchmarks.bench_self_training import markdown, summarize
+    from benchmarks.samples import write_samples
+
+    def run(arm, seed, right_by_round):
+        rows = [
+            {"epoch": k, "split": "test", "id": f"q{i}", "flexible": bool(c), "strict": False}
+            for k, right in enumerate(right_by_round)
+            for i, c in enumerate(right)
+        ]
+        rounds = [
+            {"round": k, "flexible_accuracy": sum(r) / 2, "first_accuracy": sum(r) / 2}
+            for k, r in enumerate(right_by_round)
+        ]
+        saved = write_samples(tmp_path / f"{arm}_seed{seed}.jsonl.gz", rows)
+        return {"arm": arm, "seed": seed, "rounds": rounds, "samples": saved}
+
+    runs = [
+        run("sft", 0, [(1, 0), (1, 0)]),
+        run("sft", 1, [(1, 0), (0, 0)]),
+        run("dynsdpb", 0, [(1, 0), (1, 1)]),
+        run("dynsdpb", 1, [(1, 0), (0, 1)]),
+    ]
+    rounds = summarize(runs)["dynsdpb"]["rounds"]
+    # after round 1 every seed differs by (0, +1) on (q0, q1): mean +0.5; resampling questions gives 0, 0.5 or 1
+    boot = rounds[1]["minus_sft_bootstrap"]
+    assert boot["mean"] == pytest.approx(0.5) and boot["seeds"] == 2 and boot["items"] == 2
+    assert 0.0 <= boot["low"] <= 0.5 <= boot["high"] <= 1.0
+    assert rounds[0]["minus_sft_bootstrap"] == {"mean": 0.0, "low": 0.0, "high": 0.0, "seeds": 2, "items": 2}
+    table = markdown(summarize(runs))
+    assert "minus sft, seed x item bootstrap" in table and "(2 seeds x 2 questions)" in table
+    # a metric the per-sample files do not hold, or runs without them: no bootstrap, and no column
+    assert "minus_sft_bootstrap" not in summarize(runs, "first_accuracy")["dynsdpb"]["rounds"][1]
+    bare = [{k: v for k, v in r.items() if k != "samples"} for r in runs]
+    assert (
+        "bootstrap" not in markdown(summarize(bare))
+        and "minus_sft_bootstrap" not in summarize(bare)["dynsdpb"]["rounds"][1]
+    )
+
+
 def test_a_study_that_mixes_machines_says_so():
     from benchmarks.regime_stats import summarize
 
