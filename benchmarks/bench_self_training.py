@@ -40,7 +40,7 @@ from benchmarks.common import read_runs, run_pipeline  # noqa: E402
 from benchmarks.harness import StudyConfig, append_run, helped  # noqa: E402
 from benchmarks.samples import bootstrap_text, paired_bootstrap, sample_rows, samples_dir, write_samples  # noqa: E402
 from benchmarks.study_progress import Progress, missing, run_label  # noqa: E402
-from dynsdpb_selfplay.stats import paired_differences, t_summary  # noqa: E402
+from dynsdpb_selfplay.stats import difference_summary, paired_differences, t_summary  # noqa: E402
 
 CONFIGS = "benchmarks/configs/self_training_*.yaml"
 DEFAULT_ARMS = {"sft": {"training.trainer": "sft"}, "dynsdpb": {"training.trainer": "dynsdpb"}}
@@ -211,7 +211,38 @@ def summary_and_table(study: SelfTrainingStudy, runs: list[dict]) -> tuple[dict,
             {arm: {"rounds": c["secondary"][metric]} for arm, c in summary.items() if metric in c.get("secondary", {})},
             baselines,
         )
+    if gains := review_gain(runs):
+        for arm, per_round in gains.items():
+            summary[arm]["review_gain"] = per_round
+        table += "\n" + review_markdown(gains)
     return summary, table
+
+
+def review_gain(runs: list[dict]) -> dict:
+    """Per arm whose runs review their answers (self-correction) and per round: after-review minus first-attempt
+    accuracy, paired within each run (:func:`dynsdpb_selfplay.stats.difference_summary` over seeds), the pipeline's
+    own question: does the review help?"""
+    out: dict = {}
+    for r in runs:
+        for x in r["rounds"]:
+            if x.get("revised_accuracy") is not None and x.get("first_accuracy") is not None:
+                by_round = out.setdefault(r["arm"], {}).setdefault(x["round"], [])
+                by_round.append(x["revised_accuracy"] - x["first_accuracy"])
+    return {arm: {k: difference_summary(v) for k, v in sorted(rounds.items())} for arm, rounds in out.items()}
+
+
+def review_markdown(gains: dict) -> str:
+    lines = [
+        "after review − first attempt (paired within each run; points, 95% t-interval over seeds):",
+        "",
+        "| arm | round | after review − first attempt | runs up / down |",
+        "|---|---|---|---|",
+    ]
+    for arm, per_round in gains.items():
+        for k, d in per_round.items():
+            half = "" if d["ci95"] != d["ci95"] else f" ± {100 * d['ci95']:.1f}"
+            lines.append(f"| {arm} | {k} | {100 * d['mean']:.1f}{half} | {d['wins']} / {d['losses']} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(summary: dict, baselines: tuple[str, ...] = ("sft",)) -> str:

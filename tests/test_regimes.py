@@ -282,6 +282,27 @@ def test_self_training_summary_adds_the_seed_x_item_bootstrap_where_runs_saved_t
     )
 
 
+def test_self_correction_runs_report_after_review_minus_first_attempt_paired_within_each_run():
+    from benchmarks.bench_self_training import SelfTrainingStudy, summary_and_table
+
+    def run(arm, seed, first, revised):
+        rounds = [{"round": 0, "flexible_accuracy": 0.1}]
+        rounds += [{"round": 1, "flexible_accuracy": first, "first_accuracy": first, "revised_accuracy": revised}]
+        return {"arm": arm, "seed": seed, "rounds": rounds}
+
+    runs = [run("self_correction", 0, 0.2, 0.3), run("self_correction", 1, 0.4, 0.45)]
+    runs += [{"arm": "self_training", "seed": s, "rounds": [{"round": 0, "flexible_accuracy": 0.1}]} for s in (0, 1)]
+    study = SelfTrainingStudy(
+        pipeline="p.yaml", baselines=["self_training"], arms={"self_training": {}, "self_correction": {}}
+    )
+    summary, table = summary_and_table(study, runs)
+    gain = summary["self_correction"]["review_gain"][1]
+    # differences 0.1 and 0.05: mean 0.075, sd 0.0354, t(1) = 12.706 -> half-width 12.706 * 0.0354 / sqrt(2) = 0.318
+    assert gain["mean"] == pytest.approx(0.075) and gain["ci95"] == pytest.approx(12.7062 * 0.025, rel=1e-4)
+    assert "review_gain" not in summary["self_training"] and 0 not in summary["self_correction"]["review_gain"]
+    assert "| self_correction | 1 | 7.5 ± 31.8 | 2 / 0 |" in table
+
+
 def test_a_study_that_mixes_machines_says_so():
     from benchmarks.regime_stats import summarize
 
