@@ -5,7 +5,9 @@ format forced where this CPU computes it natively (fp32 engine and training on a
 bf16 would be emulated ~20x slower, so that half is skipped and the result says so). Each run is a resumable run
 folder under ``--work-dir``; a rerun reads finished runs back. Writes, per run and round: strict and flexible test
 accuracy with 95% intervals, mean evaluation output tokens, kept rows and their mean length, the share of the round's
-update the engine served, and whether selection kept the round; and the wall time of each run.
+update the engine served, and whether selection kept the round; and the wall time of each run. The runs of an
+existing ``--out`` from the same kind of processor that this invocation does not redo are kept, so the table can be
+completed a few runs at a time.
 
     .venv/bin/python -m benchmarks.bench_demo_robustness --seeds 0 1 2 --out benchmarks/results/demo_robustness.json
 """
@@ -13,6 +15,7 @@ update the engine served, and whether selection kept the round; and the wall tim
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -65,6 +68,28 @@ def rounds_of(state: dict) -> list[dict]:
     return out
 
 
+def previous_runs(out: str | None, cpu: dict, redo: set[tuple[str, int]]) -> tuple[list[dict], list[dict]]:
+    """``(runs, invocations)`` of an existing ``--out`` result to keep: its runs that this invocation does not redo
+    (``(format, seed)`` in ``redo``) and the arguments of the invocations that made them. A result measured on another
+    kind of processor is not mixed with this one's: that raises ``SystemExit`` naming it."""
+    if not out or not os.path.isfile(out):
+        return [], []
+    with open(out) as f:
+        old = json.load(f)
+    if old.get("benchmark") != "demo_robustness":
+        raise SystemExit(f"--out {out}: not a demo_robustness result; give another path")
+    theirs = old.get("machine", {}).get("cpu", {})
+    keys = ("capability", "native_bf16", "amx_bf16", "model")
+    if any(theirs.get(k) != cpu.get(k) for k in keys):
+        mine = ", ".join(f"{k}={cpu.get(k)}" for k in keys)
+        there = ", ".join(f"{k}={theirs.get(k)}" for k in keys)
+        raise SystemExit(f"--out {out}: measured on another processor ({there}; this one: {mine}); give another path")
+    config = old.get("config") or []
+    if isinstance(config, dict):  # one invocation's arguments, or several keyed by format (merged by hand before)
+        config = [config] if "seeds" in config else list(config.values())
+    return [r for r in old.get("runs", []) if (r["format"], r["seed"]) not in redo], config
+
+
 def table(runs: list[dict]) -> str:
     pct = lambda x: f"{100 * x:.1f}".removesuffix(".0") + "%"  # noqa: E731 (200 problems: half points)
     lines = [
@@ -96,12 +121,16 @@ def main() -> None:
 
     from dynsdpb_selfplay.precision import cpu_features, resolve_dtype
 
-    native = cpu_features()["native_bf16"]
-    formats = [f for f in args.formats if f == "auto" or native]
+    cpu = cpu_features()
+    formats = [f for f in args.formats if f == "auto" or cpu["native_bf16"]]
     skipped = [f for f in args.formats if f not in formats]
     if skipped:
         print(f"skipped {skipped}: auto is already fp32 on this CPU (no native bf16)", flush=True)
-    runs = []
+    kept, invocations = previous_runs(args.out, cpu, {(f, s) for f in formats for s in args.seeds})
+    if kept:
+        print(f"keeping {len(kept)} runs of {args.out} that this invocation does not redo", flush=True)
+    order = list(FORMATS)
+    runs: list[dict] = []
     for fmt in formats:
         for seed in args.seeds:
             run_dir = os.path.join(args.work_dir, f"{fmt}_seed{seed}")
@@ -121,8 +150,10 @@ def main() -> None:
                     "this_invocation_s": time.perf_counter() - start,
                 }
             )
-            result = {"benchmark": "demo_robustness", "config": vars(args), "skipped_formats": skipped, "runs": runs}
-            md = table(runs)
+            every = sorted([*kept, *runs], key=lambda r: (order.index(r["format"]), r["seed"]))
+            config = [*invocations, vars(args)]
+            result = {"benchmark": "demo_robustness", "config": config, "skipped_formats": skipped, "runs": every}
+            md = table(every)
             print(md, flush=True)
             save(result, args.out)
             if args.out:

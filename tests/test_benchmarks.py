@@ -411,3 +411,25 @@ def test_a_pipeline_run_is_started_resumed_or_read_back_and_a_failure_names_it(t
     assert "report" in resumed["done"] and built == [tiny]  # resumed from its folder, not rebuilt
     with pytest.raises(UserInputError, match=r"^bad seed 0: pipeline run .*bad-seed0 exited with \d+"):
         run_pipeline(tmp_path / "bad-seed0", lambda: config(str(tmp_path / "no-model")), "bad seed 0", "test")
+
+
+def test_demo_robustness_keeps_the_runs_it_does_not_redo_from_the_same_kind_of_processor(tmp_path):
+    from benchmarks.bench_demo_robustness import previous_runs
+
+    cpu = {"capability": "AVX512", "native_bf16": True, "amx_bf16": True, "model": "Xeon"}
+    out = tmp_path / "robust.json"
+    assert previous_runs(str(out), cpu, set()) == ([], [])
+    runs = [{"format": f, "seed": s, "wall_s": 1.0} for f, s in (("auto", 0), ("auto", 1), ("fp32", 0))]
+    config = {"auto": {"seeds": [0, 1], "formats": ["auto"]}, "fp32": {"seeds": [0], "formats": ["fp32"]}}
+    out.write_text(
+        json.dumps({"benchmark": "demo_robustness", "config": config, "runs": runs, "machine": {"cpu": cpu}})
+    )
+    kept, invocations = previous_runs(str(out), cpu, {("fp32", 0), ("fp32", 2)})
+    assert [(r["format"], r["seed"]) for r in kept] == [("auto", 0), ("auto", 1)]
+    assert invocations == [config["auto"], config["fp32"]]
+    avx2 = {**cpu, "capability": "AVX2", "native_bf16": False, "amx_bf16": False}
+    with pytest.raises(SystemExit, match=r"robust\.json: measured on another processor \(capability=AVX512"):
+        previous_runs(str(out), avx2, set())
+    out.write_text(json.dumps({"benchmark": "regimes", "runs": []}))
+    with pytest.raises(SystemExit, match=r"robust\.json: not a demo_robustness result"):
+        previous_runs(str(out), cpu, set())
