@@ -197,8 +197,8 @@ def run(study: RegimesStudy, args, log_path: Path, on_record) -> None:
     progress = Progress("bench_regimes", len(todo))
     try:
         for planned_run in todo:
-            progress.start(run_label(planned_run))
             if planned_run["arm"] == "base":
+                progress.start("the base model's scores")
                 scores, records = scorer.score()
                 saved = write_samples(where / "base.jsonl.gz", scorer.rows(records, 0))
                 record = {**planned_run, "epochs": [{"epoch": 0, "step": 0, **scores}], "samples": saved}
@@ -208,7 +208,7 @@ def run(study: RegimesStudy, args, log_path: Path, on_record) -> None:
             regime, arm, seed = regimes[planned_run["regime"]], planned_run["arm"], planned_run["seed"]
             folder = args.work_dir / regime.label / f"{arm}-seed{seed}"
             steps = run_config(study, regime, arm, seed, source).training.args["max_steps"]
-            print(f"[bench_regimes] {regime.label} {arm} seed {seed}: {regime.size} rows, {steps} steps", flush=True)
+            progress.start(f"{run_label(planned_run)}: {regime.size} rows, {steps} steps")
             samples = where / f"{regime.label}_{arm}_seed{seed}.jsonl.gz"
             record = train_and_score(study, regime, arm, seed, scorer, task, fmt, base, folder, source, samples)
             append_run(log_path, {**record, "wall_s": progress.done()})

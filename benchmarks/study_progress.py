@@ -34,6 +34,8 @@ def run_seconds(record: dict) -> float | None:
 
 
 def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 

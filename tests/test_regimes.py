@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,9 @@ def test_bench_regimes_end_to_end_and_rerun(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "full-8 sft seed 0:" not in proc.stdout and "lora-8 sft seed 0:" in proc.stdout
+    # each run says which of how many it is, and from the second on the time left
+    assert "[bench_regimes] run 1/2: lora-8 dynamic seed 0: 8 rows, 8 steps\n" in proc.stdout
+    assert re.search(r"\[bench_regimes\] run 2/2: lora-8 sft seed 0: .* \(about \d+ s left\)", proc.stdout)
     cmd = [*cmd, "--regimes", "full-8", "lora-8"]
     result = json.loads(out.read_text())
     runs = [r for r in result["runs"] if r["arm"] != "base"]
