@@ -240,17 +240,16 @@ def review_markdown(gains: dict) -> str:
     ]
     for arm, per_round in gains.items():
         for k, d in per_round.items():
-            half = "" if d["ci95"] != d["ci95"] else f" ± {100 * d['ci95']:.1f}"
-            lines.append(f"| {arm} | {k} | {100 * d['mean']:.1f}{half} | {d['wins']} / {d['losses']} |")
+            lines.append(f"| {arm} | {k} | {pct(d)} | {d['wins']} / {d['losses']} |")
     return "\n".join(lines) + "\n"
 
 
-def markdown(summary: dict, baselines: tuple[str, ...] = ("sft",)) -> str:
-    def pct(s):
-        return (
-            "-" if not s else f"{100 * s['mean']:.1f}" + ("" if s["ci95"] != s["ci95"] else f" ± {100 * s['ci95']:.1f}")
-        )
+def pct(s: dict | None) -> str:
+    """A t-summary in points: ``35.0 ± 12.7`` (no interval from one seed)."""
+    return "-" if not s else f"{100 * s['mean']:.1f}" + ("" if s["ci95"] != s["ci95"] else f" ± {100 * s['ci95']:.1f}")
 
+
+def markdown(summary: dict, baselines: tuple[str, ...] = ("sft",)) -> str:
     booted = [
         b for b in baselines if any(f"minus_{b}_bootstrap" in e for c in summary.values() for e in c["rounds"].values())
     ]

@@ -23,10 +23,15 @@ def run_label(run: dict) -> str:
     return " ".join(f"seed {v}" if k == "seed" else str(v) for k, v in run.items() if v != "-")
 
 
+def _key(run: dict, fields: tuple[str, ...]) -> tuple:
+    return tuple(run.get(k) for k in fields)
+
+
 def missing(planned: list[dict], runs: list[dict]) -> list[dict]:
-    """The planned runs that no record of ``runs`` finishes, in plan order."""
-    done = {tuple((k, r.get(k)) for k in p) for p in planned for r in runs}
-    return [p for p in planned if tuple(p.items()) not in done]
+    """The planned runs that no record of ``runs`` finishes, in plan order (every planned run has the same fields)."""
+    fields = tuple(planned[0]) if planned else ()
+    done = {_key(r, fields) for r in runs}
+    return [p for p in planned if _key(p, fields) not in done]
 
 
 def run_seconds(record: dict) -> float | None:
@@ -45,8 +50,9 @@ def status(name: str, planned: list[dict], log_path: Path) -> str:
     runs = read_runs(log_path)
     todo = missing(planned, runs)
     finished = [p for p in planned if p not in todo]
-    mine = {tuple(p.items()) for p in finished}
-    records = [r for r in runs if tuple((k, r.get(k)) for k in planned[0]) in mine] if planned else []
+    fields = tuple(planned[0]) if planned else ()
+    mine = {_key(p, fields) for p in finished}
+    records = [r for r in runs if _key(r, fields) in mine]
     reused = sum(1 for r in records if r.get("reused_from"))
     lines = [
         f"{name}: {len(finished)} of {len(planned)} planned runs finished" + (f" ({reused} reused)" if reused else "")
