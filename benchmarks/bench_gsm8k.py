@@ -183,7 +183,7 @@ def run_task(study: Gsm8kStudy, task_spec: dict, args, log_path: Path, on_record
 
     name, source = task_label(task_spec), args.config
     mine = [p for p in planned(study, args) if p["task"] == name]
-    todo = [(p["arm"], p["seed"]) for p in missing(mine, read_runs(log_path))]
+    todo = missing(mine, read_runs(log_path))
     if not todo:
         return
     first = run_config(study, task_spec, args.arms[0], args.seeds[0], source)
@@ -191,9 +191,9 @@ def run_task(study: Gsm8kStudy, task_spec: dict, args, log_path: Path, on_record
     fmt = task.get_format(name=first.task.format)
     base = resolve_model(first.model)
     engine, loaded = make_engine(base, first.engine), base
-    progress = Progress("bench_gsm8k", len(todo))
+    progress = Progress("bench_gsm8k", todo)
     try:
-        for arm, seed in todo:
+        for arm, seed in ((p["arm"], p["seed"]) for p in todo):
             progress.start(f"{name} {arm} seed {seed}")
             cfg = first if arm == "base" else run_config(study, task_spec, arm, seed, source)
             record = {"task": name, "arm": arm, "seed": seed}

@@ -229,7 +229,7 @@ def run(study: NluRegimesStudy, args, log_path: Path, on_record) -> None:
     todo = missing(planned(study, args), read_runs(log_path))
     if todo:
         _, val, test = splits(study, 0, 1)
-    regimes, progress = {g.label: g for g in args.regimes}, Progress("bench_nlu_regimes", len(todo))
+    regimes, progress = {g.label: g for g in args.regimes}, Progress("bench_nlu_regimes", todo)
     for p in todo:
         progress.start(run_label(p))
         record = one_run(study, regimes[p["regime"]], p["arm"], p["seed"], val, test, args.work_dir)

@@ -194,7 +194,7 @@ def run(study: RegimesStudy, args, log_path: Path, on_record) -> None:
     scorer = Scorer(engine, task, fmt, val, test, study.max_new_tokens, args.work_dir / "weights")
     where = samples_dir(args.out, args.work_dir)
     regimes = {r.label: r for r in args.regimes}
-    progress = Progress("bench_regimes", len(todo))
+    progress = Progress("bench_regimes", todo)
     try:
         for planned_run in todo:
             if planned_run["arm"] == "base":

@@ -186,7 +186,7 @@ def _bootstrap(run_of: dict, arm: str, base: str, seeds: list[int], k: int, metr
 def run(study: SelfTrainingStudy, args, log_path: Path, on_record) -> None:
     """Every (arm, seed) run not in ``log_path`` (started, resumed, or read back), appended once finished."""
     todo = missing(planned(study, args), read_runs(log_path))
-    where, progress = samples_dir(args.out, args.work_dir), Progress("bench_self_training", len(todo))
+    where, progress = samples_dir(args.out, args.work_dir), Progress("bench_self_training", todo)
     for p in todo:
         progress.start(run_label(p))
         record = run_one(study, p["arm"], p["seed"], args.work_dir, where)

@@ -16,6 +16,12 @@ from pathlib import Path
 from benchmarks.common import read_runs
 
 PACE_KEYS = ("wall_s", "seconds")  # a record's time: the whole run, or (older regime records) its training + scoring
+SCORING_ONLY_ARM = "base"  # the untrained model's scores: minutes, not a trained run's pace
+
+
+def trains(run: dict) -> bool:
+    """Whether a planned run (or its record) trains a model; the base model's scoring does not."""
+    return run.get("arm") != SCORING_ONLY_ARM
 
 
 def run_label(run: dict) -> str:
@@ -45,8 +51,9 @@ def duration(seconds: float) -> str:
 
 
 def status(name: str, planned: list[dict], log_path: Path) -> str:
-    """What ``--status`` prints: finished and missing runs, and the time left at the median pace of the runs this
-    study trained itself (reused runs and runs without a recorded time do not count)."""
+    """What ``--status`` prints: finished and missing runs, and the time left for the missing trained runs at the
+    median pace of the runs this study trained itself (reused runs, the base model's scoring and runs without a
+    recorded time do not count)."""
     runs = read_runs(log_path)
     todo = missing(planned, runs)
     finished = [p for p in planned if p not in todo]
@@ -60,12 +67,12 @@ def status(name: str, planned: list[dict], log_path: Path) -> str:
     if todo:
         shown = ", ".join(run_label(p) for p in todo[:6]) + (f", ... ({len(todo) - 6} more)" if len(todo) > 6 else "")
         lines.append(f"missing, in the order they run: {shown}")
-        pace = [s for r in records if not r.get("reused_from") and (s := run_seconds(r)) is not None]
+        pace = [s for r in records if trains(r) and not r.get("reused_from") and (s := run_seconds(r)) is not None]
         if pace:
             median = statistics.median(pace)
             lines.append(
                 f"at the median pace of its {len(pace)} runs trained so far ({duration(median)} a run): about "
-                f"{duration(median * len(todo))} left on a machine like theirs"
+                f"{duration(median * sum(map(trains, todo)))} left on a machine like theirs"
             )
     else:
         lines.append("every planned run is finished: the result can be read")
@@ -74,20 +81,24 @@ def status(name: str, planned: list[dict], log_path: Path) -> str:
 
 class Progress:
     """One line before each run: ``[bench_regimes] run 3/26: lora-32 static seed 7 (about 3.1 h left)``, the time
-    left from the runs finished in this invocation. :meth:`done` returns the run's wall seconds (``wall_s``)."""
+    left for the trained runs still to start, at the mean pace of those finished in this invocation (the base
+    model's scoring takes minutes and does not set the pace). ``todo`` is the planned runs in the order they start;
+    :meth:`done` returns the run's wall seconds (``wall_s``)."""
 
-    def __init__(self, name: str, total: int) -> None:
-        self.name, self.total, self.count, self.seconds, self._start = name, total, 0, [], None
+    def __init__(self, name: str, todo: list[dict]) -> None:
+        self.name, self.todo, self.count, self.seconds, self._start = name, todo, 0, [], None
 
     def start(self, what: str) -> None:
         self.count += 1
         left = ""
         if self.seconds:
-            left = f" (about {duration(statistics.mean(self.seconds) * (self.total - self.count + 1))} left)"
-        print(f"[{self.name}] run {self.count}/{self.total}: {what}{left}", flush=True)
+            to_train = sum(map(trains, self.todo[self.count - 1 :]))
+            left = f" (about {duration(statistics.mean(self.seconds) * to_train)} left)"
+        print(f"[{self.name}] run {self.count}/{len(self.todo)}: {what}{left}", flush=True)
         self._start = time.perf_counter()
 
     def done(self) -> float:
         seconds = time.perf_counter() - self._start
-        self.seconds.append(seconds)
+        if trains(self.todo[self.count - 1]):
+            self.seconds.append(seconds)
         return seconds

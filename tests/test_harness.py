@@ -106,17 +106,22 @@ def test_the_harness_runs_rewrites_resumes_restores_and_summarizes(tmp_path, cap
 def test_status_lists_finished_and_missing_runs_and_the_time_left_without_summarizing(tmp_path, capsys):
     trained: list = []
     study = toy_module(trained)
-    study.planned = lambda config, args: [{"arm": a, "seed": s} for s in args.seeds for a in args.arms]
+    study.planned = lambda config, args: [
+        {"arm": "base", "seed": 0},
+        *({"arm": a, "seed": s} for s in args.seeds for a in args.arms),
+    ]
     path, out, work = tmp_path / "toy.yaml", tmp_path / "toy.json", tmp_path / "work"
     path.write_text(yaml.safe_dump({"seeds": [1, 2, 3], "work_dir": str(work)}))
+    append_run(work / "runs.jsonl", {"arm": "base", "seed": 0, "value": 0.0, "wall_s": 90.0})
     append_run(work / "runs.jsonl", {"arm": "a", "seed": 1, "value": 1.0, "wall_s": 600.0})
     append_run(work / "runs.jsonl", {"arm": "b", "seed": 1, "value": 1.0, "seconds": 1200.0, "reused_from": "x"})
     append_run(work / "runs.jsonl", {"arm": "a", "seed": 9, "value": 9.0, "wall_s": 60.0})  # not planned
     assert harness.main(study, ["--config", str(path), "--out", str(out), "--status"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "bench_toy: 2 of 6 planned runs finished (1 reused)",
+        "bench_toy: 3 of 7 planned runs finished (1 reused)",
         "missing, in the order they run: a seed 2, b seed 2, a seed 3, b seed 3",
-        # the pace of the runs it trained itself: the reused one and the unplanned one do not count
+        # the pace of the runs it trained itself: the reused one, the unplanned one and the base model's scoring
+        # (minutes, not a trained run's pace) do not count
         "at the median pace of its 1 runs trained so far (10 min a run): about 40 min left on a machine like theirs",
     ]
     assert trained == [] and not out.exists()  # nothing trained, no result written (no outcome read)
@@ -127,17 +132,21 @@ def test_status_lists_finished_and_missing_runs_and_the_time_left_without_summar
 def test_progress_says_which_run_of_how_many_and_the_time_left(capsys, monkeypatch):
     from benchmarks import study_progress
 
-    clock = iter([0.0, 1800.0, 1800.0, 5400.0, 5400.0])
+    clock = iter([0.0, 90.0, 90.0, 1890.0, 1890.0, 5490.0, 5490.0])
     monkeypatch.setattr(study_progress.time, "perf_counter", lambda: next(clock))
-    progress = study_progress.Progress("bench_toy", 3)
+    todo = [{"arm": "base", "seed": 0}, {"arm": "a", "seed": 1}, {"arm": "b", "seed": 1}, {"arm": "a", "seed": 2}]
+    progress = study_progress.Progress("bench_toy", todo)
+    progress.start("the base model's scores")
+    assert progress.done() == 90.0
     progress.start("a seed 1")
     assert progress.done() == 1800.0
     progress.start("b seed 1")
     assert progress.done() == 3600.0
     progress.start("a seed 2")
     assert capsys.readouterr().out.splitlines() == [
-        "[bench_toy] run 1/3: a seed 1",
-        "[bench_toy] run 2/3: b seed 1 (about 60 min left)",  # two runs left at 30 min each
-        "[bench_toy] run 3/3: a seed 2 (about 45 min left)",  # one left at the mean of 30 and 60
+        "[bench_toy] run 1/4: the base model's scores",
+        "[bench_toy] run 2/4: a seed 1",  # the base model's 90 s of scoring is no trained run's pace
+        "[bench_toy] run 3/4: b seed 1 (about 60 min left)",  # two trained runs left at 30 min each
+        "[bench_toy] run 4/4: a seed 2 (about 45 min left)",  # one left at the mean of 30 and 60
     ]
     assert study_progress.run_label({"regime": "-", "arm": "base", "seed": 0}) == "base seed 0"
