@@ -36,7 +36,7 @@ import yaml  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
 from benchmarks.bench_rounds import rounds_summary  # noqa: E402
-from benchmarks.common import read_runs, run_pipeline  # noqa: E402
+from benchmarks.common import pct, read_runs, run_pipeline  # noqa: E402
 from benchmarks.harness import StudyConfig, append_run, helped  # noqa: E402
 from benchmarks.samples import bootstrap_text, paired_bootstrap, sample_rows, samples_dir, write_samples  # noqa: E402
 from benchmarks.study_progress import Progress, missing, run_label  # noqa: E402
@@ -242,11 +242,6 @@ def review_markdown(gains: dict) -> str:
         for k, d in per_round.items():
             lines.append(f"| {arm} | {k} | {pct(d)} | {d['wins']} / {d['losses']} |")
     return "\n".join(lines) + "\n"
-
-
-def pct(s: dict | None) -> str:
-    """A t-summary in points: ``35.0 ± 12.7`` (no interval from one seed)."""
-    return "-" if not s else f"{100 * s['mean']:.1f}" + ("" if s["ci95"] != s["ci95"] else f" ± {100 * s['ci95']:.1f}")
 
 
 def markdown(summary: dict, baselines: tuple[str, ...] = ("sft",)) -> str:

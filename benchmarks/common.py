@@ -1,6 +1,6 @@
 """What every benchmark records beside its numbers (the machine with its CPU capability and whether it computes bf16
-natively, the versions, where the JSON goes), the studies' run logs, and how it runs
-a child process without orphaning the child's vLLM engine."""
+natively, the versions, where the JSON goes), the studies' run logs, how their tables print a t-summary, and how it
+runs a child process without orphaning the child's vLLM engine."""
 
 from __future__ import annotations
 
@@ -30,6 +30,16 @@ def environment() -> dict:
         "cpu": cpu_features(),
     }
     return {"machine": machine, "versions": versions}
+
+
+def pct(s: dict | None) -> str:
+    """A t-summary ``{"mean", "ci95"}`` of fractions in points: ``35.0 ± 12.7``; ``-`` for none, no interval where it
+    is NaN (one seed), and ``0.0`` for a mean that rounds to zero (no ``-0.0``)."""
+    if not s:
+        return "-"
+    m, h = 100 * s["mean"], 100 * s["ci95"]
+    m = 0.0 if round(m, 1) == 0 else m
+    return f"{m:.1f}" if h != h else f"{m:.1f} ± {h:.1f}"
 
 
 def read_runs(path) -> list[dict]:

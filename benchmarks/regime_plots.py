@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
+from benchmarks.common import pct
 from benchmarks.samples import bootstrap_text
 
 __all__ = ["markdown", "plot"]
-
-
-def _pct(s: dict | None, scale: float = 100.0) -> str:
-    if not s:
-        return "-"
-    m, h = s["mean"] * scale, s["ci95"] * scale
-    m = 0.0 if round(m, 1) == 0 else m  # no "-0.0" for a difference that is zero to the printed digit
-    return f"{m:.1f}" if h != h else f"{m:.1f} ± {h:.1f}"
 
 
 def _diff(s: dict | None) -> str:
     if not s:
         return "-"
     sign = " **>0**" if s["mean"] - s["ci95"] > 0 else (" **<0**" if s["mean"] + s["ci95"] < 0 else "")
-    return f"{_pct(s)} ({s['wins']}/{s['n']}){sign}"
+    return f"{pct(s)} ({s['wins']}/{s['n']}){sign}"
 
 
 def markdown(summary: dict, bench: dict) -> str:
@@ -68,7 +61,7 @@ def markdown(summary: dict, bench: dict) -> str:
         ]
         for arm, c in arms.items():
             row = (
-                f"| {arm} | {len(c['seeds'])} | {_pct(c['final'])} | {_pct(c['val_selected'])} | "
+                f"| {arm} | {len(c['seeds'])} | {pct(c['final'])} | {pct(c['val_selected'])} | "
                 f"{','.join(map(str, c['selected_epochs']))} |"
             )
             for b in baselines:

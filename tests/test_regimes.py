@@ -99,6 +99,15 @@ def test_the_per_epoch_difference_stops_at_the_shorter_run_and_needs_a_common_se
     assert "after each epoch: 0.0 (0/1)" in table
 
 
+def test_every_study_table_prints_a_t_summary_the_same_way():
+    from benchmarks.common import pct
+
+    assert pct({"mean": 0.35, "ci95": 0.127}) == "35.0 ± 12.7"
+    assert pct({"mean": -0.0004, "ci95": float("nan")}) == "0.0"  # one seed: no interval, and no "-0.0"
+    assert pct({"mean": -0.051, "ci95": 0.02}) == "-5.1 ± 2.0"
+    assert pct(None) == "-"
+
+
 def test_bench_regimes_end_to_end_and_rerun(tmp_path):
     tiny = str(save_tiny_model(tmp_path / "m"))
     cfg = {
