@@ -105,6 +105,16 @@ def recording(trainer_cls):
     return Recording
 
 
+def logged(trainer, key: str = "loss") -> list:
+    """Every value of ``key`` in the trainer's log history, in logging order."""
+    return [h[key] for h in trainer.state.log_history if key in h]
+
+
+def params(trainer) -> dict:
+    """A detached copy of every parameter of the trainer's model, by name."""
+    return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+
+
 def steps_of(seen: list[list[int]], accum: int) -> list[list[int]]:
     """Recorded micro-batch rows grouped into optimizer steps of ``accum`` micro-batches."""
     return [sum(seen[i : i + accum], []) for i in range(0, len(seen), accum)]

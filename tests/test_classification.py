@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from helpers import (
     assert_repeats_previous_fresh_half,
     classification_dataset,
+    logged,
     make_classifier,
     make_model,
+    params,
     plain_overlap,
     recording,
     steps_of,
@@ -43,14 +45,6 @@ def run(*args, **kw):
     trainer = build(*args, **kw)
     trainer.train()
     return trainer
-
-
-def logged(trainer, key="loss"):
-    return [h[key] for h in trainer.state.log_history if key in h]
-
-
-def params(trainer):
-    return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
 
 
 @pytest.mark.parametrize("micro,accum", [(4, 1), (2, 2), (1, 4)])

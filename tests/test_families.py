@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 from families import FAMILIES, MOE, build, equal_completion_rows
-from helpers import plain_overlap, sft_kwargs
+from helpers import logged, params, plain_overlap, sft_kwargs
 from trl import SFTConfig, SFTTrainer
 
 from dynsdpb_selfplay import DynSDPBConfig, DynSDPBTrainer
@@ -64,14 +64,6 @@ def train(family, tmp, tokenizer, trainer_cls, micro=2, accum=2, **overrides):
     )
     trainer.train()
     return trainer
-
-
-def logged(trainer, key="loss"):
-    return [h[key] for h in trainer.state.log_history if key in h]
-
-
-def params(trainer):
-    return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
 
 
 def assert_same_params(a: dict, b: dict, rtol=1e-5, atol=1e-6):

@@ -9,7 +9,9 @@ import torch
 from helpers import (
     arithmetic_dataset,
     assert_repeats_previous_fresh_half,
+    logged,
     make_model,
+    params,
     plain_overlap,
     recording,
     sft_kwargs,
@@ -41,10 +43,6 @@ class PlainOverlapFreshLabelsOnly(PlainOverlapTrainer):
         return batches, self._get_num_items_in_batch(batches, device)
 
 
-def losses(trainer, key="loss"):
-    return [h[key] for h in trainer.state.log_history if key in h]
-
-
 def run(tmp_path, tokenizer, n=16, trainer_cls=RecordingTrainer, dataset=None, **overrides):
     kw = sft_kwargs(tmp_path / "out", **overrides)
     cfg_cls = DynSDPBConfig if issubclass(trainer_cls, DynSDPBTrainer) else SFTConfig
@@ -58,10 +56,6 @@ def run(tmp_path, tokenizer, n=16, trainer_cls=RecordingTrainer, dataset=None, *
     return trainer
 
 
-def params(trainer):
-    return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
-
-
 # ----------------------------------------------------------------------------------------------- batches
 @pytest.mark.parametrize("micro,accum", [(4, 1), (2, 2), (1, 4)])
 def test_each_step_repeats_the_previous_steps_fresh_half(tmp_path, tokenizer, micro, accum):
@@ -71,7 +65,7 @@ def test_each_step_repeats_the_previous_steps_fresh_half(tmp_path, tokenizer, mi
     assert_repeats_previous_fresh_half(steps)
     # 16 examples, halves of 2: steps 0..7 are epoch 0 and see every example once as fresh; 8, 9 carry over.
     assert sorted(x for s in steps[:8] for i, x in enumerate(s) if is_fresh_position(i)) == list(range(16))
-    distilled = losses(t, "dynsdpb/distilled_tokens")
+    distilled = logged(t, "dynsdpb/distilled_tokens")
     assert distilled[0] == 0 and all(d > 0 for d in distilled[1:])
 
 
@@ -90,22 +84,22 @@ def test_gradient_accumulation_gives_the_same_losses_and_weights(tmp_path, token
         run(tmp_path / f"{m}x{a}", tokenizer, per_device_train_batch_size=m, gradient_accumulation_steps=a, **base)
         for m, a in [(4, 1), (2, 2), (1, 4)]
     ]
-    ref_loss, ref_params = losses(runs[0]), params(runs[0])
-    assert max(losses(runs[0], "dynsdpb/kd_loss")) > 0
+    ref_loss, ref_params = logged(runs[0]), params(runs[0])
+    assert max(logged(runs[0], "dynsdpb/kd_loss")) > 0
     for other in runs[1:]:
-        assert losses(other) == pytest.approx(ref_loss, rel=1e-5)
+        assert logged(other) == pytest.approx(ref_loss, rel=1e-5)
         for name, value in params(other).items():
             torch.testing.assert_close(value, ref_params[name], rtol=1e-5, atol=1e-6)
-    assert losses(runs[2], "dynsdpb/alpha") == pytest.approx(losses(runs[0], "dynsdpb/alpha"))
+    assert logged(runs[2], "dynsdpb/alpha") == pytest.approx(logged(runs[0], "dynsdpb/alpha"))
 
 
 # -------------------------------------------------------------------------------------------- the loss
 def test_alpha_zero_equals_plain_cross_entropy_on_the_same_batches(tmp_path, tokenizer):
     dyn = run(tmp_path / "d", tokenizer, distillation_alpha=0.0, max_steps=6)
     plain = run(tmp_path / "p", tokenizer, trainer_cls=PlainOverlapTrainer, max_steps=6)
-    assert losses(dyn) == pytest.approx(losses(plain), rel=1e-5)
-    assert losses(dyn, "mean_token_accuracy") == pytest.approx(losses(plain, "mean_token_accuracy"), rel=1e-6)
-    assert losses(dyn, "entropy") == pytest.approx(losses(plain, "entropy"), rel=1e-4)
+    assert logged(dyn) == pytest.approx(logged(plain), rel=1e-5)
+    assert logged(dyn, "mean_token_accuracy") == pytest.approx(logged(plain, "mean_token_accuracy"), rel=1e-6)
+    assert logged(dyn, "entropy") == pytest.approx(logged(plain, "entropy"), rel=1e-4)
     for name, value in params(dyn).items():
         torch.testing.assert_close(value, params(plain)[name], rtol=1e-4, atol=1e-6)
 
@@ -131,9 +125,9 @@ def test_no_ce_on_repeated_rows_equals_plain_ce_on_the_fresh_rows_alone(tmp_path
     )
     plain = run(tmp_path / "p", tokenizer, trainer_cls=PlainOverlapFreshLabelsOnly, **common)
     full = run(tmp_path / "f", tokenizer, distillation_alpha=1e-30, distillation_schedule="static", **common)
-    assert losses(dyn) == pytest.approx(losses(plain), rel=1e-5)
-    assert losses(dyn)[0] == pytest.approx(losses(full)[0], rel=1e-6)  # nothing is repeated yet at step 1
-    assert losses(dyn)[1:] != pytest.approx(losses(full)[1:], rel=1e-3)
+    assert logged(dyn) == pytest.approx(logged(plain), rel=1e-5)
+    assert logged(dyn)[0] == pytest.approx(logged(full)[0], rel=1e-6)  # nothing is repeated yet at step 1
+    assert logged(dyn)[1:] != pytest.approx(logged(full)[1:], rel=1e-3)
     for name, value in params(dyn).items():
         torch.testing.assert_close(value, params(plain)[name], rtol=1e-4, atol=1e-6)
 
@@ -175,9 +169,9 @@ def test_stored_targets_are_the_previous_steps_predictions(tmp_path, tokenizer):
 
 def test_topk_store_trains_and_reports_tail_mass(tmp_path, tokenizer):
     t = run(tmp_path, tokenizer, max_steps=3, distillation_topk=8, distillation_temperature=1.0)
-    tail = losses(t, "dynsdpb/tail_mass")
+    tail = logged(t, "dynsdpb/tail_mass")
     assert len(tail) == 3 and 0 < tail[-1] < 1
-    assert all(torch.isfinite(torch.tensor(losses(t))))
+    assert all(torch.isfinite(torch.tensor(logged(t))))
 
 
 # ------------------------------------------------------------------------------------- integrations
@@ -199,13 +193,13 @@ def test_attach_on_an_unmodified_sft_trainer_with_lora(tmp_path, tokenizer):
     after = dict(trainer.model.named_parameters())
     assert all(torch.equal(after[k], v) for k, v in base.items())
     assert any(not torch.equal(after[k], v) for k, v in lora.items())
-    assert losses(trainer, "dynsdpb/distilled_tokens")[-1] > 0
+    assert logged(trainer, "dynsdpb/distilled_tokens")[-1] > 0
 
 
 def test_bf16_autocast_and_gradient_checkpointing(tmp_path, tokenizer):
     t = run(tmp_path, tokenizer, max_steps=3, bf16=True, gradient_checkpointing=True)
-    assert all(torch.isfinite(torch.tensor(losses(t))))
-    assert losses(t, "dynsdpb/kl")[-1] > 0
+    assert all(torch.isfinite(torch.tensor(logged(t))))
+    assert logged(t, "dynsdpb/kl")[-1] > 0
 
 
 @pytest.mark.parametrize("kind", ["messages", "conversational_prompt_completion"])
@@ -219,7 +213,7 @@ def test_conversational_data(tmp_path, tokenizer, kind):
             {"messages": [user, assistant]} if kind == "messages" else {"prompt": [user], "completion": [assistant]}
         )
     t = run(tmp_path, tokenizer, dataset=Dataset.from_list(rows), max_steps=3)
-    assert losses(t, "dynsdpb/distilled_tokens")[-1] > 0
+    assert logged(t, "dynsdpb/distilled_tokens")[-1] > 0
 
 
 def test_eval_uses_plain_loss(tmp_path, tokenizer):
@@ -248,15 +242,15 @@ def test_resume_continues_the_same_batches_and_targets(tmp_path, tokenizer):
     resumed = resume(ckpt)
     assert resumed.seen == full.seen[3:]
     # The resumed log history starts with the checkpoint's first three entries.
-    assert losses(resumed)[3:] == pytest.approx(losses(full)[3:], rel=1e-5)
-    assert losses(resumed, "dynsdpb/distilled_tokens")[3] > 0
+    assert logged(resumed)[3:] == pytest.approx(logged(full)[3:], rel=1e-5)
+    assert logged(resumed, "dynsdpb/distilled_tokens")[3] > 0
 
     # Warm restart: a checkpoint without stored targets distills nothing on its first step, then carries on.
     warm_ckpt = tmp_path / "warm"
     shutil.copytree(ckpt, warm_ckpt)
     (warm_ckpt / TARGETS_FILE.format(rank=0)).unlink()
     warm = resume(warm_ckpt)
-    distilled = losses(warm, "dynsdpb/distilled_tokens")[3:]
+    distilled = logged(warm, "dynsdpb/distilled_tokens")[3:]
     assert distilled[0] == 0 and all(d > 0 for d in distilled[1:])
     assert warm.seen == full.seen[3:]
 
@@ -369,8 +363,8 @@ def test_a_training_set_emptied_by_max_length_is_refused_with_the_reason(tmp_pat
 def test_linear_progress_scales_alpha_by_the_step_it_teaches(tmp_path, tokenizer):
     # Static alpha0 = 1: the targets stored during step s teach step s + 1, and carry alpha = (s + 1) / S.
     t = run(tmp_path, tokenizer, max_steps=6, distillation_schedule="static", distillation_progress="linear")
-    alphas = losses(t, "dynsdpb/alpha")
+    alphas = logged(t, "dynsdpb/alpha")
     assert alphas[0] == 0  # the first step distills nothing
     assert alphas[1:] == pytest.approx([s / 6 for s in range(2, 7)], rel=1e-6)
     dynamic = run(tmp_path / "d", tokenizer, max_steps=6, distillation_uncertainty_topk=4)
-    assert 0 < min(losses(dynamic, "dynsdpb/alpha")[1:]) and max(losses(dynamic, "dynsdpb/alpha")) <= 1
+    assert 0 < min(logged(dynamic, "dynsdpb/alpha")[1:]) and max(logged(dynamic, "dynsdpb/alpha")) <= 1
